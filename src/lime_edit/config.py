@@ -69,6 +69,9 @@ class LimeConfig:
             unrelated (reference: yes). CLIP's text encoder is causal, so padding
             embeddings carry the whole sentence; "False" keeps them.
         penalize_end_token: count the end token as unrelated (reference: no).
+        layers: optional ``fnmatch`` patterns of attention-layer names (as in
+            ``unet.attn_processors``, e.g. ``"up_blocks.*attn2*"``) that restrict
+            both stages to those layers; a pattern matching no layer raises.
         schedule: "two_pass" (reference: a localization pass, then the edit pass
             from the same seed) or "single_pass" (one trajectory: plain steps up to
             the capture step, localize there, regularize the remaining steps; the
@@ -99,6 +102,7 @@ class LimeConfig:
     regularize_until: float = 27 / 30
     penalize_padding: bool = True
     penalize_end_token: bool = False
+    layers: tuple[str, ...] | None = None
     schedule: Schedule = "two_pass"
 
     def __post_init__(self) -> None:
@@ -114,6 +118,8 @@ class LimeConfig:
             _check(len(levels) > 0 and all(isinstance(v, int) and v >= 1 and (v & (v - 1)) == 0
                                             for v in levels),
                    name, f"must be a non-empty tuple of powers of two (1, 2, 4, ...), got {levels}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
         _check(self.out_scale >= 1, "out_scale", "must be >= 1")
         _check(self.clustering in ("kmeans", "agglomerative"), "clustering",
                f"must be 'kmeans' or 'agglomerative', got {self.clustering!r}")

@@ -1,21 +1,355 @@
 """LimePipeline: the task API (localize, edit, one call) on a diffusers IP2P pipeline.
 
-CONTRACT (implementation in progress):
+::
 
-    lp = LimePipeline.from_pretrained(model, config=None, torch_dtype=None, device=None,
-                                      allow_pickle=False, local_files_only=None)
-    lp = LimePipeline(pipe, config=None)          # pipe: StableDiffusionInstructPix2PixPipeline
+    lp = LimePipeline.from_pretrained("timbrooks/instruct-pix2pix")   # or a folder / file / "demo"
+    loc = lp.localize(image, "make her outfit black")                  # -> Localization
+    res = lp.edit(image, "make her outfit black", mask=loc)            # -> EditResult
+    res = lp(image, "make her outfit black")                           # both, same seed
 
-    loc  = lp.localize(image, instruction, seed=0, **overrides) -> Localization
-    res  = lp.edit(image, instruction, mask="auto", seed=0, **overrides) -> EditResult
-    res  = lp(image, instruction, ...)            # same as edit(mask="auto")
-
-image: PIL.Image (any mode, converted to RGB), or a list of them.
-instruction: str or list[str] (same length as the image list).
-mask: "auto" (localize first, same seed), None (plain IP2P, no LIME),
-      a Localization, or a user mask (PIL image / numpy array / torch tensor, any
-      size, nonzero = edit), or a list of these (one per item).
-seed: int (every item uses it) or list[int].
-overrides: any LimeConfig field name, e.g. guidance_scale=7.5, num_clusters=4.
-Lists in -> lists out; a batch of N equals N single calls with the same seeds.
+Lists of images/instructions/masks/seeds give lists of results; a batch of N
+equals N single calls with the same seeds (every item has its own generator).
+The wrapped diffusers pipeline is used through its public ``__call__`` only:
+the localization pass stops itself after the capture step from
+``callback_on_step_end`` (no later step, no decoding), and LIME's attention
+processors are installed for one pass at a time and always restored.
 """
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import roi as roi_ops
+from .config import LimeConfig
+from .errors import LimeEditError
+from .imageops import mask_to_tensor, processing_size, resize_mask, to_rgb
+from .processors import PassState, check_levels, lime_attention
+from .results import EditResult, Localization
+from .tokens import TokenSelection, select_tokens
+
+
+class _StopPass(Exception):
+    """Raised from the step callback to end the localization pass at the capture step."""
+
+
+@dataclass
+class _Item:
+    index: int
+    image: Image.Image            # RGB, original size
+    instruction: str
+    mask: Any                     # "auto" | None | Localization | user mask
+    seed: int
+    size: tuple[int, int] = (0, 0)  # processing size (w, h)
+    tokens: TokenSelection | None = None
+
+
+class LimePipeline:
+    """LIME around a ``StableDiffusionInstructPix2PixPipeline`` (or any pipeline of
+    that call signature whose U-Net takes 8 input channels).
+
+    ``config`` holds the defaults of every call; any :class:`LimeConfig` field can
+    be overridden per call as a keyword argument.
+    """
+
+    def __init__(self, pipe, config: LimeConfig | None = None):
+        in_ch = getattr(getattr(pipe, "unet", None), "config", None)
+        in_ch = getattr(in_ch, "in_channels", None)
+        if in_ch != 8:
+            raise LimeEditError(f"not an InstructPix2Pix-family model: its U-Net takes {in_ch} input "
+                                "channels, LIME needs 8 (noisy latent + image latent)")
+        self.pipe = pipe
+        self.config = config or LimeConfig()
+
+    @classmethod
+    def from_pretrained(cls, model: str, config: LimeConfig | None = None, **load_kwargs) -> "LimePipeline":
+        """Load by Hub id, local folder, single-file checkpoint or ``"demo"``; see
+        :func:`lime_edit.loading.load_ip2p` for ``torch_dtype``, ``device``,
+        ``allow_pickle``, ``local_files_only``."""
+        from .loading import load_ip2p
+
+        return cls(load_ip2p(model, **load_kwargs), config)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.pipe._execution_device
+
+    @property
+    def size_multiple(self) -> int:
+        """Processing sizes are multiples of this, so every U-Net level has an exact grid."""
+        n_down = len(self.pipe.unet.config.block_out_channels) - 1
+        return int(self.pipe.vae_scale_factor) * 2 ** n_down
+
+    # ------------------------------------------------------------------ public API
+    def localize(self, image, instruction, seed: int | Sequence[int] = 0, **overrides):
+        """Stage 1 only: returns a :class:`Localization` (a list for list input).
+        An instruction with no related token gives an empty mask and no tokens."""
+        cfg = self.config.replace(**overrides)
+        items, single = self._items(image, instruction, "auto", seed)
+        out: list[Localization | None] = [None] * len(items)
+        for group in self._groups(items):
+            for it, loc in zip(group, self._localize(group, cfg)):
+                out[it.index] = loc
+        return out[0] if single else out
+
+    def edit(self, image, instruction, mask: Any = "auto", seed: int | Sequence[int] = 0, **overrides):
+        """Edit with LIME. ``mask``: ``"auto"`` (localize first, same seed), ``None``
+        (plain IP2P), a :class:`Localization`, or a user mask (PIL image, array or
+        tensor of any size, nonzero = region), or a list of these."""
+        cfg = self.config.replace(**overrides)
+        items, single = self._items(image, instruction, mask, seed)
+        out: list[EditResult | None] = [None] * len(items)
+        for group in self._groups(items):
+            for it, res in zip(group, self._edit(group, cfg)):
+                out[it.index] = res
+        return out[0] if single else out
+
+    __call__ = edit
+
+    # ------------------------------------------------------------------ input checks
+    def _items(self, image, instruction, mask, seed) -> tuple[list[_Item], bool]:
+        single = not isinstance(image, (list, tuple))
+        images = [image] if single else list(image)
+        n = len(images)
+        if n == 0:
+            raise LimeEditError("image: empty list")
+        instructions = _broadcast(instruction, n, "instruction", str)
+        masks = _broadcast(mask, n, "mask", None)
+        seeds = _broadcast(seed, n, "seed", int)
+        items = []
+        for i, (img, ins, m, s) in enumerate(zip(images, instructions, masks, seeds)):
+            where = "" if single else f"[{i}]"
+            if not isinstance(ins, str) or not ins.strip():
+                raise LimeEditError(f"instruction{where}: empty instruction")
+            if not isinstance(img, Image.Image):
+                raise LimeEditError(f"image{where}: expected a PIL image, got {type(img).__name__}")
+            rgb = to_rgb(img)
+            it = _Item(i, rgb, ins.strip(), m, int(s))
+            it.size = processing_size(rgb.size, self.size_multiple)
+            items.append(it)
+        return items, single
+
+    @staticmethod
+    def _groups(items: list[_Item]) -> list[list[_Item]]:
+        """Items of one processing size run as one batch."""
+        groups: dict[tuple[int, int], list[_Item]] = {}
+        for it in items:
+            groups.setdefault(it.size, []).append(it)
+        return list(groups.values())
+
+    def _retokenize(self, items: list[_Item], cfg: LimeConfig) -> None:
+        for it in items:
+            it.tokens = select_tokens(self.pipe.tokenizer, it.instruction, drop_verbs=cfg.drop_verbs,
+                                      penalize_padding=cfg.penalize_padding,
+                                      penalize_end_token=cfg.penalize_end_token)
+
+    # ------------------------------------------------------------------ passes
+    def _latent_hw(self, size: tuple[int, int]) -> tuple[int, int]:
+        f = int(self.pipe.vae_scale_factor)
+        return size[1] // f, size[0] // f
+
+    def _run(self, items: list[_Item], cfg: LimeConfig, *, steps: int, guidance: float,
+             state: PassState | None, stop_after: int | None, on_step=None, output_type: str = "np"):
+        """One call of the wrapped pipeline; returns its images (None if stopped early)."""
+        size = items[0].size
+        images = [it.image.resize(size, Image.LANCZOS) if it.image.size != size else it.image
+                  for it in items]
+        gens = [torch.Generator(device="cpu").manual_seed(it.seed) for it in items]
+
+        def callback(pipe, i, t, kwargs):
+            if state is not None:
+                if i == 0:
+                    check_levels(state, state.capture_levels, "feature_levels")
+                    check_levels(state, state.reg_levels, "regularization_levels")
+                if on_step is not None:
+                    on_step(i)
+                state.step = i + 1
+                if stop_after is not None and i >= stop_after:
+                    raise _StopPass
+            return {}
+
+        kwargs = dict(prompt=[it.instruction for it in items], image=images, num_inference_steps=steps,
+                      guidance_scale=guidance, image_guidance_scale=cfg.image_guidance_scale,
+                      generator=gens, output_type=output_type)
+        if state is None:
+            return self.pipe(**kwargs).images
+        try:
+            with lime_attention(self.pipe.unet, state, cfg.layers):
+                return self.pipe(callback_on_step_end=callback, **kwargs).images
+        except _StopPass:
+            return None
+        finally:
+            self.pipe.maybe_free_model_hooks()
+
+    def _capture_state(self, items: list[_Item], cfg: LimeConfig) -> PassState:
+        st = PassState(latent_hw=self._latent_hw(items[0].size), batch=len(items))
+        st.capture_step = cfg.capture_step
+        st.capture_levels = frozenset(cfg.feature_levels)
+        return st
+
+    def _localizations(self, items: list[_Item], st: PassState, cfg: LimeConfig) -> list[Localization]:
+        h, w = st.latent_hw
+        grid = (h * cfg.out_scale, w * cfg.out_scale)
+        cross = [p for _, _, p in st.cross_probs]
+        if not st.features or not cross:
+            raise LimeEditError("feature_levels: no attention layer was captured at the capture step")
+        out = []
+        for b, it in enumerate(items):
+            feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid)    # (Hg*Wg, C)
+            segments = roi_ops.segment(feats, grid, method=cfg.clustering, num_clusters=cfg.num_clusters,
+                                       iters=cfg.kmeans_iters, seed=it.seed,
+                                       distance_threshold=cfg.distance_threshold,
+                                       max_points=cfg.agglomerative_max_points)
+            maps = roi_ops.mean_attention([p[b] for p in cross], grid)               # (T, Hg, Wg)
+            related = list(it.tokens.related)
+            token_maps = maps[related] if related else maps[:0]
+            if related:
+                attention = token_maps.mean(0)
+                mask, points, chosen = roi_ops.roi_from_attention(attention, segments, cfg.top_k)
+                attention = roi_ops.normalise01(attention)
+            else:
+                attention = torch.zeros(grid)
+                mask, points, chosen = torch.zeros(grid, dtype=torch.bool), torch.zeros(0, 2, dtype=torch.long), []
+            out.append(Localization(mask=mask.cpu(), segments=segments.cpu(), attention=attention.cpu(),
+                                    token_maps=token_maps.cpu(), token_indices=related,
+                                    tokens=[it.tokens.tokens[i].replace("</w>", "") for i in related],
+                                    points=points, selected_segments=chosen, image_size=it.size))
+        return out
+
+    def _localize(self, items: list[_Item], cfg: LimeConfig) -> list[Localization]:
+        self._retokenize(items, cfg)
+        st = self._capture_state(items, cfg)
+        self._run(items, cfg, steps=cfg.loc_steps, guidance=cfg.localization_guidance_scale,
+                  state=st, stop_after=cfg.capture_step, output_type="latent")
+        return self._localizations(items, st, cfg)
+
+    def _edit(self, items: list[_Item], cfg: LimeConfig) -> list[EditResult]:
+        t0 = time.perf_counter()
+        self._retokenize(items, cfg)
+        grid = tuple(v * cfg.out_scale for v in self._latent_hw(items[0].size))
+        warnings: list[list[str]] = [[] for _ in items]
+        masks: list[torch.Tensor | None] = [None] * len(items)
+        locs: list[Localization | None] = [None] * len(items)
+        auto: list[int] = []
+        for j, it in enumerate(items):
+            if it.tokens.truncated:
+                warnings[j].append(f"instruction is longer than the text encoder's "
+                                   f"{self.pipe.tokenizer.model_max_length} tokens and was truncated")
+            m = it.mask
+            if m is None:
+                continue
+            if not it.tokens.has_related:
+                warnings[j].append("no related token left in the instruction (only stop words, verbs or "
+                                   "punctuation): LIME skipped, plain IP2P result")
+                continue
+            if isinstance(m, str):
+                if m != "auto":
+                    raise LimeEditError(f"mask: expected 'auto', None, a Localization or a mask, got {m!r}")
+                auto.append(j)
+                continue
+            grid_mask = resize_mask((m.mask if isinstance(m, Localization) else mask_to_tensor(m)), grid)
+            if isinstance(m, Localization):
+                locs[j] = m
+            if not grid_mask.any():
+                warnings[j].append("mask is empty: LIME skipped, plain IP2P result")
+                continue
+            if grid_mask.all():
+                warnings[j].append("mask covers the whole image: every pixel is regularized")
+            masks[j] = grid_mask
+
+        t_loc = 0.0
+        single_pass = cfg.schedule == "single_pass"
+        if auto and not single_pass:
+            t1 = time.perf_counter()
+            sub = [items[j] for j in auto]
+            for j, loc in zip(auto, self._localize(sub, cfg)):
+                locs[j], masks[j] = loc, loc.mask
+                if not loc.mask.any():
+                    warnings[j].append("localization found no region: plain IP2P result")
+                    masks[j] = None
+            t_loc = time.perf_counter() - t1
+
+        st = None
+        regularized = [m is not None for m in masks]
+        if any(regularized) or (auto and single_pass):
+            st = PassState(latent_hw=self._latent_hw(items[0].size), batch=len(items))
+            st.reg_steps = cfg.regularized_steps()
+            st.reg_levels = frozenset(cfg.regularization_levels)
+            st.mode = cfg.mode
+            if cfg.mode == "penalize":
+                st.tokens = torch.stack([it.tokens.keep for it in items])                # (B, T)
+            else:
+                st.tokens = torch.stack([_content(it.tokens) for it in items])
+            st.roi = torch.stack([m if m is not None else torch.zeros(grid, dtype=torch.bool)
+                                  for m in masks])                                        # (B, Hg, Wg)
+        on_step = None
+        if auto and single_pass:
+            st.capture_step = cfg.capture_step
+            st.capture_levels = frozenset(cfg.feature_levels)
+
+            def on_step(i: int) -> None:
+                if i != cfg.capture_step:
+                    return
+                t1 = time.perf_counter()
+                for j, loc in zip(auto, self._localizations([items[j] for j in auto], _subset(st, auto), cfg)):
+                    locs[j] = loc
+                    if loc.mask.any():
+                        masks[j] = loc.mask
+                        regularized[j] = True
+                        st.roi[j] = loc.mask
+                    else:
+                        warnings[j].append("localization found no region: plain IP2P result")
+                st._rows.clear()
+                st._bias.clear()
+                st.features.clear()
+                st.cross_probs.clear()
+                nonlocal t_loc
+                t_loc += time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        images = self._run(items, cfg, steps=cfg.num_inference_steps, guidance=cfg.guidance_scale,
+                           state=st, stop_after=None, on_step=on_step)
+        t_edit = time.perf_counter() - t2
+        total = time.perf_counter() - t0
+        results = []
+        for j, it in enumerate(items):
+            img = Image.fromarray(np.clip(images[j] * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            if img.size != it.image.size:
+                img = img.resize(it.image.size, Image.LANCZOS)
+            results.append(EditResult(
+                image=img, mask=masks[j] if regularized[j] else None, localization=locs[j],
+                lime_applied=bool(regularized[j]), seed=it.seed, warnings=warnings[j],
+                timings={"localize": t_loc, "edit": t_edit, "total": total, "batch_size": len(items)},
+                settings=cfg.to_dict()))
+        return results
+
+
+def _content(sel: TokenSelection) -> torch.Tensor:
+    """Tokens rewarded in "reward" mode: the instruction's content words (verbs included)."""
+    m = sel.keep.clone()
+    m[sel.end:] = False
+    return m
+
+
+def _subset(st: PassState, idx: list[int]) -> PassState:
+    """A view of the captured tensors for some batch items (single-pass localization)."""
+    sub = PassState(latent_hw=st.latent_hw, batch=len(idx))
+    sub.features = [(n, lvl, f[idx]) for n, lvl, f in st.features]
+    sub.cross_probs = [(n, lvl, p[idx]) for n, lvl, p in st.cross_probs]
+    return sub
+
+
+def _broadcast(value, n: int, name: str, kind) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise LimeEditError(f"{name}: {len(value)} values for {n} images")
+        return list(value)
+    if kind is int and not isinstance(value, (int, np.integer)):
+        raise LimeEditError(f"{name}: expected an int or a list of ints, got {type(value).__name__}")
+    return [value] * n

@@ -1,0 +1,592 @@
+"""``lime-edit`` command line: ``edit`` and ``localize``, plus the subcommands
+that feature packages register (``lime_edit.demo``, ``lime_edit.eval``,
+``lime_edit.web``).
+
+This module only parses arguments, reads and writes files, and calls the public
+API (:class:`lime_edit.pipeline.LimePipeline`); importing it imports nothing
+heavy, so ``lime-edit --help`` is instant.
+
+Exit codes: 0 every input succeeded; 1 some inputs failed (each reported as one
+line ``error: <file>: <message>``, the others still processed); 2 usage error,
+unusable model or output folder; 130 interrupted (no half-written file is left:
+every output is written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import LimeConfig
+from .errors import LimeEditError
+
+#: Feature packages whose ``cli.register(subparsers)`` adds subcommands (if installed).
+FEATURE_CLIS = ("lime_edit.demo.cli", "lime_edit.eval.cli", "lime_edit.web.cli")
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+DEFAULT_OUT = "lime-edit-out"
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(LimeEditError):
+    """A bad command line (exit code 2)."""
+
+
+# --------------------------------------------------------------------------- settings
+# flag -> (LimeConfig field, argparse type, help). Every flag defaults to None:
+# only the settings the user actually set are forwarded, as overrides.
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,4,8, got {text!r}")
+
+
+def _schedule(text: str) -> str:
+    return text.replace("-", "_")
+
+
+_SETTING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--steps", "num_inference_steps", int, "denoising steps of the edit (default 30)"),
+    ("--guidance", "guidance_scale", float, "text guidance scale (LIME default 2.0; plain IP2P usually 7.5)"),
+    ("--image-guidance", "image_guidance_scale", float, "image guidance scale (default 1.5)"),
+    ("--localization-guidance", "localization_guidance_scale", float,
+     "text guidance of the localization pass (default 5.5)"),
+    ("--localization-steps", "localization_steps", int,
+     "length of the localization schedule (default: --steps)"),
+    ("--capture-at", "capture_at", float,
+     "fraction of the localization schedule at which attention is captured (default 1/3)"),
+    ("--feature-levels", "feature_levels", _levels,
+     "latent-grid levels whose features are clustered, e.g. 2,4,8 (default)"),
+    ("--out-scale", "out_scale", int, "localization grid = OUT_SCALE x latent grid (default 2)"),
+    ("--clusters", "num_clusters", int, "K of K-means (default 8)"),
+    ("--distance-threshold", "distance_threshold", float,
+     "cosine distance threshold of agglomerative clustering (default 0.5)"),
+    ("--top-k", "top_k", int, "highest-attention pixels that select segments (default 100)"),
+    ("--regularization-levels", "regularization_levels", _levels,
+     "latent-grid levels whose cross-attention is regularized, e.g. 1,2 (default)"),
+    ("--regularize-from", "regularize_from", float, "regularize from this fraction of the steps (default 0)"),
+    ("--regularize-until", "regularize_until", float, "... until this fraction (default 0.9)"),
+)
+_CHOICE_FLAGS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("--mode", "mode", ("penalize", "reward"),
+     "penalize unrelated tokens inside the RoI (default) or reward related ones"),
+    ("--clustering", "clustering", ("kmeans", "agglomerative"), "segmentation method (default kmeans)"),
+    ("--schedule", "schedule", ("two_pass", "single_pass"),
+     "two_pass: localize, then edit from the same seed (default); single_pass: one trajectory"),
+)
+_BOOL_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--drop-verbs", "drop_verbs", "drop instruction verbs from the RoI tokens (default on)"),
+    ("--penalize-padding", "penalize_padding", "count padding tokens as unrelated (default on)"),
+    ("--penalize-end-token", "penalize_end_token", "count the end token as unrelated (default off)"),
+)
+
+
+def _add_setting_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LIME settings (unset ones keep the model's defaults; see LimeConfig)")
+    for flag, name, typ, help_ in _SETTING_FLAGS:
+        g.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, metavar=name.split("_")[-1].upper(),
+                       help=help_)
+    for flag, name, choices, help_ in _CHOICE_FLAGS:
+        g.add_argument(flag, dest=f"cfg_{name}", type=_schedule if name == "schedule" else str,
+                       choices=choices, default=None, help=help_)
+    for flag, name, help_ in _BOOL_FLAGS:
+        g.add_argument(flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None,
+                       help=help_)
+    g.add_argument("--fast", action="store_true",
+                   help="cheaper localization: a 10-step schedule captured at 0.3 (LimeConfig.fast)")
+    g.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other LimeConfig field, e.g. --set kmeans_iters=50 (repeatable)")
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise UsageError(f"--set {item!r}: expected NAME=VALUE")
+    name, _, text = item.partition("=")
+    name, text = name.strip().replace("-", "_"), text.strip()
+    fields = {f.name: f for f in dataclasses.fields(LimeConfig)}
+    if name not in fields:
+        raise UsageError(f"--set {name}: unknown setting; known: {', '.join(sorted(fields))}")
+    default = fields[name].default
+    try:
+        if text.lower() in ("none", "null") and default is None:
+            return name, None
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return name, True
+            if text.lower() in ("0", "false", "no", "off"):
+                return name, False
+            raise ValueError
+        if isinstance(default, tuple):
+            return name, _levels(text)
+        if isinstance(default, int) or default is None:
+            return name, int(text)
+        if isinstance(default, float):
+            return name, float(text)
+        return name, text
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UsageError(f"--set {name}={text}: bad value for a {type(default).__name__} setting") from None
+
+
+def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The LimeConfig overrides the user actually set (``--fast`` first, explicit
+    flags win), validated against the reference defaults."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "fast", False):
+        fast = LimeConfig.fast()
+        overrides.update(localization_steps=fast.localization_steps, capture_at=fast.capture_at)
+    for item in getattr(args, "cfg_set", []) or []:
+        name, value = _parse_set(item)
+        overrides[name] = value
+    for key, value in vars(args).items():
+        if key.startswith("cfg_") and key != "cfg_set" and value is not None:
+            overrides[key[4:]] = value
+    try:
+        LimeConfig().replace(**overrides)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    return overrides
+
+
+# --------------------------------------------------------------------------- parser
+def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (their image files, sorted by name) or glob patterns "
+                        "(quote them; ** recurses)")
+    p.add_argument("-i", "--instruction", action="append", required=True, metavar="TEXT",
+                   help="the edit instruction, e.g. 'make the car red'. Give it once for all inputs, "
+                        "or once per input (repeat -i; paired with the inputs in expanded order)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"Hub id, local diffusers folder, single .safetensors/.ckpt file, or 'demo' "
+                        f"(default {DEFAULT_MODEL})")
+    m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: best available)")
+    m.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
+                   help="weights dtype (default: float16 on CUDA, float32 otherwise)")
+    m.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickled checkpoints (.ckpt/.bin). Only for files you trust: "
+                        "unpickling can run arbitrary code")
+    m.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
+    p.add_argument("--seed", type=int, default=0, help="random seed, the same for every input (default 0)")
+    o = p.add_argument_group("input/output")
+    o.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default ./{DEFAULT_OUT})")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (without it, inputs whose outputs exist are skipped "
+                        "and reported, before any model work)")
+    o.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse inputs above N pixels (default 4096*4096; 0 = no limit)")
+    o.add_argument("--explain", action="store_true", help="also write one attention heatmap per related token")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or warnings")
+    o.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
+    _add_setting_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lime-edit",
+        description="LIME: localized instruction-based image editing on InstructPix2Pix-family models.",
+        epilog="Exit codes: 0 all inputs done, 1 some inputs failed, 2 usage or model error.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    edit = sub.add_parser(
+        "edit", help="edit images with an instruction (LIME localization + attention regularization)",
+        description="Edit each input with its instruction. Writes, per input STEM: STEM_edited.png "
+                    "(input size), STEM_mask.png, STEM_overlay.png, STEM_segments.png, "
+                    "STEM_attn_NN_TOKEN.png (--explain) and STEM.json (settings, seed, model, "
+                    "timings, warnings).")
+    _add_common_args(edit, "edit")
+    g = edit.add_mutually_exclusive_group()
+    g.add_argument("--mask", action="append", default=None, metavar="FILE",
+                   help="use this mask (white/opaque = edit; any size) instead of localizing. Once for "
+                        "all inputs or once per input")
+    g.add_argument("--no-lime", action="store_true", help="plain InstructPix2Pix, no localization")
+    edit.set_defaults(func=cmd_edit)
+
+    loc = sub.add_parser(
+        "localize", help="only find the region an instruction refers to (mask, overlay, segments)",
+        description="Run LIME's localization only. Writes, per input STEM: STEM_mask.png, "
+                    "STEM_overlay.png, STEM_segments.png, STEM_attn_NN_TOKEN.png (--explain), STEM.json.")
+    _add_common_args(loc, "localize")
+    loc.set_defaults(func=cmd_localize)
+
+    for name in FEATURE_CLIS:
+        module = _import_feature(name)
+        if module is not None:
+            module.register(sub)
+    return parser
+
+
+def _import_feature(name: str):
+    """Import a feature package's CLI module; ``None`` only when that module (or
+    its feature package) is not there. Errors inside it propagate."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        parts = name.split(".")
+        missing = {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+        if err.name in missing:
+            return None
+        raise
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("lime-edit")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit code (see module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or usage error (2)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        _err("interrupted (no partial output files were left)")
+        return EXIT_INTERRUPTED
+    except (LimeEditError, OSError) as err:
+        _err(f"error: {_one_line(err)}")
+        return EXIT_USAGE
+
+
+def _err(line: str) -> None:
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        print(line, file=sys.stderr)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    text = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, (LimeEditError, OSError)):
+        text = f"{type(err).__name__}: {text}"
+    return text
+
+
+def _item_error(src: Any, err: BaseException) -> str:
+    msg = _one_line(err)
+    name = str(src)
+    return f"error: {msg}" if msg.startswith(name + ":") else f"error: {name}: {msg}"
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    return _run(args, task="edit")
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    return _run(args, task="localize")
+
+
+def _pair(values: list[Any] | None, n: int, what: str) -> list[Any]:
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) == n:
+        return list(values)
+    raise UsageError(f"got {len(values)} {what}s for {n} input image(s): give one {what} for all "
+                     f"inputs or exactly one per input")
+
+
+def _setup_logging(verbose: bool) -> None:
+    if verbose:
+        return
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+    except Exception:  # pragma: no cover - logging only
+        pass
+
+
+def _load_pipeline(args: argparse.Namespace):
+    """Load the model once (tests replace this to inject a pipeline)."""
+    import torch
+
+    from .pipeline import LimePipeline
+
+    dtype = None if args.dtype in (None, "auto") else getattr(torch, args.dtype)
+    return LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=args.device,
+                                        allow_pickle=args.allow_pickle,
+                                        local_files_only=True if args.local_files_only else None)
+
+
+def _run(args: argparse.Namespace, task: str) -> int:
+    from tqdm import tqdm
+
+    from . import io as lio
+    from .imageops import DEFAULT_MAX_PIXELS
+
+    t_start = time.perf_counter()
+    overrides = collect_overrides(args)
+    instructions = list(args.instruction)
+    for text in instructions:
+        if not text or not text.strip():
+            raise UsageError("-i/--instruction is empty; say what to change, e.g. -i 'make the sky pink'")
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
+    if max_pixels is not None and max_pixels < 64:
+        raise UsageError(f"--max-pixels {max_pixels} is too small (0 = no limit)")
+    no_lime = task == "edit" and args.no_lime
+    mask_files = getattr(args, "mask", None) if task == "edit" else None
+    if args.explain and (no_lime or mask_files):
+        raise UsageError("--explain needs automatic localization; drop --mask/--no-lime")
+
+    files, problems = lio.expand_inputs(args.inputs)
+    failed = 0
+    for p in problems:
+        _err(f"error: {p.spec}: {p.message}")
+        failed += 1
+    if not files:
+        _err("error: no input images")
+        return EXIT_USAGE
+    instr_for = _pair(instructions, len(files), "instruction")
+    mask_for = _pair(mask_files, len(files), "mask")
+
+    out_dir = lio.check_out_dir(args.out)
+    if task == "localize":
+        kinds = ["mask", "overlay", "segments", "record"]
+    elif no_lime:
+        kinds = ["edited", "record"]
+    elif mask_files:
+        kinds = ["edited", "mask", "overlay", "record"]
+    else:
+        kinds = ["edited", "mask", "overlay", "segments", "record"]
+    plans = lio.plan_outputs(files, out_dir, kinds, explain=args.explain)
+
+    # Refuse to overwrite before any expensive work, per input.
+    todo = []
+    for i, plan in enumerate(plans):
+        if plan.existing and not args.overwrite:
+            shown = ", ".join(str(p) for p in plan.existing[:2]) + (" ..." if len(plan.existing) > 2 else "")
+            _err(f"error: {plan.source}: output exists ({shown}); use --overwrite to replace it")
+            failed += 1
+        else:
+            todo.append(i)
+    if not todo:
+        return EXIT_SOME_FAILED
+
+    # One mask for every input: read it once, before loading the model.
+    shared_mask = None
+    if mask_files and len(set(mask_files)) == 1:
+        shared_mask = lio.load_mask(mask_files[0], max_pixels)
+
+    _setup_logging(args.verbose)
+    t0 = time.perf_counter()
+    try:
+        lp = _load_pipeline(args)
+    except (LimeEditError, OSError, ImportError, ValueError) as err:
+        _err(f"error: model {args.model}: {_one_line(err)}")
+        return EXIT_USAGE
+    load_s = time.perf_counter() - t0
+    show_bars = not args.quiet and sys.stderr.isatty()
+    pipe = getattr(lp, "pipe", None)
+    if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=not show_bars, leave=False)
+
+    done = 0
+    bar = tqdm(todo, desc=f"lime-edit {task}", unit="image", disable=not show_bars or len(todo) < 2,
+               file=sys.stderr)
+    for i in bar:
+        plan, instruction = plans[i], instr_for[i]
+        try:
+            written, warnings = _process_one(lp, args, task, plan, instruction, mask_for[i], shared_mask,
+                                             overrides, max_pixels, load_s)
+        except KeyboardInterrupt:
+            raise
+        except (LimeEditError, OSError) as err:
+            _err(_item_error(plan.source, err))
+            failed += 1
+            continue
+        except Exception as err:  # one bad input must not end the batch
+            if os.environ.get("LIME_EDIT_DEBUG"):
+                raise
+            _err(_item_error(plan.source, err) + " (set LIME_EDIT_DEBUG=1 for a traceback)")
+            failed += 1
+            continue
+        done += 1
+        if not args.quiet:
+            for w in warnings:
+                _err(f"warning: {plan.source}: {w}")
+        main_out = written.get("edited") or written.get("mask") or written.get("record")
+        print(main_out, flush=True)
+    bar.close()
+    if not args.quiet and len(plans) > 1:
+        _err(f"{task}: {done} done, {failed} failed, {time.perf_counter() - t_start:.1f}s; outputs in {out_dir}")
+    return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
+
+
+def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | None, shared_mask,
+                 overrides: dict[str, Any], max_pixels: int | None, load_s: float):
+    """Run one input and write its outputs; returns ``(written kind -> path, warnings)``."""
+    from . import io as lio
+    from . import viz
+
+    t0 = time.perf_counter()
+    image = lio.load_image(plan.source, max_pixels)
+    warnings: list[str] = []
+    mask_source: dict[str, Any] = {"kind": "auto"}
+    mask = "auto"
+    if task == "edit" and args.no_lime:
+        mask, mask_source = None, {"kind": "none"}
+    elif mask_file is not None:
+        mask = shared_mask if shared_mask is not None else lio.load_mask(mask_file, max_pixels)
+        warnings += _user_mask_notes(mask, image.size)
+        mask_source = {"kind": "file", "file": str(mask_file), "size": [int(mask.shape[1]), int(mask.shape[0])],
+                       "fraction": round(lio.mask_coverage(mask), 6)}
+    read_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    if task == "edit":
+        res = lp.edit(image, instruction, mask=mask, seed=args.seed, **overrides)
+        loc = res.localization
+        region = res.mask if res.mask is not None else (loc.mask if loc is not None else None)
+        settings = dict(res.settings) if res.settings else lp.config.replace(**overrides).to_dict()
+        warnings = list(res.warnings) + [w for w in warnings if w not in res.warnings]
+        seed, lime_applied, core_timings = res.seed, res.lime_applied, dict(res.timings)
+    else:
+        loc = lp.localize(image, instruction, seed=args.seed, **overrides)
+        region, res = loc.mask, None
+        settings = lp.config.replace(**overrides).to_dict()
+        seed, lime_applied, core_timings = args.seed, None, {}
+        warnings += list(getattr(loc, "warnings", []) or [])
+    run_s = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    size = image.size
+    files: dict[Path, bytes] = {}
+    written: dict[str, Path] = {}
+
+    def put(kind: str, path: Path, picture) -> None:
+        files[path] = lio.encode_image(picture, path)
+        written[kind] = path
+
+    if res is not None:
+        edited = res.image if res.image.size == size else res.image.resize(size, _lanczos())
+        put("edited", plan.paths["edited"], edited.convert("RGB"))
+    if region is not None and "mask" in plan.paths:
+        put("mask", plan.paths["mask"], viz.mask_image(region, size))
+        put("overlay", plan.paths["overlay"], viz.overlay(image, region))
+    if loc is not None and "segments" in plan.paths:
+        put("segments", plan.paths["segments"], viz.segment_map(loc.segments, size, mask=loc.mask))
+    heatmaps: list[dict[str, Any]] = []
+    if args.explain and loc is not None:
+        for n, (tok_idx, word, pic) in enumerate(viz.token_heatmaps(loc, image)):
+            path = plan.heatmap_path(n, word)
+            files[path] = lio.encode_image(pic, path)
+            heatmaps.append({"token_index": tok_idx, "token": word, "file": path.name})
+    if args.explain and loc is None:
+        warnings.append("--explain: no heatmaps, the edit ran without localization")
+
+    record = {
+        "lime_edit_version": _version(),
+        "command": task,
+        "input": str(plan.source),
+        "input_size": list(size),
+        "instruction": instruction,
+        "model": args.model,
+        "device": str(getattr(getattr(lp, "pipe", None), "device", args.device)),
+        "dtype": str(getattr(getattr(lp, "pipe", None), "dtype", args.dtype)).replace("torch.", ""),
+        "seed": seed,
+        "mask_source": mask_source,
+        "lime_applied": lime_applied,
+        "warnings": warnings,
+        "settings": settings,
+        "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
+        "localization": _loc_summary(loc, region),
+        "outputs": {k: p.name for k, p in written.items()},
+        "heatmaps": heatmaps,
+        "timings": {"load_model": round(load_s, 4), "read": round(read_s, 4),
+                    **{k: round(float(v), 4) for k, v in core_timings.items()},
+                    task: round(run_s, 4), "write": None},
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": _lib_versions(),
+    }
+    record["timings"]["write"] = round(time.perf_counter() - t2, 4)
+    files[plan.paths["record"]] = lio.to_json_bytes(record)
+    written["record"] = plan.paths["record"]
+
+    if not args.overwrite:  # another process may have written there since planning
+        clash = [p for p in files if p.exists()]
+        if clash:
+            raise LimeEditError(f"output appeared while running ({clash[0]}); use --overwrite to replace it")
+    lio.atomic_write_many(files)  # record last; all-or-nothing per input
+    return written, warnings
+
+
+def _lanczos():
+    from PIL import Image
+
+    return Image.Resampling.LANCZOS
+
+
+def _user_mask_notes(mask, image_size: tuple[int, int]) -> list[str]:
+    from . import io as lio
+
+    notes = []
+    frac = lio.mask_coverage(mask)
+    if frac == 0.0:
+        notes.append("the mask is empty (no white/opaque pixel): no region to localize the edit to")
+    elif frac == 1.0:
+        notes.append("the mask covers the whole image: the edit is not localized")
+    mh, mw = int(mask.shape[0]), int(mask.shape[1])
+    w, h = image_size
+    if (mw, mh) != (w, h):
+        if abs(mw / mh - w / h) > 0.01 * (w / h):
+            notes.append(f"the mask is {mw}x{mh} but the image is {w}x{h}: it was stretched to fit")
+    return notes
+
+
+def _loc_summary(loc, region) -> dict[str, Any] | None:
+    if loc is None and region is None:
+        return None
+    from . import io as lio
+
+    out: dict[str, Any] = {}
+    if region is not None:
+        out["mask_fraction"] = round(lio.mask_coverage(region), 6)
+        out["grid_size"] = [int(v) for v in region.shape]
+    if loc is not None:
+        out.update(tokens=list(loc.tokens), token_indices=[int(v) for v in loc.token_indices],
+                   selected_segments=[int(v) for v in loc.selected_segments],
+                   num_segments=int(loc.num_segments), num_points=int(len(loc.points)),
+                   processed_size=list(loc.image_size))
+    return out
+
+
+def _lib_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for mod in ("torch", "diffusers", "transformers"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = getattr(m, "__version__", "?")
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

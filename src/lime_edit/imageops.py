@@ -1,0 +1,96 @@
+"""Pure PIL/tensor helpers for images and masks (no file I/O here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .errors import InputImageError, LimeEditError
+
+#: Default limit on input pixels (about 16 megapixels); configurable everywhere.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Return an 8-bit RGB copy of any PIL image.
+
+    EXIF orientation is applied; alpha (RGBA, LA, PA, P with transparency) is
+    composited on ``background``; 16-bit and 32-bit greyscale ("I;16", "I", "F")
+    are rescaled to 8 bits from their actual range; CMYK and YCbCr go through
+    PIL's conversion.  diffusers would treat a 4-channel array as *latents*, so
+    nothing with alpha may reach the pipeline.
+    """
+    if not isinstance(image, Image.Image):
+        raise InputImageError(f"expected a PIL image, got {type(image).__name__}")
+    image = ImageOps.exif_transpose(image) or image
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if mode in ("I", "F") and arr.max() <= 1.0 and arr.min() >= 0.0 and mode == "F":
+            hi = 1.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode == "RGB":
+        return image.copy()
+    return image.convert("RGB")
+
+
+def check_size(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image") -> None:
+    w, h = image.size
+    if w < 8 or h < 8:
+        raise InputImageError(f"{name}: {w}x{h} is too small (at least 8x8 pixels)")
+    if max_pixels is not None and w * h > max_pixels:
+        raise InputImageError(f"{name}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels} "
+                              "(raise --max-pixels or resize it)")
+
+
+def processing_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """``(w, h)`` rounded to the nearest multiple of ``multiple`` (at least one)."""
+    w, h = size
+    return (max(multiple, int(round(w / multiple)) * multiple),
+            max(multiple, int(round(h / multiple)) * multiple))
+
+
+def mask_to_tensor(mask, name: str = "mask") -> torch.Tensor:
+    """A user mask (PIL image, numpy array or tensor; any size; nonzero/bright =
+    edit) as an ``(H, W)`` bool tensor. Colour and alpha images are read by their
+    luminance (or alpha when the image is transparent); threshold 50%."""
+    if isinstance(mask, Image.Image):
+        if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
+            arr = np.asarray(mask.getchannel("A"), dtype=np.float32) / 255.0
+        else:
+            arr = np.asarray(to_rgb(mask).convert("L"), dtype=np.float32) / 255.0
+        t = torch.from_numpy(arr) >= 0.5
+    elif isinstance(mask, np.ndarray) or isinstance(mask, torch.Tensor):
+        t = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+        t = t.squeeze()
+        if t.ndim == 3:  # HWC or CHW colour -> any channel set
+            t = t.float().amax(dim=0 if t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4) else -1)
+        if t.ndim != 2:
+            raise LimeEditError(f"{name}: expected a 2-D mask, got shape {tuple(t.shape)}")
+        if t.dtype == torch.bool:
+            pass
+        else:
+            t = t.float()
+            t = t > (0.5 * float(t.max()) if float(t.max()) > 1.0 else 0.5)
+    else:
+        raise LimeEditError(f"{name}: expected an image, array or tensor, got {type(mask).__name__}")
+    return t.bool()
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an ``(H, W)`` bool mask to ``size = (h, w)``."""
+    if tuple(mask.shape) == tuple(size):
+        return mask
+    out = F.interpolate(mask[None, None].float(), size=size, mode="nearest")
+    return out[0, 0] > 0.5

@@ -1,0 +1,425 @@
+"""File I/O for the front ends: safe image/mask reading, atomic writes, input
+expansion and output planning.
+
+Everything a user can get wrong raises :class:`~lime_edit.errors.LimeEditError`
+(or its subclass :class:`~lime_edit.errors.InputImageError`) with a one-line
+message that names the file, so the CLI can print ``error: <file>: <message>``
+and go on with the rest of a batch.
+
+Writes are atomic: the bytes go to a temporary file in the destination folder,
+are flushed and ``fsync``-ed, and only then renamed over the destination with
+``os.replace``.  An interrupted run (Ctrl-C, crash, full disk) leaves either the
+old file or the complete new one, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io as _io
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputImageError, LimeEditError
+from .imageops import DEFAULT_MAX_PIXELS, check_size, mask_to_tensor, to_rgb
+
+#: Extensions picked up when a folder or a glob is expanded (lower case).
+#: A file named explicitly on the command line is always tried, whatever its name.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+_GLOB_CHARS = set("*?[")
+
+
+# --------------------------------------------------------------------------- reading
+def _open_verified(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
+    """Open ``path``, check that it is a complete, decodable image within the
+    pixel limit, and return it fully loaded (first frame of animations)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputImageError(f"{path}: is a folder, not an image")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit replaces PIL's decompression-bomb warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as probe:
+                size = probe.size
+                if max_pixels is not None:
+                    check_size(probe, max_pixels, name=str(path))  # header only: no decoding yet
+                probe.verify()  # structure / checksums (PNG CRC, ...)
+            # verify() leaves the image unusable: reopen and decode every pixel,
+            # which is what catches truncated files.
+            image = Image.open(path)
+            image.load()
+    except Image.DecompressionBombError:
+        raise InputImageError(f"{path}: image is far above PIL's decompression-bomb limit; "
+                              "refusing to decode it") from None
+    except UnidentifiedImageError:
+        raise InputImageError(f"{path}: not an image file (or an unsupported format)") from None
+    except InputImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as err:
+        # PIL raises all of these for damaged files; "image file is truncated" is an OSError.
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputImageError(f"{path}: cannot read image ({reason})") from None
+    if image.size != size:  # paranoia: header and decoded data disagree
+        raise InputImageError(f"{path}: cannot read image (size changed while decoding)")
+    return image
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read an input image as 8-bit RGB, safely.
+
+    - unreadable, truncated or non-image files raise ``InputImageError`` with a
+      one-line message naming the file (checked by decoding every pixel);
+    - the pixel limit (``max_pixels``, ``None`` = no limit) is checked on the
+      header, before anything is decoded; images smaller than 8x8 are refused;
+    - EXIF orientation is applied and every mode (RGBA/LA/P with transparency
+      composited on white, CMYK, 16-bit and greyscale) becomes RGB through
+      :func:`lime_edit.imageops.to_rgb`; animated files give their first frame.
+
+    The returned image has the *displayed* size (width and height swapped for
+    photos taken in portrait with an EXIF rotation tag).
+    """
+    image = _open_verified(path, max_pixels)
+    try:
+        rgb = to_rgb(image)
+    except (OSError, ValueError) as err:
+        if isinstance(err, LimeEditError):
+            raise
+        raise InputImageError(f"{path}: cannot convert image to RGB ({err})") from None
+    finally:
+        image.close()
+    check_size(rgb, max_pixels, name=str(path))
+    return rgb
+
+
+def load_mask(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Read a user mask file as an ``(H, W)`` bool tensor (True = region to edit).
+
+    Any image format and mode works: transparent images are read by their alpha
+    channel, others by luminance, threshold 50% (:func:`imageops.mask_to_tensor`).
+    The mask may have any size; the pipeline resizes it to the image.  Whether it
+    is empty or full is reported by :func:`mask_coverage` / the pipeline, not
+    refused here.
+    """
+    image = _open_verified(path, max_pixels)
+    try:
+        image = _exif_transposed(image)
+        return mask_to_tensor(image, name=str(path))
+    except LimeEditError as err:
+        msg = str(err)
+        raise LimeEditError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    finally:
+        image.close()
+
+
+def _exif_transposed(image: Image.Image) -> Image.Image:
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) or image
+
+
+def mask_coverage(mask) -> float:
+    """Fraction of True pixels of a bool mask (0.0 empty .. 1.0 full)."""
+    n = int(mask.numel())
+    return float(mask.sum().item()) / n if n else 0.0
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable; not possible on every OS (Windows), so best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden temporary file next to ``path``; return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(OSError):  # mkstemp creates 0600; use the normal mode
+            os.chmod(tmp_path, 0o666 & ~_umask())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+    return tmp_path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + fsync +
+    ``os.replace``). Creates the parent folder. On any error or interrupt the
+    destination is untouched and the temporary file is removed."""
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def encode_image(image: Image.Image, path: str | os.PathLike, format: str | None = None,
+                 **save_kwargs: Any) -> bytes:
+    """The bytes of ``image`` saved in the format implied by ``path``'s extension."""
+    buf = _io.BytesIO()
+    fmt = format or Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise LimeEditError(f"{path}: unknown image extension {Path(path).suffix!r}")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("RGB")
+    image.save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+def atomic_save_image(path: str | os.PathLike, image: Image.Image, format: str | None = None,
+                      **save_kwargs: Any) -> Path:
+    """Save a PIL image atomically (encoded in memory first, then written with
+    :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, encode_image(image, path, format, **save_kwargs))
+
+
+def to_json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode("utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON atomically. Paths, tuples, numpy and
+    torch scalars/arrays are converted."""
+    return atomic_write_bytes(path, to_json_bytes(obj))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    tolist = getattr(obj, "tolist", None)  # numpy / torch
+    if callable(tolist):
+        return tolist()
+    item = getattr(obj, "item", None)
+    if callable(item):
+        return item()
+    return str(obj)
+
+
+def atomic_write_many(files: dict[Path, bytes]) -> list[Path]:
+    """Write several files as one step: every file is first written to a temporary
+    file next to its destination, and only when all of them are on disk are they
+    renamed into place (each rename is atomic).  An error or interrupt before the
+    renames leaves all destinations untouched and no temporary file behind."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            staged.append((_write_temp(Path(path), data), Path(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    for folder in {p.parent for p in files}:
+        _fsync_dir(Path(folder))
+    return [Path(p) for p in files]
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class InputSpec:
+    """One command-line input that expanded to nothing usable."""
+
+    spec: str
+    message: str
+
+
+def _is_glob(spec: str) -> bool:
+    return any(ch in _GLOB_CHARS for ch in spec)
+
+
+def _image_files_in(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def expand_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[InputSpec]]:
+    """Expand command-line inputs into a deterministic list of files.
+
+    - an existing file is used as given, whatever its extension (a non-image file
+      is reported when it is read);
+    - a folder contributes its image files (by extension, :data:`IMAGE_EXTENSIONS`,
+      not recursive, hidden files skipped), sorted by name;
+    - anything else containing ``* ? [`` is a glob (``**`` recurses); its matches
+      that are image files, sorted;
+    - order follows the command line; a file reached twice is kept once.
+
+    Returns ``(files, problems)``: ``problems`` lists the specs that named nothing
+    (missing path, empty folder, glob without matches) with a message.
+    """
+    files: list[Path] = []
+    problems: list[InputSpec] = []
+    seen: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.normcase(os.path.realpath(p))
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    for raw in specs:
+        spec = os.fspath(raw)
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found = _image_files_in(path)
+            if not found:
+                problems.append(InputSpec(spec, "folder contains no image files "
+                                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})"))
+            for p in found:
+                add(p)
+        elif path.exists():
+            add(path)
+        elif _is_glob(spec):
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
+            found = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                problems.append(InputSpec(spec, "no image file matches this pattern"))
+            for p in found:
+                add(p)
+        else:
+            problems.append(InputSpec(spec, "no such file or folder"))
+    return files, problems
+
+
+# --------------------------------------------------------------------------- outputs
+#: Output kinds and their file-name suffixes: ``<stem><suffix>``.
+OUTPUT_SUFFIXES = {
+    "edited": "_edited.png",
+    "mask": "_mask.png",
+    "overlay": "_overlay.png",
+    "segments": "_segments.png",
+    "record": ".json",
+}
+#: Per-token heatmaps (``--explain``): ``<stem>_attn_<nn>_<token>.png``.
+HEATMAP_GLOB = "_attn_*.png"
+
+
+@dataclass
+class OutputPlan:
+    """Where the outputs of one input go.
+
+    stem: the base name shared by all outputs (the input's name without extension,
+        with ``-2``, ``-3`` ... appended when two inputs share a name).
+    paths: kind -> path, for the kinds planned (see :data:`OUTPUT_SUFFIXES`).
+    explain: whether per-token heatmaps will be written (names known only after
+        localization; see :meth:`heatmap_path`).
+    """
+
+    source: Path
+    out_dir: Path
+    stem: str
+    paths: dict[str, Path]
+    explain: bool = False
+    existing: list[Path] = field(default_factory=list)
+
+    def heatmap_path(self, index: int, token: str) -> Path:
+        return self.out_dir / f"{self.stem}_attn_{index:02d}_{safe_name(token)}.png"
+
+    def find_existing(self) -> list[Path]:
+        """Planned outputs that already exist (heatmaps by pattern)."""
+        found = [p for p in self.paths.values() if p.exists() or p.is_symlink()]
+        if self.explain and self.out_dir.is_dir():
+            found += sorted(self.out_dir.glob(glob.escape(self.stem) + HEATMAP_GLOB))
+        return found
+
+
+def safe_name(text: str, max_len: int = 40) -> str:
+    """A file-name-safe version of ``text`` (letters, digits, ``-``, ``_``, ``.``)."""
+    out = "".join(ch if (ch.isalnum() and ch.isascii()) or ch in "-_." else "_" for ch in text)
+    out = out.strip("._") or "x"
+    return out[:max_len]
+
+
+def plan_outputs(inputs: Sequence[Path], out_dir: str | os.PathLike, kinds: Iterable[str],
+                 explain: bool = False) -> list[OutputPlan]:
+    """Plan output paths for each input in ``out_dir``; nothing is written.
+
+    Names are ``<stem><suffix>`` (see :data:`OUTPUT_SUFFIXES`); inputs whose
+    stems collide (``a/x.png`` and ``b/x.jpg``) get ``x``, ``x-2``, ``x-3`` in
+    input order, so a batch never writes one output twice.  ``plan.existing``
+    lists the outputs already on disk; call this before any expensive work and
+    refuse those inputs unless the user allowed overwriting.
+    """
+    out_dir = Path(out_dir)
+    kinds = list(kinds)
+    unknown = [k for k in kinds if k not in OUTPUT_SUFFIXES]
+    if unknown:
+        raise ValueError(f"unknown output kind(s): {unknown}")
+    used: set[str] = set()
+    plans: list[OutputPlan] = []
+    for src in inputs:
+        base = safe_name(Path(src).stem, max_len=120)
+        stem, n = base, 1
+        while stem.lower() in used:
+            n += 1
+            stem = f"{base}-{n}"
+        used.add(stem.lower())
+        plan = OutputPlan(Path(src), out_dir, stem,
+                          {k: out_dir / f"{stem}{OUTPUT_SUFFIXES[k]}" for k in kinds}, explain)
+        plan.existing = plan.find_existing()
+        plans.append(plan)
+    return plans
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` if needed and check that it is a writable folder;
+    raise ``LimeEditError`` otherwise (before any expensive work)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LimeEditError(f"{out}: output path exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LimeEditError(f"{out}: cannot create output folder ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise LimeEditError(f"{out}: output folder is not writable")
+    return out
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "OUTPUT_SUFFIXES", "InputSpec", "OutputPlan",
+    "load_image", "load_mask", "mask_coverage",
+    "atomic_write_bytes", "atomic_save_image", "atomic_write_json", "atomic_write_many",
+    "encode_image", "to_json_bytes", "expand_inputs", "plan_outputs", "check_out_dir", "safe_name",
+]

@@ -1,0 +1,484 @@
+"""The Gradio app behind ``lime-edit serve``: edit, see LIME's region, refine it by clicking.
+
+Built on the public task API only (``LimePipeline.edit`` and ``Localization``):
+
+* **Run** calls ``lp.edit(image, instruction, mask="auto" | uploaded mask)`` and,
+  for comparison, ``lp.edit(..., mask=None)`` (plain InstructPix2Pix) with the
+  same seed and settings.
+* Clicking a segment toggles it in the region of interest
+  (``Localization.with_segments``); nothing is recomputed.
+* **Apply** re-runs only the edit pass with ``mask=localization.with_segments(...)``,
+  so the segmentation of the first run is reused.
+
+Everything a user did lives in a per-session :class:`Session` held by
+``gr.State``; the app object itself keeps no per-user data.  Heavy jobs borrow a
+pipeline from a :class:`ModelPool` (one pipeline per concurrent job: a
+pipeline's attention processors and scheduler are per-call state) and the
+Gradio queue admits at most ``len(pool)`` of them at once.
+
+The callbacks (:meth:`LimeWebApp.run`, :meth:`~LimeWebApp.toggle_at`,
+:meth:`~LimeWebApp.apply`, :meth:`~LimeWebApp.reset`) are plain methods that the
+tests call directly; :meth:`LimeWebApp.build` wires them to the page.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import queue
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+import gradio as gr
+
+from ..errors import LimeEditError
+from ..imageops import mask_to_tensor, to_rgb
+from . import render
+
+log = logging.getLogger(__name__)
+
+#: Uploaded images are scaled down (aspect kept) so the longer side is at most this.
+DEFAULT_MAX_SIDE = 512
+
+
+class ModelPool:
+    """A fixed set of ``LimePipeline`` s; each job borrows one for its duration.
+
+    A pipeline runs one job at a time (LIME swaps the U-Net's attention
+    processors and the scheduler keeps per-call state), so the pool size is the
+    number of jobs that can run at once.
+    """
+
+    def __init__(self, pipelines: Sequence[Any]):
+        pipelines = list(pipelines)
+        if not pipelines:
+            raise ValueError("ModelPool needs at least one pipeline")
+        self.size = len(pipelines)
+        self.config = pipelines[0].config
+        self._free: queue.Queue = queue.Queue()
+        for p in pipelines:
+            self._free.put(p)
+
+    @contextmanager
+    def borrow(self) -> Iterator[Any]:
+        lp = self._free.get()
+        try:
+            yield lp
+        finally:
+            self._free.put(lp)
+
+
+@dataclass
+class Session:
+    """What one browser session has done so far (held in ``gr.State``).
+
+    image: the RGB image that was edited (after the ``max_side`` downscale).
+    localization: LIME's stage-1 output of the last **Run** (None when the user
+        uploaded a mask); its segmentation is what clicks refine.
+    selected: segment labels in the region currently shown.
+    applied: segment labels the shown LIME result was made with (differs from
+        ``selected`` while a refinement is pending).
+    mask: ``(H, W)`` bool region shown (grid of the localization, or of the
+        uploaded mask).
+    mask_source: "auto", "refined" or "uploaded".
+    """
+
+    image: Image.Image
+    instruction: str
+    seed: int
+    overrides: dict[str, Any]
+    localization: Any | None
+    selected: tuple[int, ...]
+    applied: tuple[int, ...]
+    mask: np.ndarray | None
+    mask_source: str
+    result: Any | None = None
+    plain: Image.Image | None = None
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def view_size(self) -> tuple[int, int]:
+        return render.display_size(self.image.size)
+
+    @property
+    def pending(self) -> bool:
+        return self.localization is not None and self.selected != self.applied
+
+
+def _readable_errors(fn: Callable) -> Callable:
+    """Turn any exception into a ``gr.Error`` with a one-line message (the page
+    shows it as a toast); unexpected ones are logged with their traceback on
+    the server only."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except LimeEditError as e:
+            raise gr.Error(_one_line(str(e)), print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 - the page must never show a traceback
+            log.exception("web demo: %s failed", fn.__name__)
+            raise gr.Error(_one_line(f"{type(e).__name__}: {e}") + " (details in the server log)",
+                           print_exception=False) from None
+
+    return wrapper
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lime-edit")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+class LimeWebApp:
+    """Callbacks and page of the demo for one model pool.
+
+    pipelines: one ``LimePipeline`` or several (replicas of one model; that many
+        edits run at once).
+    model_name: shown on the page and written to ``settings.json``.
+    max_side: uploads larger than this (longer side, pixels) are scaled down;
+        None keeps the size.
+    max_queue: jobs waiting in the queue at most (more are refused with a message).
+    workdir: folder for the files offered for download (a temporary folder by
+        default; entries older than ``keep_files_s`` are pruned).
+    """
+
+    def __init__(self, pipelines: Any | Sequence[Any], *, model_name: str = "",
+                 max_side: int | None = DEFAULT_MAX_SIDE, max_queue: int = 16,
+                 workdir: str | Path | None = None, keep_files_s: float = 3600.0):
+        if not isinstance(pipelines, (list, tuple)):
+            pipelines = [pipelines]
+        self.pool = ModelPool(pipelines)
+        self.model_name = model_name
+        self.max_side = max_side
+        self.max_queue = max_queue
+        self.keep_files_s = keep_files_s
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lime-web-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # ---- helpers ---------------------------------------------------------------
+    def defaults(self) -> dict[str, Any]:
+        c = self.pool.config
+        return dict(steps=c.num_inference_steps, seed=0, guidance=c.guidance_scale,
+                    image_guidance=c.image_guidance_scale, clusters=c.num_clusters, top_k=c.top_k)
+
+    def _prepare(self, image: Image.Image | None) -> tuple[Image.Image, list[str]]:
+        if image is None:
+            raise gr.Error("Upload an image first.", print_exception=False)
+        img = to_rgb(image)
+        notes = []
+        if self.max_side and max(img.size) > self.max_side:
+            w, h = img.size
+            s = self.max_side / max(w, h)
+            size = (max(8, round(w * s)), max(8, round(h * s)))
+            img = img.resize(size, Image.Resampling.LANCZOS)
+            notes.append(f"resized from {w}x{h} to {size[0]}x{size[1]} (server limit {self.max_side} px)")
+        return img, notes
+
+    @staticmethod
+    def _edit_overrides(steps, guidance, image_guidance) -> dict[str, Any]:
+        return dict(num_inference_steps=int(steps), guidance_scale=float(guidance),
+                    image_guidance_scale=float(image_guidance))
+
+    def _write_files(self, s: Session) -> list[str]:
+        """result.png, mask.png, settings.json (and ip2p.png) in a fresh folder."""
+        self._prune()
+        folder = self.workdir / uuid.uuid4().hex
+        folder.mkdir()
+        res = s.result
+        files = []
+        res.image.save(folder / "result.png")
+        files.append(folder / "result.png")
+        if s.plain is not None:
+            s.plain.save(folder / "ip2p.png")
+            files.append(folder / "ip2p.png")
+        used = res.mask if res.mask is not None else None
+        if used is not None:
+            render.mask_image(_np(used), res.image.size).save(folder / "mask.png")
+            files.append(folder / "mask.png")
+        loc = s.localization
+        meta = {
+            "lime_edit_version": _version(),
+            "model": self.model_name,
+            "instruction": s.instruction,
+            "seed": s.seed,
+            "image_size": list(s.image.size),
+            "mask": s.mask_source,
+            "selected_segments": list(s.applied),
+            "related_tokens": list(loc.tokens) if loc is not None else None,
+            "lime_applied": bool(res.lime_applied),
+            "warnings": list(res.warnings),
+            "timings": dict(res.timings),
+            "overrides": dict(s.overrides),
+            "settings": dict(res.settings),
+            "notes": list(s.notes),
+        }
+        (folder / "settings.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        files.append(folder / "settings.json")
+        return [str(f) for f in files]
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.keep_files_s
+        for d in self.workdir.iterdir():
+            try:
+                if d.is_dir() and d.stat().st_mtime < cutoff:
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                pass
+
+    # ---- views -----------------------------------------------------------------
+    def view_roi(self, s: Session) -> Image.Image:
+        loc = s.localization
+        points = _np(loc.points) if loc is not None and s.mask_source == "auto" else None
+        grid = tuple(loc.grid_size) if loc is not None else None
+        return render.roi_overlay(s.image, s.mask, s.view_size, points=points, grid=grid)
+
+    def view_segments(self, s: Session) -> Image.Image | None:
+        if s.localization is None:
+            return None
+        return render.segment_map(s.image, _np(s.localization.segments), s.selected, s.view_size)
+
+    def view_attention(self, s: Session) -> Image.Image | None:
+        if s.localization is None:
+            return None
+        loc = s.localization
+        return render.heatmap(s.image, _np(loc.attention), s.view_size, points=_np(loc.points))
+
+    def info(self, s: Session) -> str:
+        res, loc = s.result, s.localization
+        lines = []
+        if res is not None:
+            if res.lime_applied:
+                lines.append(f"**LIME applied** ({'your mask' if s.mask_source == 'uploaded' else 'segments ' + _labels(s.applied)}).")
+            else:
+                lines.append("**Plain InstructPix2Pix**: LIME was not applied.")
+        if loc is not None:
+            toks = ", ".join(f"`{t}`" for t in loc.tokens) or "none"
+            lines.append(f"Related tokens: {toks}. {loc.num_segments} segments; "
+                         f"region: {_labels(s.selected)}.")
+        if s.pending:
+            lines.append("Region changed: press **Apply refined region** to re-run the edit "
+                         "pass with it (the segmentation is reused).")
+        elif loc is not None:
+            lines.append("Click a segment (on either of the first two pictures) to add it to "
+                         "or remove it from the region.")
+        if s.mask_source == "uploaded":
+            lines.append("Region = your uploaded mask (clear it to let LIME find the region).")
+        if res is not None and res.timings:
+            t = ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items())
+            lines.append(f"Time: {t}.")
+        for w in list(getattr(res, "warnings", []) or []) + s.notes:
+            lines.append(f"⚠ {w}")
+        return "\n\n".join(lines)
+
+    # ---- callbacks -------------------------------------------------------------
+    def run(self, image, instruction, steps, seed, guidance, image_guidance, clusters, top_k,
+            compare, user_mask, session: Session | None):
+        """Run: LIME edit (auto or uploaded mask) + plain IP2P.
+        Returns (roi, segments, attention, plain, result, info, files, session)."""
+        instruction = (instruction or "").strip()
+        img, notes = self._prepare(image)
+        if not instruction:
+            raise gr.Error("Type an instruction, e.g. “make the sky red”.", print_exception=False)
+        seed = int(seed)
+        overrides = dict(self._edit_overrides(steps, guidance, image_guidance),
+                         num_clusters=int(clusters), top_k=int(top_k))
+        mask_arg: Any = "auto" if user_mask is None else user_mask
+        with self.pool.borrow() as lp:
+            res = lp.edit(img, instruction, mask=mask_arg, seed=seed, **overrides)
+            plain = lp.edit(img, instruction, mask=None, seed=seed, **overrides).image if compare else None
+        loc = res.localization if user_mask is None else None
+        if user_mask is not None:
+            shown = _np(res.mask) if res.mask is not None else _np(mask_to_tensor(user_mask))
+            selected: tuple[int, ...] = ()
+        else:
+            shown = _np(loc.mask) if loc is not None else None
+            selected = tuple(sorted(int(v) for v in loc.selected_segments)) if loc is not None else ()
+        s = Session(image=img, instruction=instruction, seed=seed, overrides=overrides,
+                    localization=loc, selected=selected, applied=selected, mask=shown,
+                    mask_source="uploaded" if user_mask is not None else "auto",
+                    result=res, plain=plain, notes=notes)
+        s.files = self._write_files(s)
+        return (self.view_roi(s), self.view_segments(s), self.view_attention(s), plain, res.image,
+                self.info(s), s.files, s)
+
+    def toggle_at(self, session: Session | None, x: float, y: float):
+        """A click at pixel ``(x, y)`` of the RoI or segment view toggles that segment.
+        Returns (roi, segments, info, session)."""
+        s = self._need_segments(session)
+        row, col = render.grid_cell(x, y, s.view_size, s.localization.grid_size)
+        label = int(s.localization.segments[row, col])
+        selected = set(s.selected) ^ {label}
+        return self._with_selection(s, selected)
+
+    def reset(self, session: Session | None):
+        """Back to the region LIME chose. Returns (roi, segments, info, session)."""
+        s = self._need_segments(session)
+        return self._with_selection(s, s.localization.selected_segments)
+
+    def apply(self, steps, seed, guidance, image_guidance, session: Session | None):
+        """Re-run only the edit pass with the refined region.
+        Returns (roi, segments, result, info, files, session)."""
+        s = self._need_segments(session)
+        if not s.selected:
+            raise gr.Error("The region is empty: click at least one segment, or press Reset.",
+                           print_exception=False)
+        refined = s.localization.with_segments(list(s.selected))
+        overrides = dict(s.overrides, **self._edit_overrides(steps, guidance, image_guidance))
+        seed = int(seed)
+        with self.pool.borrow() as lp:
+            res = lp.edit(s.image, s.instruction, mask=refined, seed=seed, **overrides)
+        auto = tuple(sorted(int(v) for v in s.localization.selected_segments))
+        s = replace(s, result=res, seed=seed, overrides=overrides, applied=s.selected,
+                    mask_source="auto" if s.selected == auto else "refined")
+        s.files = self._write_files(s)
+        return self.view_roi(s), self.view_segments(s), res.image, self.info(s), s.files, s
+
+    def _need_segments(self, s: Session | None) -> Session:
+        if s is None:
+            raise gr.Error("Run an edit first; then click segments to refine the region.",
+                           print_exception=False)
+        if s.localization is None:
+            raise gr.Error("This edit used your uploaded mask, so there are no segments to "
+                           "click: clear the mask and press Run.", print_exception=False)
+        return s
+
+    def _with_selection(self, s: Session, selected) -> tuple:
+        selected = tuple(sorted(int(v) for v in selected))
+        loc = s.localization
+        mask = _np(loc.with_segments(list(selected)).mask)
+        auto = tuple(sorted(int(v) for v in loc.selected_segments))
+        s = replace(s, selected=selected, mask=mask,
+                    mask_source="auto" if selected == auto else "refined")
+        return self.view_roi(s), self.view_segments(s), self.info(s), s
+
+    # ---- page ------------------------------------------------------------------
+    def build(self) -> gr.Blocks:
+        d = self.defaults()
+        out_img = dict(type="pil", format="png", interactive=False, buttons=["download", "fullscreen"])
+        with gr.Blocks(title="LIME: localized image editing", analytics_enabled=False,
+                       delete_cache=(1800, 3600)) as demo:
+            state = gr.State(None, time_to_live=4 * 3600)
+            gr.Markdown(
+                "## LIME: localized instruction-based image editing\n"
+                "Upload an image, describe the edit, press **Run**. LIME finds the region the "
+                "instruction is about and keeps the edit there. Click segments to change the "
+                "region, then **Apply refined region**."
+                + (f" Model: `{self.model_name}`." if self.model_name else ""))
+            with gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    image = gr.Image(label="Image", type="pil", image_mode=None, format="png",
+                                     sources=["upload", "clipboard"], elem_id="lime-input")
+                    instruction = gr.Textbox(label="Instruction", placeholder="make the sky red",
+                                             lines=1, max_lines=3, elem_id="lime-instruction")
+                    run_btn = gr.Button("Run", variant="primary", elem_id="lime-run")
+                    with gr.Accordion("Settings", open=True):
+                        steps = gr.Slider(1, 100, value=d["steps"], step=1, label="Steps",
+                                          elem_id="lime-steps")
+                        seed = gr.Number(value=d["seed"], precision=0, minimum=0, label="Seed",
+                                         elem_id="lime-seed")
+                        guidance = gr.Slider(0, 20, value=d["guidance"], step=0.1,
+                                             label="Text guidance", elem_id="lime-guidance")
+                        image_guidance = gr.Slider(0, 5, value=d["image_guidance"], step=0.05,
+                                                   label="Image guidance",
+                                                   elem_id="lime-image-guidance")
+                        clusters = gr.Slider(1, 16, value=d["clusters"], step=1,
+                                             label="Segments (clusters)", elem_id="lime-clusters")
+                        top_k = gr.Slider(1, 1000, value=d["top_k"], step=1,
+                                          label="Top-k attention points", elem_id="lime-topk")
+                        compare = gr.Checkbox(value=True, label="Also run plain InstructPix2Pix",
+                                              elem_id="lime-compare")
+                    with gr.Accordion("Your own mask (optional)", open=False):
+                        user_mask = gr.Image(label="Mask: white = edit", type="pil",
+                                             image_mode=None, format="png",
+                                             sources=["upload"], elem_id="lime-mask")
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        roi_view = gr.Image(label="Region of interest (click to refine)",
+                                            elem_id="lime-roi", **out_img)
+                        seg_view = gr.Image(label="Segments (click to add / remove)",
+                                            elem_id="lime-segments", **out_img)
+                        attn_view = gr.Image(label="Attention of the related tokens",
+                                             elem_id="lime-attention", **out_img)
+                    with gr.Row():
+                        apply_btn = gr.Button("Apply refined region", elem_id="lime-apply")
+                        reset_btn = gr.Button("Reset region", elem_id="lime-reset")
+                    info = gr.Markdown(elem_id="lime-info")
+                    with gr.Row():
+                        plain_view = gr.Image(label="InstructPix2Pix", elem_id="lime-plain", **out_img)
+                        lime_view = gr.Image(label="InstructPix2Pix + LIME", elem_id="lime-result",
+                                             **out_img)
+                    files = gr.File(label="Downloads: result, mask, settings", file_count="multiple",
+                                    interactive=False, elem_id="lime-downloads")
+
+            heavy = dict(concurrency_limit=self.pool.size, concurrency_id="model")
+            run_inputs = [image, instruction, steps, seed, guidance, image_guidance, clusters,
+                          top_k, compare, user_mask, state]
+            run_outputs = [roi_view, seg_view, attn_view, plain_view, lime_view, info, files, state]
+            run_btn.click(_readable_errors(self.run), run_inputs, run_outputs, api_name="edit", **heavy)
+            instruction.submit(_readable_errors(self.run), run_inputs, run_outputs,
+                               api_visibility="private", **heavy)
+            apply_btn.click(_readable_errors(self.apply),
+                            [steps, seed, guidance, image_guidance, state],
+                            [roi_view, seg_view, lime_view, info, files, state],
+                            api_name="apply", **heavy)
+
+            select = _readable_errors(self._on_select)
+            sel_outputs = [roi_view, seg_view, info, state]
+            roi_view.select(select, [state], sel_outputs, api_visibility="private",
+                            concurrency_limit=None, show_progress="hidden")
+            seg_view.select(select, [state], sel_outputs, api_visibility="private",
+                            concurrency_limit=None, show_progress="hidden")
+            reset_btn.click(_readable_errors(self.reset), [state], sel_outputs,
+                            api_visibility="private", concurrency_limit=None)
+        demo.queue(max_size=self.max_queue, default_concurrency_limit=self.pool.size)
+        return demo
+
+    def _on_select(self, session: Session | None, evt: gr.SelectData):
+        x, y = evt.index
+        return self.toggle_at(session, x, y)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _labels(labels) -> str:
+    labels = list(labels)
+    return ", ".join(str(v) for v in labels) if labels else "empty"
+
+
+def build_app(pipelines: Any | Sequence[Any], **kwargs: Any) -> gr.Blocks:
+    """The demo page for a ``LimePipeline`` (or a list of replicas); keyword
+    arguments as :class:`LimeWebApp`."""
+    return LimeWebApp(pipelines, **kwargs).build()
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
+           max_upload_mb: float = 10.0, block: bool = True, quiet: bool = False):
+    """Serve ``demo``; uploads above ``max_upload_mb`` are refused before they
+    reach a callback. ``block=False`` returns once the server is up (tests)."""
+    return demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024),
+                       show_error=True, ssr_mode=False, prevent_thread_lock=not block, quiet=quiet,
+                       footer_links=["gradio", "settings"], mcp_server=False, pwa=False)
