@@ -43,7 +43,8 @@ def test_load_image_converts_every_mode_to_rgb(tmp_path, mode, ext):
         img.info["transparency"] = 0
     elif mode == "I;16":
         arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
-        img = Image.fromarray(arr, "I;16")
+        img = Image.fromarray(arr)  # uint16 -> "I;16"
+        assert img.mode == "I;16"
     elif mode == "RGBA":
         img = base.copy()
         img.putalpha(Image.new("L", base.size, 128))

@@ -15,8 +15,10 @@ every output is written atomically).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
+import logging
 import os
 import sys
 import time
@@ -168,7 +170,8 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                    help=f"Hub id, local diffusers folder, single .safetensors/.ckpt file, or 'demo' "
                         f"(default {DEFAULT_MODEL})")
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: best available)")
-    m.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
+    m.add_argument("--dtype", default=None,
+                   choices=("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"),
                    help="weights dtype (default: float16 on CUDA, float32 otherwise)")
     m.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickled checkpoints (.ckpt/.bin). Only for files you trust: "
@@ -311,35 +314,41 @@ def _pair(values: list[Any] | None, n: int, what: str) -> list[Any]:
                      f"inputs or exactly one per input")
 
 
-def _setup_logging(verbose: bool) -> None:
-    if verbose:
-        return
+@contextlib.contextmanager
+def _library_output(verbose: bool, show_bars: bool):
+    """Library log messages only with -v, library progress bars (model loading)
+    only on a terminal; the previous settings are restored afterwards (main()
+    may run inside another program or a test session)."""
     try:
         from diffusers.utils import logging as dlog
-
-        dlog.set_verbosity_error()
         from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
     except Exception:  # pragma: no cover - logging only
-        pass
+        yield
+        return
+    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    try:
+        for m, _, _ in saved:
+            if not verbose:
+                m.set_verbosity(logging.ERROR)
+            if not show_bars:
+                m.disable_progress_bar()
+        yield
+    finally:
+        for m, level, bars in saved:
+            m.set_verbosity(level)
+            (m.enable_progress_bar if bars else m.disable_progress_bar)()
 
 
 def _load_pipeline(args: argparse.Namespace):
     """Load the model once (tests replace this to inject a pipeline)."""
-    import torch
-
     from .pipeline import LimePipeline
 
-    dtype = None if args.dtype in (None, "auto") else getattr(torch, args.dtype)
-    return LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=args.device,
+    return LimePipeline.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device,
                                         allow_pickle=args.allow_pickle,
                                         local_files_only=True if args.local_files_only else None)
 
 
 def _run(args: argparse.Namespace, task: str) -> int:
-    from tqdm import tqdm
-
     from . import io as lio
     from .imageops import DEFAULT_MAX_PIXELS
 
@@ -396,15 +405,25 @@ def _run(args: argparse.Namespace, task: str) -> int:
     if mask_files and len(set(mask_files)) == 1:
         shared_mask = lio.load_mask(mask_files[0], max_pixels)
 
-    _setup_logging(args.verbose)
+    show_bars = not args.quiet and sys.stderr.isatty()
+    with _library_output(args.verbose, show_bars):
+        return _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides,
+                          max_pixels, show_bars, failed, out_dir, t_start)
+
+
+def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides, max_pixels,
+               show_bars, failed, out_dir, t_start) -> int:
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
     try:
         lp = _load_pipeline(args)
-    except (LimeEditError, OSError, ImportError, ValueError) as err:
+    except Exception as err:  # bad device/dtype surface as RuntimeError/AssertionError from torch
+        if os.environ.get("LIME_EDIT_DEBUG"):
+            raise
         _err(f"error: model {args.model}: {_one_line(err)}")
         return EXIT_USAGE
     load_s = time.perf_counter() - t0
-    show_bars = not args.quiet and sys.stderr.isatty()
     pipe = getattr(lp, "pipe", None)
     if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=not show_bars, leave=False)
@@ -434,7 +453,9 @@ def _run(args: argparse.Namespace, task: str) -> int:
             for w in warnings:
                 _err(f"warning: {plan.source}: {w}")
         main_out = written.get("edited") or written.get("mask") or written.get("record")
-        print(main_out, flush=True)
+        bar.clear()
+        print(main_out, flush=True)  # stdout: one output path per input, for scripts
+        bar.refresh()
     bar.close()
     if not args.quiet and len(plans) > 1:
         _err(f"{task}: {done} done, {failed} failed, {time.perf_counter() - t_start:.1f}s; outputs in {out_dir}")
@@ -474,7 +495,11 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         region, res = loc.mask, None
         settings = lp.config.replace(**overrides).to_dict()
         seed, lime_applied, core_timings = args.seed, None, {}
-        warnings += list(getattr(loc, "warnings", []) or [])
+        if not loc.token_indices:
+            warnings.append("no related token left in the instruction (only stop words, verbs or "
+                            "punctuation): the mask is empty")
+        elif not bool(loc.mask.any()):
+            warnings.append("localization found no region: the mask is empty")
     run_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -522,8 +547,9 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         "outputs": {k: p.name for k, p in written.items()},
         "heatmaps": heatmaps,
         "timings": {"load_model": round(load_s, 4), "read": round(read_s, 4),
-                    **{k: round(float(v), 4) for k, v in core_timings.items()},
-                    task: round(run_s, 4), "write": None},
+                    **({k: round(float(v), 4) for k, v in core_timings.items() if k != "batch_size"}
+                       if core_timings else {task: round(run_s, 4)}),
+                    "write": None},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _lib_versions(),
     }
@@ -546,20 +572,12 @@ def _lanczos():
 
 
 def _user_mask_notes(mask, image_size: tuple[int, int]) -> list[str]:
-    from . import io as lio
-
-    notes = []
-    frac = lio.mask_coverage(mask)
-    if frac == 0.0:
-        notes.append("the mask is empty (no white/opaque pixel): no region to localize the edit to")
-    elif frac == 1.0:
-        notes.append("the mask covers the whole image: the edit is not localized")
+    """CLI-level notes on a user mask (empty/full masks are reported by the pipeline)."""
     mh, mw = int(mask.shape[0]), int(mask.shape[1])
     w, h = image_size
-    if (mw, mh) != (w, h):
-        if abs(mw / mh - w / h) > 0.01 * (w / h):
-            notes.append(f"the mask is {mw}x{mh} but the image is {w}x{h}: it was stretched to fit")
-    return notes
+    if (mw, mh) != (w, h) and abs(mw / mh - w / h) > 0.01 * (w / h):
+        return [f"the mask is {mw}x{mh} but the image is {w}x{h}: it was stretched to fit"]
+    return []
 
 
 def _loc_summary(loc, region) -> dict[str, Any] | None:

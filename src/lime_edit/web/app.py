@@ -41,8 +41,9 @@ from PIL import Image
 
 import gradio as gr
 
+from .. import io as lio
 from ..errors import LimeEditError
-from ..imageops import mask_to_tensor, to_rgb
+from ..imageops import DEFAULT_MAX_PIXELS
 from . import render
 
 log = logging.getLogger(__name__)
@@ -159,19 +160,23 @@ class LimeWebApp:
     model_name: shown on the page and written to ``settings.json``.
     max_side: uploads larger than this (longer side, pixels) are scaled down;
         None keeps the size.
+    max_pixels: uploads above this many pixels are refused (checked on the file
+        header, before decoding).
     max_queue: jobs waiting in the queue at most (more are refused with a message).
     workdir: folder for the files offered for download (a temporary folder by
         default; entries older than ``keep_files_s`` are pruned).
     """
 
     def __init__(self, pipelines: Any | Sequence[Any], *, model_name: str = "",
-                 max_side: int | None = DEFAULT_MAX_SIDE, max_queue: int = 16,
+                 max_side: int | None = DEFAULT_MAX_SIDE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_queue: int = 16,
                  workdir: str | Path | None = None, keep_files_s: float = 3600.0):
         if not isinstance(pipelines, (list, tuple)):
             pipelines = [pipelines]
         self.pool = ModelPool(pipelines)
         self.model_name = model_name
         self.max_side = max_side
+        self.max_pixels = max_pixels
         self.max_queue = max_queue
         self.keep_files_s = keep_files_s
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lime-web-"))
@@ -183,10 +188,18 @@ class LimeWebApp:
         return dict(steps=c.num_inference_steps, seed=0, guidance=c.guidance_scale,
                     image_guidance=c.image_guidance_scale, clusters=c.num_clusters, top_k=c.top_k)
 
-    def _prepare(self, image: Image.Image | None) -> tuple[Image.Image, list[str]]:
+    def _read(self, path: str, what: str, loader: Callable) -> Any:
+        """Read an upload with ``lime_edit.io`` (safe decoding, pixel limit); its
+        messages name the upload, not the server's temporary path."""
+        try:
+            return loader(path, self.max_pixels)
+        except LimeEditError as e:
+            raise LimeEditError(str(e).replace(str(path), f"{what} {Path(path).name}")) from None
+
+    def _prepare(self, image: str | None) -> tuple[Image.Image, list[str]]:
         if image is None:
             raise gr.Error("Upload an image first.", print_exception=False)
-        img = to_rgb(image)
+        img = self._read(image, "image", lio.load_image)
         notes = []
         if self.max_side and max(img.size) > self.max_side:
             w, h = img.size
@@ -265,6 +278,14 @@ class LimeWebApp:
         loc = s.localization
         return render.heatmap(s.image, _np(loc.attention), s.view_size, points=_np(loc.points))
 
+    @staticmethod
+    def view_result(s: Session, image: Image.Image | None) -> Image.Image | None:
+        """An edited image for the page: small results are scaled up (nearest) to
+        the display size; the downloads keep the exact result."""
+        if image is None:
+            return None
+        return render.view(image, s.view_size) if max(image.size) < max(s.view_size) else image
+
     def info(self, s: Session) -> str:
         res, loc = s.result, s.localization
         lines = []
@@ -285,9 +306,10 @@ class LimeWebApp:
                          "or remove it from the region.")
         if s.mask_source == "uploaded":
             lines.append("Region = your uploaded mask (clear it to let LIME find the region).")
-        if res is not None and res.timings:
-            t = ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items())
-            lines.append(f"Time: {t}.")
+        times = {k: v for k, v in (getattr(res, "timings", None) or {}).items()
+                 if k in ("localize", "edit", "total") and v}
+        if times:
+            lines.append("Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + ".")
         for w in list(getattr(res, "warnings", []) or []) + s.notes:
             lines.append(f"⚠ {w}")
         return "\n\n".join(lines)
@@ -304,13 +326,13 @@ class LimeWebApp:
         seed = int(seed)
         overrides = dict(self._edit_overrides(steps, guidance, image_guidance),
                          num_clusters=int(clusters), top_k=int(top_k))
-        mask_arg: Any = "auto" if user_mask is None else user_mask
+        mask_arg: Any = "auto" if user_mask is None else self._read(user_mask, "mask", lio.load_mask)
         with self.pool.borrow() as lp:
             res = lp.edit(img, instruction, mask=mask_arg, seed=seed, **overrides)
             plain = lp.edit(img, instruction, mask=None, seed=seed, **overrides).image if compare else None
         loc = res.localization if user_mask is None else None
         if user_mask is not None:
-            shown = _np(res.mask) if res.mask is not None else _np(mask_to_tensor(user_mask))
+            shown = _np(res.mask) if res.mask is not None else _np(mask_arg)
             selected: tuple[int, ...] = ()
         else:
             shown = _np(loc.mask) if loc is not None else None
@@ -320,8 +342,8 @@ class LimeWebApp:
                     mask_source="uploaded" if user_mask is not None else "auto",
                     result=res, plain=plain, notes=notes)
         s.files = self._write_files(s)
-        return (self.view_roi(s), self.view_segments(s), self.view_attention(s), plain, res.image,
-                self.info(s), s.files, s)
+        return (self.view_roi(s), self.view_segments(s), self.view_attention(s),
+                self.view_result(s, plain), self.view_result(s, res.image), self.info(s), s.files, s)
 
     def toggle_at(self, session: Session | None, x: float, y: float):
         """A click at pixel ``(x, y)`` of the RoI or segment view toggles that segment.
@@ -353,7 +375,8 @@ class LimeWebApp:
         s = replace(s, result=res, seed=seed, overrides=overrides, applied=s.selected,
                     mask_source="auto" if s.selected == auto else "refined")
         s.files = self._write_files(s)
-        return self.view_roi(s), self.view_segments(s), res.image, self.info(s), s.files, s
+        return (self.view_roi(s), self.view_segments(s), self.view_result(s, res.image), self.info(s),
+                s.files, s)
 
     def _need_segments(self, s: Session | None) -> Session:
         if s is None:
@@ -388,7 +411,7 @@ class LimeWebApp:
                 + (f" Model: `{self.model_name}`." if self.model_name else ""))
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
-                    image = gr.Image(label="Image", type="pil", image_mode=None, format="png",
+                    image = gr.Image(label="Image", type="filepath", image_mode=None,
                                      sources=["upload", "clipboard"], elem_id="lime-input")
                     instruction = gr.Textbox(label="Instruction", placeholder="make the sky red",
                                              lines=1, max_lines=3, elem_id="lime-instruction")
@@ -410,8 +433,8 @@ class LimeWebApp:
                         compare = gr.Checkbox(value=True, label="Also run plain InstructPix2Pix",
                                               elem_id="lime-compare")
                     with gr.Accordion("Your own mask (optional)", open=False):
-                        user_mask = gr.Image(label="Mask: white = edit", type="pil",
-                                             image_mode=None, format="png",
+                        user_mask = gr.Image(label="Mask: white = edit", type="filepath",
+                                             image_mode=None,
                                              sources=["upload"], elem_id="lime-mask")
                 with gr.Column(scale=3):
                     with gr.Row():

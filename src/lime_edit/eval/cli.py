@@ -1,0 +1,112 @@
+"""``lime-edit eval`` and ``lime-edit score`` (registered by :mod:`lime_edit.cli`).
+
+Imports nothing heavy at module import: torch, transformers and the harness
+modules are imported inside the command functions.
+
+    lime-edit eval {magicbrush,piebench,editval} --data DIR --out RUN_DIR [--model ID|PATH]
+        [--no-lime] [--protocol single|multi] [--limit N] [--seed S] [LIME settings ...]
+    lime-edit score {magicbrush,piebench,editval} --data DIR --outputs RUN_DIR
+        [--protocol single|multi] [--metrics LIST] [--report FILE] [--clip-model ...]
+
+Both run unchanged under ``accelerate launch [--num_processes N] -m lime_edit.cli ...``
+(or ``accelerate launch $(which lime-edit) ...``): samples are sharded, the main
+process writes the merged manifest/report.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+BENCHMARKS = ("magicbrush", "piebench", "editval")
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("benchmark", choices=BENCHMARKS, help="which benchmark")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="the benchmark's data: MagicBrush folder containing test/ (unpacked zip); PIE-Bench "
+                        "folder with mapping_file.json and annotation_images/; EditVal folder with object.json "
+                        "(+ COCO images, see --coco-dir)")
+    p.add_argument("--protocol", choices=("single", "multi"), default=None,
+                   help="MagicBrush only: single-turn (every turn edits the ground-truth input; default) or "
+                        "multi-turn (each turn edits the model's previous output; final turn scored)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N samples (MagicBrush: sessions) in sorted order")
+    p.add_argument("--coco-dir", default=None, metavar="DIR",
+                   help="EditVal: folder with COCO train2017 images (000000XXXXXX.jpg), if not under --data")
+    p.add_argument("--edit-types", default=None, metavar="LIST",
+                   help="EditVal: comma-separated edit types (default: the six scored automatically; "
+                        "'all' for every type when generating)")
+    p.add_argument("--categories", default=None, metavar="LIST",
+                   help="PIE-Bench: comma-separated editing_type_id values (default all, 0-9)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: this process's device under accelerate, else best)")
+    p.add_argument("--local-files-only", action="store_true",
+                   help="never contact the Hub: models must be local folders or already cached")
+    p.add_argument("-q", "--quiet", action="store_true", help="no table/progress output")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .generate import run_eval
+
+    return run_eval(args)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .score import run_score
+
+    return run_score(args)
+
+
+def register(subparsers) -> None:
+    """Add ``eval`` and ``score`` to the ``lime-edit`` argparse tree."""
+    from ..cli import _add_setting_args  # light: argparse + LimeConfig only
+
+    p = subparsers.add_parser(
+        "eval", help="run LIME (or plain IP2P) on MagicBrush, PIE-Bench or EditVal",
+        description="Generate edited images for a benchmark in the layout its scorer reads, plus a manifest. "
+                    "Resumable (rerun the same command); shards under `accelerate launch`. Sampler defaults "
+                    "follow the benchmark's IP2P protocol (MagicBrush 100 steps, PIE-Bench/EditVal 50; text "
+                    "guidance 7.5, image guidance 1.5); the LIME flags below override them.")
+    _common(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="where the edited images go")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"Hub id, local diffusers folder or single file (default {DEFAULT_MODEL})")
+    p.add_argument("--no-lime", action="store_true", help="plain IP2P (mask=None): the baseline rows")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of every sample (default: 1234 for PIE-Bench as its protocol, else 0)")
+    p.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
+                   help="weights dtype (default float16 on CUDA, float32 otherwise)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate every output, even if present or made with other settings")
+    _add_setting_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    s = subparsers.add_parser(
+        "score", help="score a method's outputs with the benchmark's own protocol",
+        description="Score edited images in the benchmark's layout (ours or another tool's): per-sample rows "
+                    "(CSV), a JSON report and the paper's table with its reference rows marked as quoted. "
+                    "Resumable; shards under `accelerate launch`. Backbones load by Hub id by default, or "
+                    "from local folders saved with save_pretrained.")
+    _common(s)
+    s.add_argument("--outputs", required=True, metavar="RUN_DIR", help="the edited images to score")
+    s.add_argument("--metrics", default=None, metavar="LIST",
+                   help="comma-separated subset. magicbrush: l1,l2,clip_i,dino,clip_t; piebench: "
+                        "structure_distance,psnr,lpips,mse,ssim,clip_whole,clip_edited; editval: owlvit "
+                        "(pixel metrics need no model)")
+    s.add_argument("--report", default=None, metavar="FILE", help="JSON report path (default SCORES/report.json)")
+    s.add_argument("--scores-dir", default=None, metavar="DIR",
+                   help="per-sample rows and rows.csv (default RUN_DIR/scores/<benchmark>[-<protocol>])")
+    g = s.add_argument_group("metric backbones (Hub id or local folder)")
+    g.add_argument("--clip-model", default=None, help="CLIP ViT-B/32 for MagicBrush (openai/clip-vit-base-patch32)")
+    g.add_argument("--clip-large-model", default=None,
+                   help="CLIP ViT-L/14 for PIE-Bench (openai/clip-vit-large-patch14)")
+    g.add_argument("--dino-model", default=None, help="DINO ViT-S/16 for MagicBrush (facebook/dino-vits16)")
+    g.add_argument("--dino-structure-model", default=None,
+                   help="DINO ViT-B/8 for PIE-Bench structure distance (facebook/dino-vitb8)")
+    g.add_argument("--owlvit-model", default=None, help="OWL-ViT for EditVal (google/owlvit-base-patch32)")
+    g.add_argument("--lpips-model", default=None,
+                   help="LPIPS-SqueezeNet folder/file/Hub id with model.safetensors (layout: lime_edit.eval.lpips; "
+                        "default: torchvision's SqueezeNet download + torchmetrics' lin weights)")
+    s.set_defaults(func=cmd_score)

@@ -1,0 +1,355 @@
+"""``lime-edit eval``: run LIME (or plain IP2P with ``--no-lime``) on a benchmark.
+
+Only the public API is used: ``LimePipeline.from_pretrained(...)`` and
+``lp.edit(image, instruction, mask="auto" | None, seed=..., **settings)``.
+
+Outputs (the layout each benchmark's scorer reads, see :mod:`lime_edit.eval.score`):
+
+- MagicBrush: ``RUN_DIR/<img_id>/<img_id>_1.png`` (turn 1, shared by both protocols),
+  ``<img_id>_inde_<k>.png`` (``--protocol single``: turn k edits the ground-truth
+  input of turn k) and ``<img_id>_iter_<k>.png`` (``--protocol multi``: turn k edits
+  the model's own output of turn k-1). Inputs are resized as MagicBrush's
+  ``edit_cli`` does (long side 512, short side rounded up to a multiple of 64,
+  ``ImageOps.fit`` LANCZOS); outputs stay at that size (the scorer resizes them).
+- PIE-Bench: ``RUN_DIR/annotation_images/<image_path>``, saved like their scripts
+  (``Image.save`` with the original file name, so PIL's default quality for
+  ``.jpg``); ``editing_instruction`` is the instruction.
+- EditVal: ``RUN_DIR/<edit_type>/<image_id>/<to>.png`` at the COCO image's size.
+
+Sampler defaults follow each benchmark's IP2P protocol (MagicBrush: 100 steps;
+PIE-Bench and EditVal: 50 steps; text guidance 7.5, image guidance 1.5; PIE-Bench
+seed 1234 before each image) for LIME and plain runs alike; any LIME setting flag
+overrides them. Every sample gets the same ``--seed``.
+
+Resumable: every image is written atomically as soon as it is done, a per-sample
+record (seed, timings, warnings) lands in ``RUN_DIR/.records/``, and a rerun of the
+same command skips finished outputs (a multi-turn session continues from its last
+written turn). ``RUN_DIR/manifest[-<protocol>].json`` holds the settings, model,
+library versions and the merged per-sample records; a rerun with different settings
+is refused unless ``--overwrite``. Under ``accelerate launch`` the samples are
+sharded across processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import LimeEditError
+from .runner import RowStore, get_shard
+
+PROTOCOL_SETTINGS: dict[str, dict[str, Any]] = {
+    "magicbrush": {"num_inference_steps": 100, "guidance_scale": 7.5, "image_guidance_scale": 1.5},
+    "piebench": {"num_inference_steps": 50, "guidance_scale": 7.5, "image_guidance_scale": 1.5},
+    "editval": {"num_inference_steps": 50, "guidance_scale": 7.5, "image_guidance_scale": 1.5},
+}
+DEFAULT_SEED = {"magicbrush": 0, "piebench": 1234, "editval": 0}
+
+#: IP2P instructions for EditVal. The first five are the templates BENCHMARKS.md lists
+#: from EditVal's code; the others are ours (EditVal gives no IP2P template for them).
+EDITVAL_PROMPTS = {
+    "object_addition": "Add a {to}",
+    "positional_addition": "Add {to} the {cls}",
+    "size": "Change the size of {cls} to {to}",
+    "shape": "Change the shape of the {cls} to {to}",
+    "alter_parts": "{to} to {cls}",
+    # ours:
+    "object_replacement": "Replace the {cls} with a {to}",
+    "position_replacement": "Move the {cls} to the {to}",
+    "color": "Change the color of the {cls} to {to}",
+    "texture": "Change the texture of the {cls} to {to}",
+    "background": "Change the background to {to}",
+    "style": "Make it in {to} style",
+    "action": "Make the {cls} {to}",
+    "viewpoint": "Show the {cls} from a {to} view",
+}
+
+
+def magicbrush_resize(image, resolution: int = 512):
+    """MagicBrush/IP2P ``edit_cli`` input resize: long side ``resolution``, short side
+    rounded up to a multiple of 64, then both floored to multiples of 64 and
+    ``ImageOps.fit`` with LANCZOS."""
+    from PIL import Image, ImageOps
+
+    width, height = image.size
+    factor = resolution / max(width, height)
+    factor = math.ceil(min(width, height) * factor / 64) * 64 / min(width, height)
+    width = int((width * factor) // 64) * 64
+    height = int((height * factor) // 64) * 64
+    if (width, height) == image.size:
+        return image
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS)
+
+
+@dataclass
+class GenUnit:
+    """One sample to generate: ``run(editor, ctx) -> record``; ``outputs`` for skipping."""
+
+    key: str
+    outputs: list[Path]
+    run: Callable[[Any, "Ctx"], dict[str, Any]]
+
+
+@dataclass
+class Ctx:
+    mask: Any                 # "auto" or None
+    seed: int
+    overrides: dict[str, Any]
+    overwrite: bool
+
+
+def _edit(editor, image, instruction: str, ctx: Ctx):
+    t0 = time.perf_counter()
+    res = editor.edit(image, instruction, mask=ctx.mask, seed=ctx.seed, **ctx.overrides)
+    timings = {k: round(float(v), 4) for k, v in (getattr(res, "timings", None) or {}).items()}
+    timings.setdefault("total", round(time.perf_counter() - t0, 4))
+    return res, {"instruction": instruction, "seed": ctx.seed, "lime_applied": bool(getattr(res, "lime_applied", False)),
+                 "warnings": list(getattr(res, "warnings", []) or []), "timings": timings}
+
+
+def _save(path: Path, image) -> None:
+    from ..io import atomic_save_image
+
+    atomic_save_image(path, image.convert("RGB"))
+
+
+def _load_input(path: Path):
+    from ..io import load_image
+
+    return load_image(path, max_pixels=None)
+
+
+# --------------------------------------------------------------------------- units
+def magicbrush_units(data, out: Path, protocol: str, limit: int | None):
+    from .datasets import read_magicbrush
+
+    sessions, problems = read_magicbrush(data)
+    sessions = sessions[:limit] if limit is not None else sessions
+    units = []
+    for s in sessions:
+        folder = out / s.img_id
+        names = [f"{s.img_id}_1.png"] + [f"{s.img_id}_{'inde' if protocol == 'single' else 'iter'}_{t.index}.png"
+                                         for t in s.turns[1:]]
+        paths = [folder / n for n in names]
+        units.append(GenUnit(s.img_id, paths, _mb_run(s, paths, protocol)))
+    return units, problems
+
+
+def _mb_run(session, paths: list[Path], protocol: str):
+    def run(editor, ctx: Ctx) -> dict[str, Any]:
+        turns = []
+        prev = None
+        for turn, path in zip(session.turns, paths):
+            if path.is_file() and not ctx.overwrite:
+                turns.append({"turn": turn.index, "output": path.name, "skipped": True})
+                prev = path
+                continue
+            if turn.index == 1 or protocol == "single":
+                src = turn.input                     # ground-truth input of this turn
+            else:
+                src = prev                           # the model's own previous output
+            image = magicbrush_resize(_load_input(src))
+            res, rec = _edit(editor, image, turn.instruction, ctx)
+            _save(path, res.image)
+            prev = path
+            turns.append({"turn": turn.index, "output": path.name, "input": src.name, **rec})
+        return {"turns": turns}
+
+    return run
+
+
+def piebench_units(data, out: Path, limit: int | None, categories: set[str] | None = None):
+    from .datasets import read_piebench
+
+    items, problems = read_piebench(data, categories=categories)
+    items = items[:limit] if limit is not None else items
+    units = []
+    for it in items:
+        path = out / "annotation_images" / it.image_path
+
+        def run(editor, ctx: Ctx, it=it, path=path) -> dict[str, Any]:
+            if path.is_file() and not ctx.overwrite:
+                return {"output": str(path.relative_to(out)), "category": it.editing_type_id, "skipped": True}
+            res, rec = _edit(editor, _load_input(it.image), it.editing_instruction, ctx)
+            # Saved like PnP-Inversion's scripts: same relative name, PIL defaults for the format.
+            _save(path, res.image)
+            return {"output": str(path.relative_to(out)), "category": it.editing_type_id, **rec}
+
+        units.append(GenUnit(it.key, [path], run))
+    return units, problems
+
+
+def editval_units(data, out: Path, limit: int | None, coco_dir=None, edit_types: set[str] | None = None):
+    from .datasets import read_editval
+
+    edits, problems = read_editval(data, coco_dir=coco_dir, edit_types=edit_types)
+    edits = edits[:limit] if limit is not None else edits
+    units = []
+    for e in edits:
+        path = out / e.output_relpath
+        template = EDITVAL_PROMPTS.get(e.edit_type, "{to} to {cls}")
+        instruction = template.format(to=e.to, cls=e.class_name)
+
+        def run(editor, ctx: Ctx, e=e, path=path, instruction=instruction) -> dict[str, Any]:
+            if path.is_file() and not ctx.overwrite:
+                return {"output": str(path.relative_to(out)), "edit_type": e.edit_type, "skipped": True}
+            res, rec = _edit(editor, _load_input(e.image), instruction, ctx)
+            _save(path, res.image)
+            return {"output": str(path.relative_to(out)), "edit_type": e.edit_type, **rec}
+
+        units.append(GenUnit(e.key, [path], run))
+    return units, problems
+
+
+# --------------------------------------------------------------------------- editor
+def _load_pipeline(args, device):
+    """Load the editor once (the tests replace this to inject a fake or tiny one)."""
+    import torch
+
+    from ..pipeline import LimePipeline
+
+    if args.dtype in (None, "auto"):
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
+    lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=str(device),
+                                      allow_pickle=bool(getattr(args, "allow_pickle", False)),
+                                      local_files_only=True if getattr(args, "local_files_only", False) else None)
+    pipe = getattr(lp, "pipe", None)
+    if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return lp
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    try:
+        from importlib.metadata import version
+
+        for dist in ("lime-edit", "torch", "diffusers", "transformers", "accelerate"):
+            try:
+                out[dist] = version(dist)
+            except Exception:
+                pass
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {"benchmark": args.benchmark, "model": args.model, "lime": not args.no_lime, "seed": seed,
+            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
+
+
+def _check_signature(out: Path, sig: dict[str, Any]) -> None:
+    import json
+
+    for m in sorted(out.glob("manifest*.json")):
+        try:
+            old = json.loads(m.read_text()).get("signature")
+        except (OSError, ValueError):
+            continue
+        if old and old != sig:
+            diff = sorted(k for k in set(old) | set(sig) if old.get(k) != sig.get(k))
+            raise LimeEditError(f"{m}: this run folder was generated with other {', '.join(diff)}; "
+                                "use a new --out, or --overwrite to regenerate everything")
+
+
+def run_eval(args) -> int:
+    """``lime-edit eval`` (see :mod:`lime_edit.eval.cli`)."""
+    from ..cli import collect_overrides
+    from ..io import atomic_write_json
+
+    bench = args.benchmark
+    if bench != "magicbrush" and args.protocol not in (None, "single"):
+        raise LimeEditError("--protocol applies to magicbrush only")
+    protocol = (args.protocol or "single") if bench == "magicbrush" else None
+    overrides = dict(PROTOCOL_SETTINGS[bench])
+    overrides.update(collect_overrides(args))
+    seed = DEFAULT_SEED[bench] if args.seed is None else int(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shard = get_shard(cpu=args.device == "cpu")
+    device = args.device or shard.device
+
+    if bench == "magicbrush":
+        units, problems = magicbrush_units(args.data, out, protocol, args.limit)
+    elif bench == "piebench":
+        units, problems = piebench_units(args.data, out, args.limit,
+                                         categories=set(args.categories.split(",")) if args.categories else None)
+    else:
+        types = None if not args.edit_types else set(args.edit_types.split(","))
+        units, problems = editval_units(args.data, out, args.limit, coco_dir=args.coco_dir, edit_types=types)
+
+    sig = _signature(args, overrides, seed)
+    manifest_path = out / (f"manifest-{protocol}.json" if protocol else "manifest.json")
+    if not args.overwrite:
+        _check_signature(out, sig)
+    shard.barrier()  # every process checked before the main one writes
+    base = {"signature": sig, "protocol": protocol, "limit": args.limit, "data": str(args.data),
+            "device": str(device), "dtype": args.dtype or "auto", "num_processes": shard.count,
+            "versions": _versions(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if shard.is_main:
+        atomic_write_json(manifest_path, {**base, "status": "running"})
+
+    records = RowStore(out / ".records" / (protocol or bench))
+    ctx = Ctx(mask=None if args.no_lime else "auto", seed=seed, overrides=overrides, overwrite=args.overwrite)
+    mine = shard.split(units)
+    todo = [u for u in mine if args.overwrite or not all(p.is_file() for p in u.outputs)
+            or records.get(u.key) is None]
+    failed = 0
+    if todo:
+        editor = _load_pipeline(args, device)
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(todo, desc=f"eval {bench}[{shard.index}]", unit="sample", file=sys.stderr,
+                       disable=args.quiet or not sys.stderr.isatty())
+        except ImportError:  # pragma: no cover
+            bar = todo
+        for u in bar:
+            t0 = time.perf_counter()
+            try:
+                rec = u.run(editor, ctx)
+                rec["error"] = None
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # one bad sample must not end a 700-sample run
+                if os.environ.get("LIME_EDIT_DEBUG"):
+                    raise
+                failed += 1
+                msg = " ".join(str(err).split()) or type(err).__name__
+                rec = {"error": {"file": "", "message": f"{type(err).__name__}: {msg}"
+                                 if not isinstance(err, LimeEditError) else msg}}
+                print(f"error: {u.key}: {rec['error']['message']}", file=sys.stderr)
+            rec["wall_s"] = round(time.perf_counter() - t0, 4)
+            records.put(u.key, rec)
+    shard.barrier()
+    if not shard.is_main:
+        return 1 if failed else 0
+    samples, failures = {}, [p.to_dict() for p in problems]
+    for u in units:
+        r = records.get(u.key)
+        if r is None:
+            failures.append({"sample": u.key, "file": "", "message": "not generated"})
+            continue
+        samples[u.key] = r
+        if r.get("error"):
+            failures.append({"sample": u.key, **r["error"]})
+    manifest = {**base, "status": "complete" if not failures else "incomplete",
+                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "n_samples": len(units) + len(problems), "n_done": len(samples) - sum(
+                    1 for r in samples.values() if r.get("error")),
+                "n_failed": len(failures), "failures": failures, "samples": samples}
+    atomic_write_json(manifest_path, manifest)
+    if not args.quiet:
+        print(f"{bench}{'-' + protocol if protocol else ''}: {manifest['n_done']} done, "
+              f"{manifest['n_failed']} failed or skipped; outputs in {out}; manifest {manifest_path}")
+        for f in failures[:10]:
+            print(f"failed: {f['sample']}: {f['file']}: {f['message']}", file=sys.stderr)
+    return 0 if not failures else 1

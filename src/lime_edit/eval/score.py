@@ -1,0 +1,509 @@
+"""``lime-edit score``: score any method's outputs with each benchmark's own protocol.
+
+Output layouts read (the ones ``lime-edit eval`` writes, and the benchmarks' own):
+
+- MagicBrush: ``OUTPUTS/<img_id>/<img_id>_1.png`` (turn 1), ``<img_id>_inde_<k>.png``
+  (single-turn protocol, turn k >= 2), ``<img_id>_iter_<k>.png`` (multi-turn, turn k >= 2).
+  Single-turn scores every turn against ``<img_id>-output<k>.png``; multi-turn scores the
+  last turn of each session (``_1`` for one-turn sessions) against the last output.
+- PIE-Bench: ``OUTPUTS/annotation_images/<image_path>`` (or ``OUTPUTS/<image_path>``; a
+  ``.png``/``.jpg`` twin of the same stem is accepted). QUIRK (matched): a non-square
+  output is cropped to its bottom-right 512x512 (their methods save source|edited side
+  by side).
+- EditVal: ``OUTPUTS/<edit_type>/<image_id>/<to>.png``.
+
+Per sample a row is stored atomically under ``SCORES/rows/`` (resumable; under
+``accelerate launch`` the samples are sharded and the main process merges), then
+``SCORES/rows.csv`` and the JSON report are written and the table is printed with
+the paper's rows marked as quoted. A missing or unreadable output is a failed row
+(named, counted in the report), never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import LimeEditError
+from . import references
+from .datasets import EDITVAL_ABBREV
+from .runner import RowStore, Shard, from_json_number, get_shard, json_safe
+
+METRICS: dict[str, tuple[str, ...]] = {
+    "magicbrush": ("l1", "l2", "clip_i", "dino", "clip_t"),
+    "piebench": ("structure_distance", "psnr", "lpips", "mse", "ssim", "clip_whole", "clip_edited"),
+    "editval": ("owlvit",),
+}
+#: backbone each metric needs (pixel metrics need none)
+NEEDS = {"clip_i": "clip", "clip_t": "clip", "dino": "dino", "structure_distance": "dino_structure",
+         "lpips": "lpips", "clip_whole": "clip_large", "clip_edited": "clip_large", "owlvit": "owlvit"}
+BACKBONE_FLAGS = {"clip": "clip_model", "clip_large": "clip_large_model", "dino": "dino_model",
+                  "dino_structure": "dino_structure_model", "owlvit": "owlvit_model", "lpips": "lpips_model"}
+
+
+def default_sources() -> dict[str, str | None]:
+    from . import extractors as ex
+
+    return {"clip": ex.CLIP_B32, "clip_large": ex.CLIP_L14, "dino": ex.DINO_S16, "dino_structure": ex.DINO_B8,
+            "owlvit": ex.OWLVIT_B32, "lpips": None}
+
+
+class Backbones:
+    """Loads each metric backbone on first use, from its Hub id or local folder."""
+
+    def __init__(self, sources: dict[str, str | None], device="cpu", local_files_only: bool | None = None):
+        self.sources, self.device, self.local_files_only = dict(sources), device, local_files_only
+        self._cache: dict[str, Any] = {}
+
+    def source_id(self, name: str) -> str:
+        src = self.sources.get(name)
+        return "default" if src is None else str(src)
+
+    def get(self, name: str):
+        if name not in self._cache:
+            from . import extractors as ex
+            from .lpips import load_lpips
+
+            src, kw = self.sources.get(name), dict(device=self.device, local_files_only=self.local_files_only)
+            if name in ("clip", "clip_large"):
+                self._cache[name] = ex.ClipEncoder.load(src, **kw)
+            elif name == "dino":
+                self._cache[name] = ex.DinoEncoder.load(src, **kw)
+            elif name == "dino_structure":
+                self._cache[name] = ex.DinoKeyEncoder.load(src, **kw)
+            elif name == "owlvit":
+                self._cache[name] = ex.OwlVitDetector.load(src, **kw)
+            elif name == "lpips":
+                self._cache[name] = load_lpips(src, **kw)
+            else:  # pragma: no cover
+                raise KeyError(name)
+        return self._cache[name]
+
+
+class SampleError(Exception):
+    """A bad sample: names the file; becomes a failed row."""
+
+    def __init__(self, file: str | os.PathLike, message: str):
+        super().__init__(f"{file}: {message}")
+        self.file, self.message = str(file), message
+
+
+def read_rgb(path: Path):
+    """``Image.open(path).convert("RGB")`` as the benchmarks do, with errors named."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise SampleError(path, "no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise SampleError(path, f"cannot read image ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+
+
+def _find(candidates: Sequence[Path]) -> Path:
+    for c in candidates:
+        if c.is_file():
+            return c
+    return candidates[0]
+
+
+def _with_twins(p: Path) -> list[Path]:
+    return [p] + [p.with_suffix(s) for s in (".png", ".jpg", ".jpeg") if s != p.suffix.lower()]
+
+
+# --------------------------------------------------------------------------- units
+@dataclass
+class Unit:
+    """One scored sample: its key, what to read, and descriptive columns."""
+
+    key: str
+    info: dict[str, Any]
+    compute: Callable[["Backbones", set[str]], dict[str, float]] = field(repr=False)
+
+
+def magicbrush_units(data, outputs: Path, protocol: str, limit: int | None):
+    from .datasets import read_magicbrush
+
+    sessions, problems = read_magicbrush(data)
+    if limit is not None:
+        sessions = sessions[:limit]
+    units = []
+    for s in sessions:
+        folder = outputs / s.img_id
+        if protocol == "single":
+            pairs = [(t, folder / (f"{s.img_id}_1.png" if t.index == 1 else f"{s.img_id}_inde_{t.index}.png"))
+                     for t in s.turns]
+        else:
+            t = s.turns[-1]
+            pairs = [(t, folder / (f"{s.img_id}_1.png" if t.index == 1 else f"{s.img_id}_iter_{t.index}.png"))]
+        for turn, gen in pairs:
+            key = f"{s.img_id}/{turn.index}" if protocol == "single" else s.img_id
+            units.append(Unit(key, {"img_id": s.img_id, "turn": turn.index},
+                              _mb_compute(_find(_with_twins(gen)), turn.output, turn.local_description)))
+    return units, problems
+
+
+def _mb_compute(gen_path: Path, gt_path: Path, caption: str | None):
+    def compute(bb: Backbones, want: set[str]) -> dict[str, float]:
+        from . import metrics as M
+
+        gen, gt = read_rgb(gen_path), read_rgb(gt_path)
+        out: dict[str, float] = {}
+        if "l1" in want:
+            out["l1"] = M.l1_distance(gen, gt)
+        if "l2" in want:
+            out["l2"] = M.l2_distance(gen, gt)
+        if "clip_i" in want or "clip_t" in want:
+            clip = bb.get("clip")
+            f = clip.image_features([gen, gt])                                  # (2, D)
+            if "clip_i" in want:
+                out["clip_i"] = M.cosine(f[0], f[1])
+            if "clip_t" in want:
+                if caption is None:
+                    out["clip_t"] = out["clip_t_gt"] = math.nan
+                else:
+                    t = clip.text_features([caption])[0]
+                    out["clip_t"], out["clip_t_gt"] = M.cosine(f[0], t), M.cosine(f[1], t)
+        if "dino" in want:
+            f = bb.get("dino").image_features([gen, gt])
+            out["dino"] = M.cosine(f[0], f[1])
+        return out
+
+    return compute
+
+
+def piebench_units(data, outputs: Path, protocol: str | None, limit: int | None,
+                   categories: set[str] | None = None):
+    from .datasets import read_piebench
+
+    items, problems = read_piebench(data, categories=categories)
+    if limit is not None:
+        items = items[:limit]
+    units = []
+    for it in items:
+        cands = _with_twins(outputs / "annotation_images" / it.image_path) + _with_twins(outputs / it.image_path)
+        units.append(Unit(it.key, {"category": it.editing_type_id}, _pie_compute(it, _find(cands))))
+    return units, problems
+
+
+def _pie_compute(item, gen_path: Path):
+    def compute(bb: Backbones, want: set[str]) -> dict[str, float]:
+        import numpy as np
+
+        from . import metrics as M
+        from .datasets import decode_rle_mask
+
+        src_img, tgt_img = read_rgb(item.image), read_rgb(gen_path)
+        if tgt_img.size[0] != tgt_img.size[1]:
+            # QUIRK (PIE-Bench evaluate.py): outputs saved as [source | edited] strips;
+            # the edited image is the bottom-right 512x512.
+            w, h = tgt_img.size
+            tgt_img = tgt_img.crop((w - 512, h - 512, w, h))
+        src, tgt = np.asarray(src_img), np.asarray(tgt_img)
+        if src.shape != tgt.shape:
+            raise SampleError(gen_path, f"edited image is {tgt.shape[1]}x{tgt.shape[0]}, source is "
+                                        f"{src.shape[1]}x{src.shape[0]} (PIE-Bench compares same-size images)")
+        try:
+            mask = decode_rle_mask(item.mask_rle, shape=src.shape[:2])
+        except LimeEditError as err:
+            raise SampleError(item.image, f"bad mask: {err}") from None
+        out: dict[str, float] = {}
+        if "structure_distance" in want:
+            enc = bb.get("dino_structure")
+            out["structure_distance"] = M.structure_distance(enc.self_similarity(src), enc.self_similarity(tgt))
+        bg = [m for m in ("psnr", "lpips", "mse", "ssim") if m in want]
+        if bg:
+            lp = bb.get("lpips") if "lpips" in bg else None
+            out.update(M.background_metrics(src, tgt, mask, (lambda a, b: float(lp(a, b)[0])) if lp else None,
+                                            which=bg))
+        if "clip_whole" in want or "clip_edited" in want:
+            clip = bb.get("clip_large")
+            text = clip.text_features([item.clean_editing_prompt])[0]
+            if "clip_whole" in want:
+                out["clip_whole"] = M.clip_score(clip.image_features([tgt])[0], text)
+            if "clip_edited" in want:
+                out["clip_edited"] = M.clip_score(clip.image_features([M.masked_uint8(tgt, mask)])[0], text) \
+                    if mask.any() else math.nan
+        return out
+
+    return compute
+
+
+def editval_units(data, outputs: Path, protocol: str | None, limit: int | None,
+                  coco_dir=None, edit_types: set[str] | None = None):
+    from .datasets import EDITVAL_SCORED, read_editval
+
+    types = set(EDITVAL_SCORED) if not edit_types else (set(edit_types) & set(EDITVAL_SCORED))
+    edits, problems = read_editval(data, coco_dir=coco_dir, edit_types=types)
+    if limit is not None:
+        edits = edits[:limit]
+    units = [Unit(e.key, {"edit_type": e.edit_type, "class": e.class_name},
+                  _editval_compute(e, outputs / e.output_relpath)) for e in edits]
+    return units, problems
+
+
+def _editval_compute(edit, gen_path: Path):
+    def compute(bb: Backbones, want: set[str]) -> dict[str, float]:
+        from . import metrics as M
+
+        det = bb.get("owlvit")
+        q = lambda obj: f"a photo of a {obj}"  # noqa: E731  (EditVal's query template)
+        edited = read_rgb(gen_path)
+        t, cls = edit.edit_type, edit.class_name
+        if t == "object_addition":
+            ok = M.rule_object_addition(det.detect(edited, [q(edit.to), q(cls)]))
+        elif t == "object_replacement":
+            ok = M.rule_object_replacement(det.detect(edited, [q(edit.to), q(cls)]))
+        elif t == "alter_parts":
+            ok = M.rule_alter_parts(det.detect(edited, [q(M.part_query(edit.to)), q(cls)]))
+        elif t == "positional_addition":
+            obj, pos = M.parse_positional(edit.to)
+            ok = M.rule_positional_addition(det.detect(edited, [q(obj), q(cls)]), pos)
+        elif t in ("position_replacement", "size"):
+            original = read_rgb(edit.image)
+            scale = (original.size[0] / edited.size[0], original.size[1] / edited.size[1])
+            before, after = det.detect(original, [q(cls)]), det.detect(edited, [q(cls)])
+            ok = (M.rule_position_replacement if t == "position_replacement" else M.rule_size)(
+                before, after, edit.to, scale)
+        else:  # pragma: no cover - filtered by the reader
+            raise SampleError(gen_path, f"edit type {t} is not scored automatically")
+        return {"owlvit": float(ok)}
+
+    return compute
+
+
+def build_units(benchmark: str, data, outputs: Path, protocol: str | None, limit: int | None, **kw):
+    if benchmark == "magicbrush":
+        return magicbrush_units(data, outputs, protocol or "single", limit)
+    if benchmark == "piebench":
+        return piebench_units(data, outputs, protocol, limit, categories=kw.get("categories"))
+    if benchmark == "editval":
+        return editval_units(data, outputs, protocol, limit, coco_dir=kw.get("coco_dir"),
+                             edit_types=kw.get("edit_types"))
+    raise LimeEditError(f"unknown benchmark {benchmark!r}")
+
+
+# --------------------------------------------------------------------------- scoring loop
+def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, backbones: Backbones,
+                shard: Shard, progress: bool = False) -> int:
+    """Compute (or reuse) this shard's rows; returns how many were computed now."""
+    done = 0
+    mine = shard.split(units)
+    try:
+        from tqdm import tqdm
+
+        it = tqdm(mine, desc=f"score[{shard.index}]", disable=not progress, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        it = mine
+    for u in it:
+        row = store.get(u.key) or {}
+        have = dict(row.get("metrics") or {}) if not row.get("error") else {}
+        models = dict(row.get("models") or {}) if not row.get("error") else {}
+        need = {m for m in want
+                if m not in have or (m in NEEDS and models.get(NEEDS[m]) != backbones.source_id(NEEDS[m]))}
+        if not need:
+            continue
+        try:
+            new = u.compute(backbones, need)
+        except SampleError as err:
+            store.put(u.key, {"info": u.info, "metrics": {}, "models": {},
+                              "error": {"file": err.file, "message": err.message}})
+            done += 1
+            continue
+        have.update(json_safe(new))
+        for m in need:
+            if m in NEEDS:
+                models[NEEDS[m]] = backbones.source_id(NEEDS[m])
+        store.put(u.key, {"info": u.info, "metrics": have, "models": models, "error": None})
+        done += 1
+    return done
+
+
+# --------------------------------------------------------------------------- report
+def _mean(values: list[float]) -> tuple[float, int]:
+    finite = [v for v in values if not math.isnan(v)]
+    return (sum(finite) / len(finite) if finite else math.nan), len(values) - len(finite)
+
+
+PIE_SCALE = {"structure_distance": ("structure_distance_x1e3", 1e3), "psnr": ("psnr", 1.0),
+             "lpips": ("lpips_x1e3", 1e3), "mse": ("mse_x1e4", 1e4), "ssim": ("ssim_x1e2", 1e2),
+             "clip_whole": ("clip_whole", 1.0), "clip_edited": ("clip_edited", 1.0)}
+
+
+def make_report(benchmark: str, protocol: str | None, units: Sequence[Unit], rows: dict[str, dict | None],
+                want: Sequence[str], problems: Sequence, backbones: Backbones | None = None) -> dict[str, Any]:
+    """The JSON report (deterministic: no timestamps), metrics in the paper's units."""
+    ok = {u.key: rows[u.key] for u in units if rows.get(u.key) and not rows[u.key].get("error")}
+    failures = [p.to_dict() for p in problems]
+    for u in units:
+        r = rows.get(u.key)
+        if r is None:
+            failures.append({"sample": u.key, "file": "", "message": "not scored (run interrupted?)"})
+        elif r.get("error"):
+            failures.append({"sample": u.key, **r["error"]})
+
+    def values(metric: str, keys=None) -> list[float]:
+        return [from_json_number(r["metrics"][metric]) for k, r in ok.items()
+                if metric in r["metrics"] and (keys is None or k in keys)]
+
+    report: dict[str, Any] = {"benchmark": benchmark, "protocol": protocol, "n": len(ok)}
+    metrics: dict[str, float] = {}
+    nan_counts: dict[str, int] = {}
+    extra: dict[str, Any] = {}
+    if benchmark == "magicbrush":
+        for m in list(want) + (["clip_t_gt"] if "clip_t" in want else []):
+            metrics[m], nan_counts[m] = _mean(values(m))
+    elif benchmark == "piebench":
+        for m in want:
+            name, scale = PIE_SCALE[m]
+            mean, nan_counts[m] = _mean(values(m))
+            metrics[name] = mean * scale
+        per_cat: dict[str, dict[str, float]] = {}
+        for cat in sorted({u.info["category"] for u in units}, key=lambda c: int(c) if c.isdigit() else 99):
+            keys = {u.key for u in units if u.info["category"] == cat}
+            per_cat[cat] = {PIE_SCALE[m][0]: _mean(values(m, keys))[0] * PIE_SCALE[m][1] for m in want}
+            per_cat[cat]["n"] = len(keys & set(ok))
+        extra["per_category"] = per_cat
+    elif benchmark == "editval":
+        per_type = {}
+        for t in references.EDITVAL_METRICS[:-1]:
+            keys = {u.key for u in units if u.info["edit_type"] == t}
+            if keys:
+                metrics[t], _ = _mean(values("owlvit", keys))
+                per_type[t] = len(keys & set(ok))
+        typed = [metrics[t] for t in per_type if not math.isnan(metrics[t])]
+        metrics["average"] = sum(typed) / len(typed) if typed else math.nan
+        extra["n_per_type"] = per_type
+    report["metrics"] = metrics
+    report["n_expected"] = len(units) + len(problems)
+    report["n_failed"] = len(failures)
+    report["failures"] = failures
+    if any(nan_counts.values()):
+        report["nan_counts"] = {k: v for k, v in nan_counts.items() if v}
+    report.update(extra)
+    if backbones is not None:
+        report["backbones"] = {NEEDS[m]: backbones.source_id(NEEDS[m]) for m in want if m in NEEDS}
+    report["reference_rows_quoted"] = references.reference_rows(benchmark, protocol)
+    return json_safe(report)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The paper-style table: this run's row, then the paper's rows marked as quoted."""
+    bench = report["benchmark"]
+    cols = [c for c in references.table_metrics(bench)]
+    mine = report["metrics"]
+    heads = {"l1": "L1", "l2": "L2", "clip_i": "CLIP-I", "dino": "DINO", "clip_t": "CLIP-T",
+             "structure_distance_x1e3": "Struct.x1e3", "psnr": "PSNR", "lpips_x1e3": "LPIPSx1e3",
+             "mse_x1e4": "MSEx1e4", "ssim_x1e2": "SSIMx1e2", "clip_whole": "CLIP whole",
+             "clip_edited": "CLIP edited", **EDITVAL_ABBREV, "average": "Avg."}
+    digits = 3 if bench in ("magicbrush",) else 2
+    title = {"magicbrush": f"MagicBrush test, {report.get('protocol') or 'single'}-turn",
+             "piebench": "PIE-Bench", "editval": "EditVal (OWL-ViT automatic scores)"}[bench]
+    w = 24
+    lines = [title, f"{'method':<{w}}" + "".join(f"{heads.get(c, c):>13}" for c in cols)]
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return f"{'-':>13}"
+        v = from_json_number(v)
+        return f"{'nan':>13}" if math.isnan(v) else f"{v:>13.{digits}f}"
+
+    lines.append(f"{'this run (n=' + str(report['n']) + ')':<{w}}" + "".join(fmt(mine.get(c)) for c in cols))
+    for name, row in report.get("reference_rows_quoted", {}).items():
+        lines.append(f"{('[quoted] ' + name)[:w - 1]:<{w}}" + "".join(fmt(row.get(c)) for c in cols))
+    lines.append("[quoted] rows are the published numbers, copied from the papers, not computed here.")
+    if report.get("n_failed"):
+        lines.append(f"{report['n_failed']} sample(s) failed or missing (listed under 'failures' in the report)")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, units: Sequence[Unit], rows: dict[str, dict | None], want: Sequence[str]) -> None:
+    from ..io import atomic_write_bytes
+
+    info_cols = sorted({k for u in units for k in u.info})
+    metric_cols = list(want) + (["clip_t_gt"] if "clip_t" in want else [])
+    buf = _io.StringIO()
+    wr = csv.writer(buf)
+    wr.writerow(["key", "status", *info_cols, *metric_cols, "file", "message"])
+    for u in units:
+        r = rows.get(u.key)
+        if r is None:
+            wr.writerow([u.key, "missing", *[u.info.get(c, "") for c in info_cols], *[""] * len(metric_cols),
+                         "", "not scored"])
+        elif r.get("error"):
+            wr.writerow([u.key, "failed", *[u.info.get(c, "") for c in info_cols], *[""] * len(metric_cols),
+                         r["error"]["file"], r["error"]["message"]])
+        else:
+            wr.writerow([u.key, "ok", *[u.info.get(c, "") for c in info_cols],
+                         *[r["metrics"].get(m, "") for m in metric_cols], "", ""])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- command
+def parse_metrics(benchmark: str, text: str | None) -> list[str]:
+    allowed = METRICS[benchmark]
+    if not text:
+        return list(allowed)
+    aliases = {"clip-i": "clip_i", "clip-t": "clip_t", "structure": "structure_distance",
+               "clip-whole": "clip_whole", "clip-edited": "clip_edited", "accuracy": "owlvit"}
+    out = []
+    for m in (v.strip().lower() for v in text.split(",") if v.strip()):
+        m = aliases.get(m, m.replace("-", "_"))
+        if m not in allowed:
+            raise LimeEditError(f"--metrics: unknown metric {m!r} for {benchmark}; choose from {', '.join(allowed)}")
+        if m not in out:
+            out.append(m)
+    return [m for m in allowed if m in out]
+
+
+def run_score(args) -> int:
+    """``lime-edit score`` (see :mod:`lime_edit.eval.cli`)."""
+    from ..io import atomic_write_json
+
+    bench = args.benchmark
+    protocol = args.protocol if bench == "magicbrush" else None
+    if bench != "magicbrush" and args.protocol not in (None, "single"):
+        raise LimeEditError("--protocol applies to magicbrush only")
+    want = parse_metrics(bench, args.metrics)
+    outputs = Path(args.outputs)
+    if not outputs.is_dir():
+        raise LimeEditError(f"{outputs}: no such folder (--outputs)")
+    tag = bench + (f"-{protocol}" if protocol else "")
+    scores_dir = Path(args.scores_dir) if args.scores_dir else outputs / "scores" / tag
+    report_path = Path(args.report) if args.report else scores_dir / "report.json"
+    sources = default_sources()
+    for name, flag in BACKBONE_FLAGS.items():
+        if getattr(args, flag, None):
+            sources[name] = getattr(args, flag)
+    shard = get_shard(cpu=args.device == "cpu")
+    device = args.device or shard.device
+    units, problems = build_units(bench, args.data, outputs, protocol, args.limit,
+                                  categories=set(args.categories.split(",")) if args.categories else None,
+                                  coco_dir=args.coco_dir,
+                                  edit_types=set(args.edit_types.split(",")) if args.edit_types else None)
+    store = RowStore(scores_dir / "rows")
+    backbones = Backbones(sources, device=device, local_files_only=True if args.local_files_only else None)
+    score_units(units, want, store, backbones, shard, progress=not args.quiet and sys.stderr.isatty())
+    shard.barrier()
+    if not shard.is_main:
+        return 0
+    rows = {k: r for k, r in store.rows([u.key for u in units])}
+    report = make_report(bench, protocol, units, rows, want, problems, backbones)
+    write_csv(scores_dir / "rows.csv", units, rows, want)
+    atomic_write_json(report_path, report)
+    if not args.quiet:
+        print(format_table(report))
+        for f in report["failures"][:10]:
+            print(f"failed: {f['sample']}: {f['file']}: {f['message']}", file=sys.stderr)
+        if len(report["failures"]) > 10:
+            print(f"... and {len(report['failures']) - 10} more (see {report_path})", file=sys.stderr)
+        print(f"report: {report_path}\nrows: {scores_dir / 'rows.csv'}")
+    return 0 if report["n_failed"] == 0 else 1

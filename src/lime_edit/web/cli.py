@@ -1,0 +1,83 @@
+"""``lime-edit serve``: the Gradio web demo. Imports nothing heavy until it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="start the web demo (Gradio) in the browser",
+        description="Serve the LIME web demo: upload an image, type an instruction, see the "
+                    "region LIME edits and refine it with clicks. Needs the 'web' extra "
+                    "(pip install 'lime-edit[web]').")
+    p.add_argument("--model", default="demo",
+                   help="model to load: 'demo' (bundled, offline; default), a Hub id, a local "
+                        "diffusers folder or a .safetensors file")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: auto)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; "
+                        "0.0.0.0 serves everyone who can reach it)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--max-upload-mb", type=_positive_float, default=10.0,
+                   help="refuse uploads larger than this many MB (default 10)")
+    p.add_argument("--max-side", type=_positive_int, default=512,
+                   help="scale uploaded images down so the longer side is at most this many "
+                        "pixels (default 512)")
+    p.add_argument("--concurrency", type=_positive_int, default=1,
+                   help="edits that run at once; each loads its own copy of the model (default 1)")
+    p.add_argument("--max-queue", type=_positive_int, default=16,
+                   help="edits waiting at most; more are refused with a message (default 16)")
+    p.set_defaults(func=serve)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return v
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("error: the web demo needs Gradio: pip install 'lime-edit[web]'", file=sys.stderr)
+        return 2
+    from lime_edit import LimeEditError, LimePipeline
+
+    from .app import build_app, launch
+
+    try:
+        pipelines = [LimePipeline.from_pretrained(args.model, device=args.device)
+                     for _ in range(args.concurrency)]
+    except LimeEditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach this machine can use the "
+              "demo", file=sys.stderr)
+    demo = build_app(pipelines, model_name=args.model, max_side=args.max_side,
+                     max_queue=args.max_queue)
+    try:
+        launch(demo, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    except OSError as e:
+        print(f"error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny IP2P components built in code (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tmp_path_factory):
+    from lime_edit.testing import tiny_pipeline
+
+    return tiny_pipeline(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_pipe):
+    """The tiny pipeline saved with save_pretrained: the real loading path."""
+    path = tmp_path_factory.mktemp("model") / "tiny-ip2p"
+    tiny_pipe.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture()
+def scene():
+    """A 64x64 RGB test image: two coloured blocks on a gradient."""
+    rng = np.random.RandomState(0)
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[..., 0] = np.linspace(40, 200, 64)[None, :]
+    arr[..., 2] = 90
+    arr[10:30, 8:28] = (220, 30, 30)
+    arr[36:58, 34:60] = (30, 40, 220)
+    arr = np.clip(arr.astype(int) + rng.randint(-8, 8, arr.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)

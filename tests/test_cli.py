@@ -1,0 +1,541 @@
+"""The ``lime-edit`` CLI: bad-input handling of issue 2 and end-to-end runs.
+
+Most behaviour (batches with bad files, --overwrite, interrupts, overrides,
+exit codes) is checked with a fake pipeline in milliseconds; the end-to-end
+tests at the bottom load a tiny model saved with ``save_pretrained`` through
+the real loading path (once per session) and run 2 inference steps on 64x64
+images.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from lime_edit import cli
+from lime_edit import io as lio
+from lime_edit.config import LimeConfig
+from lime_edit.errors import LimeEditError, ModelLoadError
+from lime_edit.results import EditResult, Localization
+
+
+# --------------------------------------------------------------------------- helpers
+def _img(w=64, h=64, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def _outputs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not any(p.name.endswith(".tmp") for p in folder.iterdir())
+
+
+class FakeLime:
+    """Stands in for LimePipeline: same call signature, instant results."""
+
+    grid = (16, 16)
+
+    def __init__(self, fail_on=(), interrupt_on=()):
+        self.config = LimeConfig()
+        self.pipe = None
+        self.calls: list[dict] = []
+        self.fail_on, self.interrupt_on = set(fail_on), set(interrupt_on)
+        self.attempts = 0
+
+    def _check(self, image, instruction):
+        if not instruction.strip():
+            raise LimeEditError("instruction: empty instruction")
+        n, self.attempts = self.attempts, self.attempts + 1
+        if n in self.interrupt_on:
+            raise KeyboardInterrupt
+        if n in self.fail_on:
+            raise RuntimeError("simulated failure\nsecond line")
+
+    def _loc(self, image) -> Localization:
+        seg = torch.zeros(self.grid, dtype=torch.int64)
+        seg[:, 8:] = 1
+        maps = torch.rand((2,) + self.grid, generator=torch.Generator().manual_seed(0))
+        return Localization(mask=seg == 1, segments=seg, attention=maps.mean(0), token_maps=maps,
+                            token_indices=[3, 4], tokens=["red", "car"],
+                            points=torch.zeros(3, 2, dtype=torch.int64), selected_segments=[1],
+                            image_size=image.size)
+
+    def localize(self, image, instruction, seed=0, **overrides):
+        self._check(image, instruction)
+        self.calls.append(dict(kind="localize", size=image.size, mode=image.mode, instruction=instruction,
+                               seed=seed, overrides=overrides))
+        return self._loc(image)
+
+    def edit(self, image, instruction, mask="auto", seed=0, **overrides):
+        self._check(image, instruction)
+        self.calls.append(dict(kind="edit", size=image.size, mode=image.mode, instruction=instruction,
+                               seed=seed, overrides=overrides, mask=mask))
+        cfg = self.config.replace(**overrides)
+        warnings, loc, grid_mask = [], None, None
+        if isinstance(mask, str):
+            loc = self._loc(image)
+            grid_mask = loc.mask
+        elif mask is not None:
+            grid_mask = torch.nn.functional.interpolate(mask[None, None].float(), size=self.grid)[0, 0] > 0.5
+            if not grid_mask.any():
+                warnings.append("mask is empty: LIME skipped, plain IP2P result")
+                grid_mask = None
+            elif grid_mask.all():
+                warnings.append("mask covers the whole image: every pixel is regularized")
+        return EditResult(image=ImageOps.invert(image.convert("RGB")), mask=grid_mask, localization=loc,
+                          lime_applied=grid_mask is not None, seed=seed, warnings=warnings,
+                          timings={"localize": 0.01, "edit": 0.02, "total": 0.03, "batch_size": 1},
+                          settings=cfg.to_dict())
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Replace model loading by a FakeLime; ``fake.loads`` counts loads."""
+    lime = FakeLime()
+    lime.loads = 0
+
+    def load(args):
+        lime.loads += 1
+        return lime
+
+    monkeypatch.setattr(cli, "_load_pipeline", load)
+    return lime
+
+
+@pytest.fixture
+def imgs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    _img(64, 64, 0).save(d / "a.png")
+    _img(70, 45, 1).save(d / "b.jpg")
+    return d
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out
+    return code, out, err
+
+
+# --------------------------------------------------------------------------- parser basics
+def test_help_version_and_usage_errors(capsys):
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["edit", "--help"]) == 0
+    assert cli.main(["--version"]) == 0
+    assert cli.main([]) == 2
+    assert cli.main(["edit", "x.png"]) == 2          # -i missing
+    assert cli.main(["nonsense"]) == 2
+    assert cli.main(["edit", "x.png", "-i", "a", "--clustering", "dbscan"]) == 2
+    capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- batches with bad files
+def test_batch_reports_bad_inputs_and_processes_the_rest(tmp_path, imgs, fake, capsys):
+    (imgs / "notes.txt").write_text("not an image")          # skipped when the folder is expanded
+    (imgs / "fake.png").write_text("not an image either")    # picked up by extension, fails to read
+    full = (imgs / "a.png").read_bytes()
+    (imgs / "cut.png").write_bytes(full[: len(full) // 2])   # truncated
+    out = tmp_path / "out"
+    code, stdout, err = run(["edit", imgs, tmp_path / "missing.png", imgs / "notes.txt", "-i", "make it red",
+                             "--out", out], capsys)
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 4, err
+    for name, what in [("missing.png", "no such file"), ("notes.txt", "not an image"),
+                       ("fake.png", "not an image"), ("cut.png", "cannot read image")]:
+        assert any(name in line and what in line for line in errors), (name, err)
+    assert _outputs(out) == sorted(f"{s}{suf}" for s in ("a", "b") for suf in
+                                   ("_edited.png", "_mask.png", "_overlay.png", "_segments.png", ".json"))
+    assert stdout.split() == [str(out / "a_edited.png"), str(out / "b_edited.png")]
+    assert fake.loads == 1 and len(fake.calls) == 2
+
+
+def test_every_input_mode_reaches_the_pipeline_as_rgb_at_its_size(tmp_path, fake, capsys):
+    d = tmp_path / "modes"
+    d.mkdir()
+    base = _img(61, 37)
+    rgba = base.copy()
+    rgba.putalpha(128)
+    rgba.save(d / "rgba.png")
+    base.convert("LA").save(d / "la.png")
+    base.convert("P").save(d / "p.png")
+    base.convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(d / "grey16.png")
+    base.convert("L").save(d / "grey.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise for display
+    base.save(d / "rotated.jpg", exif=exif)
+    out = tmp_path / "out"
+    code, _, err = run(["edit", d, "-i", "make the car red", "--out", out], capsys)
+    assert code == 0, err
+    assert all(c["mode"] == "RGB" for c in fake.calls)
+    sizes = {json.loads((out / f"{s}.json").read_text())["input"]: c["size"]
+             for s, c in zip(["cmyk", "grey", "grey16", "la", "p", "rgba", "rotated"], fake.calls)}
+    assert sizes[str(d / "rotated.jpg")] == (37, 61)
+    assert all(v == (61, 37) for k, v in sizes.items() if "rotated" not in k)
+    assert Image.open(out / "rotated_edited.png").size == (37, 61)
+    assert Image.open(out / "rotated_mask.png").size == (37, 61)
+    assert Image.open(out / "rgba_edited.png").mode == "RGB"
+
+
+def test_pixel_limit_is_a_per_input_error(tmp_path, imgs, fake, capsys):
+    code, _, err = run(["edit", imgs / "a.png", imgs / "b.jpg", "-i", "x y", "--max-pixels", 3200,
+                        "--out", tmp_path / "out"], capsys)
+    assert code == 1
+    assert "a.png: 64x64 = 4096 pixels is above the limit of 3200" in err
+    assert (tmp_path / "out" / "b_edited.png").exists() and not (tmp_path / "out" / "a_edited.png").exists()
+
+
+@pytest.mark.parametrize("instruction", ["", "   ", "\t\n"])
+def test_empty_instruction_is_a_usage_error(tmp_path, imgs, fake, capsys, instruction):
+    code, _, err = run(["edit", imgs / "a.png", "-i", instruction, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "instruction is empty" in err and len(err.strip().splitlines()) == 1
+    assert fake.loads == 0
+
+
+def test_instructions_one_for_all_or_one_per_input(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    code, _, _ = run(["edit", imgs, "-i", "make the dog red", "-i", "make the car blue", "--out", out], capsys)
+    assert code == 0
+    assert json.loads((out / "a.json").read_text())["instruction"] == "make the dog red"
+    assert json.loads((out / "b.json").read_text())["instruction"] == "make the car blue"
+    code, _, err = run(["edit", imgs, "-i", "1", "-i", "2", "-i", "3", "--out", out, "--overwrite"], capsys)
+    assert code == 2 and "3 instructions for 2 input" in err
+
+
+def test_no_inputs_is_a_usage_error(tmp_path, fake, capsys):
+    code, _, err = run(["edit", tmp_path / "nope*.png", "-i", "x", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "no image file matches" in err and fake.loads == 0
+
+
+# --------------------------------------------------------------------------- existing outputs
+def test_existing_outputs_need_overwrite(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out], capsys)[0] == 0
+    before = {n: (out / n).read_bytes() for n in _outputs(out)}
+    # checked before any model work: nothing loaded, nothing touched
+    code, _, err = run(["edit", imgs / "a.png", "-i", "other", "--out", out], capsys)
+    assert code == 1 and "--overwrite" in err and "a.png" in err
+    assert fake.loads == 1
+    assert {n: (out / n).read_bytes() for n in _outputs(out)} == before
+    # mixed batch: the new input is still processed
+    code, _, err = run(["edit", imgs, "-i", "other", "--out", out], capsys)
+    assert code == 1 and (out / "b_edited.png").exists()
+    assert (out / "a.json").read_bytes() == before["a.json"]
+    code, _, _ = run(["edit", imgs, "-i", "other", "--out", out, "--overwrite"], capsys)
+    assert code == 0 and json.loads((out / "a.json").read_text())["instruction"] == "other"
+
+
+def test_existing_heatmaps_count_with_explain(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_attn_00_old.png").write_bytes(b"old")
+    code, _, err = run(["localize", imgs / "a.png", "-i", "x y", "--out", out, "--explain"], capsys)
+    assert code == 1 and "a_attn_00_old.png" in err and fake.loads == 0
+
+
+def test_output_folder_that_is_a_file(tmp_path, imgs, fake, capsys):
+    (tmp_path / "out").write_text("x")
+    code, _, err = run(["edit", imgs, "-i", "x", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "not a folder" in err
+
+
+def test_same_stem_inputs_do_not_collide(tmp_path, fake, capsys):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        _img(32, 32).save(tmp_path / sub / "photo.png")
+    code, _, _ = run(["edit", tmp_path / "x" / "photo.png", tmp_path / "y" / "photo.png", "-i", "a b",
+                      "--out", tmp_path / "out"], capsys)
+    assert code == 0
+    assert (tmp_path / "out" / "photo-2_edited.png").exists()
+    assert json.loads((tmp_path / "out" / "photo-2.json").read_text())["input"].endswith("y/photo.png")
+
+
+# --------------------------------------------------------------------------- masks
+def test_user_masks_any_size_empty_full(tmp_path, imgs, fake, capsys):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    m = Image.new("L", (20, 40), 0)          # other size and other aspect ratio
+    m.paste(255, (0, 0, 10, 40))
+    m.save(masks / "half.png")
+    Image.new("L", (64, 64), 0).save(masks / "empty.png")
+    Image.new("L", (8, 8), 255).save(masks / "full.png")
+    for name, expect in [("half", "stretched to fit"), ("empty", "mask is empty"), ("full", "whole image")]:
+        out = tmp_path / f"out-{name}"
+        code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--mask", masks / f"{name}.png",
+                            "--out", out], capsys)
+        assert code == 0, err
+        rec = json.loads((out / "a.json").read_text())
+        assert any(expect in w for w in rec["warnings"]), rec["warnings"]
+        assert expect in err
+        assert rec["mask_source"]["kind"] == "file"
+        assert "a_segments.png" not in _outputs(out)
+        assert torch.is_tensor(fake.calls[-1]["mask"])
+    assert rec["lime_applied"] is True and Image.open(out / "a_mask.png").size == (64, 64)
+    # one mask per input; a bad mask file is that input's error
+    (masks / "bad.png").write_text("nope")
+    code, _, err = run(["edit", imgs / "a.png", imgs / "b.jpg", "-i", "x y", "--mask", masks / "full.png",
+                        "--mask", masks / "bad.png", "--out", tmp_path / "per"], capsys)
+    assert code == 1 and "bad.png" in err and (tmp_path / "per" / "a_edited.png").exists()
+    # a single bad mask for everything: usage error before the model is loaded
+    loads = fake.loads
+    code, _, err = run(["edit", imgs, "-i", "x y", "--mask", masks / "bad.png", "--out", tmp_path / "o2"], capsys)
+    assert code == 2 and "bad.png" in err and fake.loads == loads
+
+
+def test_no_lime_and_explain_conflicts(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    code, _, _ = run(["edit", imgs / "a.png", "-i", "x y", "--no-lime", "--out", out], capsys)
+    assert code == 0 and _outputs(out) == ["a.json", "a_edited.png"]
+    assert fake.calls[-1]["mask"] is None
+    assert json.loads((out / "a.json").read_text())["lime_applied"] is False
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--no-lime", "--explain", "--out", out], capsys)
+    assert code == 2 and "--explain" in err
+    assert cli.main(["edit", "a.png", "-i", "x", "--no-lime", "--mask", "m.png"]) == 2
+    capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- settings
+def test_only_user_set_settings_are_forwarded(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out], capsys)[0] == 0
+    assert fake.calls[-1]["overrides"] == {} and fake.calls[-1]["seed"] == 0
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--overwrite", "--steps", 3, "--seed", 7,
+                "--guidance", 7.5, "--image-guidance", 1.2, "--mode", "reward", "--clusters", 4,
+                "--clustering", "agglomerative", "--distance-threshold", 0.6, "--top-k", 5,
+                "--schedule", "single-pass", "--fast", "--capture-at", 0.5, "--no-drop-verbs",
+                "--feature-levels", "2,4", "--set", "kmeans_iters=7", "--set", "localization_steps=none"],
+               capsys)[0] == 0
+    assert fake.calls[-1]["seed"] == 7
+    assert fake.calls[-1]["overrides"] == dict(
+        num_inference_steps=3, guidance_scale=7.5, image_guidance_scale=1.2, mode="reward", num_clusters=4,
+        clustering="agglomerative", distance_threshold=0.6, top_k=5, schedule="single_pass",
+        localization_steps=None, capture_at=0.5, drop_verbs=False, feature_levels=(2, 4), kmeans_iters=7)
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["seed"] == 7 and rec["settings"]["num_clusters"] == 4 and rec["overrides"]["top_k"] == 5
+
+
+@pytest.mark.parametrize("bad", [["--clusters", "0"], ["--capture-at", "1.5"], ["--set", "nope=1"],
+                                 ["--set", "top_k=many"], ["--feature-levels", "3"], ["--steps", "x"]])
+def test_bad_settings_are_usage_errors(tmp_path, imgs, fake, capsys, bad):
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", *bad], capsys)
+    assert code == 2 and fake.loads == 0 and err.strip()
+
+
+# --------------------------------------------------------------------------- failures and interrupts
+def test_model_errors_exit_2_with_one_line(tmp_path, imgs, monkeypatch, capsys):
+    def load(args):
+        raise ModelLoadError(f"{args.model}: no such file or folder")
+
+    monkeypatch.setattr(cli, "_load_pipeline", load)
+    code, _, err = run(["edit", imgs, "-i", "x y", "--model", "./missing-model", "--out", tmp_path / "o"],
+                       capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "missing-model" in err
+
+
+def test_unexpected_error_in_one_item_does_not_stop_the_batch(tmp_path, imgs, monkeypatch, capsys):
+    lime = FakeLime(fail_on={0})
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: lime)
+    code, _, err = run(["edit", imgs, "-i", "x y", "--out", tmp_path / "out"], capsys)
+    assert code == 1
+    assert "error: " in err and "a.png: RuntimeError: simulated failure second line" in err
+    assert (tmp_path / "out" / "b_edited.png").exists() and not (tmp_path / "out" / "a.json").exists()
+
+
+def test_interrupt_mid_batch_leaves_no_partial_outputs(tmp_path, imgs, monkeypatch, capsys):
+    lime = FakeLime(interrupt_on={1})
+    monkeypatch.setattr(cli, "_load_pipeline", lambda args: lime)
+    out = tmp_path / "out"
+    code, _, err = run(["edit", imgs, "-i", "x y", "--out", out], capsys)
+    assert code == 130 and "interrupted" in err
+    assert _outputs(out) == ["a.json", "a_edited.png", "a_mask.png", "a_overlay.png", "a_segments.png"]
+    assert _no_temp_files(out)
+
+
+def test_interrupt_while_writing_leaves_no_partial_outputs(tmp_path, imgs, fake, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_edited.png").write_bytes(b"previous run")
+    real, n = lio._write_temp, []
+
+    def crash_on_third(path, data):
+        n.append(path)
+        if len(n) == 3:
+            raise KeyboardInterrupt
+        return real(path, data)
+
+    monkeypatch.setattr(lio, "_write_temp", crash_on_third)
+    code, _, _ = run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--overwrite"], capsys)
+    assert code == 130
+    assert _outputs(out) == ["a_edited.png"] and (out / "a_edited.png").read_bytes() == b"previous run"
+
+
+def test_disk_error_while_writing_is_a_per_item_error(tmp_path, imgs, fake, monkeypatch, capsys):
+    real = lio._write_temp
+
+    def full_disk(path, data):
+        if path.name.startswith("a"):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(lio, "_write_temp", full_disk)
+    out = tmp_path / "out"
+    code, _, err = run(["edit", imgs, "-i", "x y", "--out", out], capsys)
+    assert code == 1 and "No space left on device" in err
+    assert [n for n in _outputs(out) if n.startswith("a")] == [] and (out / "b.json").exists()
+
+
+# --------------------------------------------------------------------------- records and pictures
+def test_record_and_explain_outputs(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    code, _, _ = run(["edit", imgs / "b.jpg", "-i", "make the red car blue", "--explain", "--out", out,
+                      "--model", "some/model"], capsys)
+    assert code == 0
+    assert _outputs(out) == ["b.json", "b_attn_00_red.png", "b_attn_01_car.png", "b_edited.png", "b_mask.png",
+                             "b_overlay.png", "b_segments.png"]
+    for name in _outputs(out):
+        if name.endswith(".png"):
+            assert Image.open(out / name).size == (70, 45), name
+    rec = json.loads((out / "b.json").read_text())
+    for key in ("lime_edit_version", "input", "input_size", "instruction", "model", "seed", "settings",
+                "warnings", "timings", "lime_applied", "localization", "outputs", "versions"):
+        assert key in rec, key
+    assert rec["model"] == "some/model" and rec["input_size"] == [70, 45]
+    assert rec["settings"] == LimeConfig().to_dict()
+    assert rec["localization"]["tokens"] == ["red", "car"]
+    assert [h["file"] for h in rec["heatmaps"]] == ["b_attn_00_red.png", "b_attn_01_car.png"]
+    assert set(rec["outputs"].values()) <= set(_outputs(out))
+    assert {"load_model", "read", "localize", "edit", "total", "write"} <= set(rec["timings"])
+
+
+def test_localize_subcommand(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run(["localize", imgs, "-i", "the red car", "--out", out], capsys)
+    assert code == 0 and [c["kind"] for c in fake.calls] == ["localize", "localize"]
+    assert _outputs(out) == sorted(f"{s}{suf}" for s in ("a", "b")
+                                   for suf in ("_mask.png", "_overlay.png", "_segments.png", ".json"))
+    assert stdout.split()[0] == str(out / "a_mask.png")
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["command"] == "localize" and rec["lime_applied"] is None and "localize" in rec["timings"]
+
+
+# --------------------------------------------------------------------------- subcommand registry
+def test_feature_subcommands_are_registered(monkeypatch, capsys):
+    mod = types.ModuleType("lime_edit_testfeature_cli")
+
+    def register(sub):
+        p = sub.add_parser("hello")
+        p.set_defaults(func=lambda args: 5)
+
+    mod.register = register
+    monkeypatch.setitem(sys.modules, "lime_edit_testfeature_cli", mod)
+    monkeypatch.setattr(cli, "FEATURE_CLIS", ("lime_edit.not_there.cli", "lime_edit_testfeature_cli"))
+    assert cli.main(["hello"]) == 5
+    monkeypatch.setattr(cli, "FEATURE_CLIS", ("lime_edit.broken_feature.cli",))
+    # a missing dependency *inside* a feature module is a real error, not "feature absent"
+    monkeypatch.setattr(cli.importlib, "import_module",
+                        lambda name: (_ for _ in ()).throw(ModuleNotFoundError("x", name="gradio")))
+    with pytest.raises(ModuleNotFoundError):
+        cli.build_parser()
+    capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- end to end (real model)
+# ``tiny_model_dir`` (conftest.py): the tiny IP2P pipeline written with save_pretrained.
+@pytest.fixture(scope="module")
+def loaded_once():
+    """Load each model folder once per module through the CLI's real loader."""
+    cache: dict = {}
+    real = cli._load_pipeline
+
+    def load(args):
+        key = (str(args.model), args.device, args.dtype)
+        if key not in cache:
+            cache[key] = real(args)
+        return cache[key]
+
+    return load
+
+
+@pytest.fixture
+def real_model(tiny_model_dir, loaded_once, monkeypatch):
+    monkeypatch.setattr(cli, "_load_pipeline", loaded_once)
+    return tiny_model_dir
+
+
+FAST = ["--steps", "2", "--localization-steps", "1", "--seed", "3"]
+
+
+def test_end_to_end_edit_batch(tmp_path, real_model, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    _img(64, 64, 0).save(d / "a.png")
+    rgba = _img(70, 45, 1)
+    rgba.putalpha(200)
+    rgba.save(d / "b.png")                         # non-square, not a multiple of 8, RGBA
+    (d / "c.png").write_text("not an image")       # a bad input in the batch
+    out = tmp_path / "out"
+    long = " ".join(["make the red car blue"] + ["please"] * 90)
+    code, stdout, err = run(["edit", d, "-i", "make the red car blue", "-i", long, "-i", "x",
+                             "--model", real_model, "--out", out, "--explain", *FAST], capsys)
+    assert code == 1 and "c.png" in err
+    assert len(stdout.split()) == 2
+    a = json.loads((out / "a.json").read_text())
+    assert a["lime_applied"] is True and a["seed"] == 3 and a["warnings"] == []
+    assert a["settings"]["num_inference_steps"] == 2 and a["overrides"] == {
+        "num_inference_steps": 2, "localization_steps": 1}
+    assert a["localization"]["tokens"] and a["heatmaps"]
+    for name in ("a_edited.png", "a_mask.png", "a_overlay.png", "a_segments.png", a["heatmaps"][0]["file"]):
+        assert Image.open(out / name).size == (64, 64)
+    b = json.loads((out / "b.json").read_text())
+    assert any("truncated" in w for w in b["warnings"]), b["warnings"]
+    edited = Image.open(out / "b_edited.png")
+    assert edited.size == (70, 45) and edited.mode == "RGB"
+    assert Image.open(out / "b_mask.png").size == (70, 45)
+    assert b["localization"]["processed_size"] != [70, 45]  # processed at a multiple of 8, output at input size
+    assert _no_temp_files(out)
+
+
+def test_end_to_end_no_related_token_falls_back(tmp_path, real_model, capsys):
+    _img(64, 64, 2).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    code, _, err = run(["edit", tmp_path / "a.png", "-i", "make it so", "--model", real_model, "--out", out,
+                        *FAST], capsys)
+    assert code == 0, err
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["lime_applied"] is False and any("plain IP2P" in w for w in rec["warnings"])
+    assert "warning:" in err
+
+
+def test_end_to_end_localize_and_mask(tmp_path, real_model, capsys):
+    _img(64, 64, 4).save(tmp_path / "a.png")
+    out = tmp_path / "loc"
+    code, _, err = run(["localize", tmp_path / "a.png", "-i", "make the red car blue", "--model", real_model,
+                        "--out", out, *FAST], capsys)
+    assert code == 0, err
+    assert _outputs(out) == ["a.json", "a_mask.png", "a_overlay.png", "a_segments.png"]
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["settings"]["localization_steps"] == 1 and rec["localization"]["num_segments"] >= 1
+    # the localized mask, fed back as a user mask, skips localization
+    code, _, err = run(["edit", tmp_path / "a.png", "-i", "make the red car blue", "--mask", out / "a_mask.png",
+                        "--model", real_model, "--out", tmp_path / "edit", *FAST], capsys)
+    rec = json.loads((tmp_path / "edit" / "a.json").read_text())
+    assert code == 0 and rec["mask_source"]["kind"] == "file" and rec["localization"]["grid_size"]
+
+
+def test_end_to_end_bad_model_folder(tmp_path, imgs, capsys):
+    (tmp_path / "empty-model").mkdir()
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--model", tmp_path / "empty-model",
+                        "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "model_index.json" in err and err.strip().count("\n") == 0

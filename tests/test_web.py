@@ -1,0 +1,391 @@
+"""Web demo (``lime-edit serve``): callbacks on a tiny model, the served app over
+HTTP, and one end-to-end run in headless Chromium (``-m browser``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+gr = pytest.importorskip("gradio", reason="the web demo needs the 'web' extra: pip install -e '.[web]'")
+
+from lime_edit import LimeConfig, LimeEditError, LimePipeline, Localization  # noqa: E402
+from lime_edit.web import render  # noqa: E402
+from lime_edit.web.app import LimeWebApp, _readable_errors, build_app, launch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 2
+FAST = LimeConfig.fast(num_inference_steps=STEPS, num_clusters=4, top_k=10)
+CHROMIUM = os.environ.get("LIME_EDIT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync"]
+
+
+class Spy:
+    """A LimePipeline that records every call (and forwards it)."""
+
+    def __init__(self, lp):
+        self.lp, self.config, self.calls = lp, lp.config, []
+
+    def edit(self, image, instruction, mask="auto", seed=0, **overrides):
+        self.calls.append(("edit", mask, seed, overrides))
+        return self.lp.edit(image, instruction, mask=mask, seed=seed, **overrides)
+
+    def localize(self, image, instruction, seed=0, **overrides):
+        self.calls.append(("localize", None, seed, overrides))
+        return self.lp.localize(image, instruction, seed=seed, **overrides)
+
+
+class Failing:
+    config = LimeConfig()
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def edit(self, *a, **k):
+        raise self.exc
+
+
+def _settings(app: LimeWebApp, **kw):
+    d = app.defaults()
+    d.update(kw)
+    return [d["steps"], d["seed"], d["guidance"], d["image_guidance"], d["clusters"], d["top_k"]]
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[..., 0] = np.linspace(40, 200, 64)[None, :]
+    arr[..., 2] = 90
+    arr[10:30, 8:28] = (220, 30, 30)
+    arr[36:58, 34:60] = (30, 40, 220)
+    path = tmp_path_factory.mktemp("web") / "scene.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spy(tiny_pipe):
+    return Spy(LimePipeline(tiny_pipe, FAST))
+
+
+@pytest.fixture(scope="module")
+def app(spy, tmp_path_factory):
+    return LimeWebApp(spy, model_name="tiny", workdir=tmp_path_factory.mktemp("web-files"))
+
+
+@pytest.fixture(scope="module")
+def ran(app, spy, scene_file):
+    """One Run (LIME + plain IP2P) shared by the tests below."""
+    spy.calls.clear()
+    out = app.run(str(scene_file), "make the red square blue", *_settings(app), True, None, None)
+    return out, list(spy.calls)
+
+
+def _click_on(session, label: int) -> tuple[float, float]:
+    """View coordinates of a grid cell of segment ``label``."""
+    seg = session.localization.segments
+    rows, cols = np.nonzero(seg.numpy() == label)
+    gh, gw = seg.shape
+    w, h = session.view_size
+    return (cols[0] + 0.5) * w / gw, (rows[0] + 0.5) * h / gh
+
+
+# ----------------------------------------------------------------------------- callbacks
+def test_run_shows_every_view(ran):
+    (roi, seg, attn, plain, result, info, files, s), calls = ran
+    loc = s.localization
+    assert isinstance(loc, Localization)
+    for view in (roi, seg, attn, plain, result):
+        assert isinstance(view, Image.Image) and view.size == s.view_size == (384, 384)
+    assert s.selected == s.applied == tuple(sorted(loc.selected_segments)) and not s.pending
+    assert "Related tokens" in info and "LIME applied" in info
+    # one LIME edit with automatic localization, one plain IP2P, same seed and settings
+    assert [(c[0], c[1], c[2]) for c in calls] == [("edit", "auto", 0), ("edit", None, 0)]
+    assert calls[0][3] == calls[1][3] == dict(num_inference_steps=STEPS, guidance_scale=FAST.guidance_scale,
+                                               image_guidance_scale=FAST.image_guidance_scale,
+                                               num_clusters=4, top_k=10)
+
+
+def test_downloads_hold_result_mask_and_settings(ran, scene_file):
+    (*_, files, s), _ = ran
+    by_name = {Path(f).name: Path(f) for f in files}
+    assert set(by_name) == {"result.png", "ip2p.png", "mask.png", "settings.json"}
+    result = Image.open(by_name["result.png"])
+    assert result.size == (64, 64)  # the input's size, not the display size
+    assert np.array_equal(np.asarray(result), np.asarray(s.result.image))
+    mask = np.asarray(Image.open(by_name["mask.png"]))
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    assert abs((mask > 0).mean() - s.localization.mask.float().mean().item()) < 0.02
+    meta = json.loads(by_name["settings.json"].read_text())
+    assert meta["instruction"] == "make the red square blue" and meta["seed"] == 0
+    assert meta["mask"] == "auto" and meta["selected_segments"] == list(s.selected)
+    assert meta["settings"]["num_inference_steps"] == STEPS and meta["model"] == "tiny"
+
+
+def test_click_toggles_a_segment_and_apply_reuses_the_segmentation(app, spy, ran):
+    (*_, s), _ = ran
+    loc = s.localization
+    others = [v for v in range(loc.num_segments) if v not in s.selected]
+    label = others[0] if others else s.selected[0]
+    roi, seg, info, s2 = app.toggle_at(s, *_click_on(s, label))
+    assert set(s2.selected) == set(s.selected) ^ {label}
+    assert s2.pending and s2.mask_source == "refined" and "Apply refined region" in info
+    assert s.selected == s.applied  # the earlier state is not mutated
+    assert np.array_equal(s2.mask, torch.isin(loc.segments, torch.tensor(s2.selected)).numpy())
+    if not s2.selected:
+        return
+    spy.calls.clear()
+    roi, seg, result, info, files, s3 = app.apply(*_settings(app)[:4], s2)
+    (kind, mask, seed, overrides), = spy.calls  # one call: the edit pass only
+    assert kind == "edit" and isinstance(mask, Localization)
+    assert mask.segments is loc.segments  # segmentation reused, not recomputed
+    assert mask.selected_segments == list(s2.selected)
+    assert s3.applied == s2.selected and not s3.pending and s3.localization is loc
+    assert s3.result.lime_applied and result.size == s.view_size
+    meta = json.loads(Path([f for f in files if f.endswith("settings.json")][0]).read_text())
+    assert meta["mask"] == "refined" and meta["selected_segments"] == list(s2.selected)
+
+
+def test_toggling_back_and_reset_restore_the_automatic_region(app, ran):
+    (*_, s), _ = ran
+    xy = _click_on(s, s.selected[0])
+    *_, once = app.toggle_at(s, *xy)
+    *_, twice = app.toggle_at(once, *xy)
+    assert twice.selected == s.selected and twice.mask_source == "auto" and not twice.pending
+    *_, reset = app.reset(once)
+    assert reset.selected == s.selected and np.array_equal(reset.mask, s.mask)
+
+
+def test_apply_needs_a_run_and_a_non_empty_region(app, ran):
+    (*_, s), _ = ran
+    with pytest.raises(gr.Error, match="Run an edit first"):
+        app.apply(*_settings(app)[:4], None)
+    empty = s
+    for label in s.selected:
+        *_, empty = app.toggle_at(empty, *_click_on(s, label))
+    assert empty.selected == ()
+    with pytest.raises(gr.Error, match="region is empty"):
+        app.apply(*_settings(app)[:4], empty)
+
+
+def test_uploaded_mask_replaces_localization(app, spy, scene_file, tmp_path):
+    arr = np.zeros((32, 32), np.uint8)
+    arr[:, :16] = 255
+    Image.fromarray(arr).save(tmp_path / "mask.png")
+    spy.calls.clear()
+    roi, seg, attn, plain, result, info, files, s = app.run(
+        str(scene_file), "make the red square blue", *_settings(app), False, str(tmp_path / "mask.png"), None)
+    (kind, mask, *_), = spy.calls
+    assert torch.is_tensor(mask) and mask.dtype == torch.bool and mask.shape == (32, 32)
+    assert s.mask_source == "uploaded" and s.localization is None
+    assert seg is None and attn is None and plain is None and roi.size == s.view_size
+    assert "uploaded mask" in info
+    assert {Path(f).name for f in files} == {"result.png", "mask.png", "settings.json"}
+    with pytest.raises(gr.Error, match="uploaded mask"):
+        app.toggle_at(s, 10, 10)
+
+
+def test_errors_are_one_readable_line(app, scene_file, tmp_path):
+    run = _readable_errors(app.run)
+    args = _settings(app) + [False, None, None]
+    with pytest.raises(gr.Error, match="Upload an image"):
+        run(None, "make it red", *args)
+    with pytest.raises(gr.Error, match="Type an instruction"):
+        run(str(scene_file), "  ", *args)
+    bad = tmp_path / "holiday.png"
+    bad.write_text("not a picture")
+    with pytest.raises(gr.Error) as err:
+        run(str(bad), "make it red", *args)
+    assert "image holiday.png" in err.value.message and str(tmp_path) not in err.value.message
+
+    lime_err = LimeWebApp(Failing(LimeEditError("mask: the mask is empty")), workdir=tmp_path / "a")
+    with pytest.raises(gr.Error) as err:
+        _readable_errors(lime_err.run)(str(scene_file), "make it red", *args)
+    assert err.value.message == "mask: the mask is empty"
+    crash = LimeWebApp(Failing(RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")),
+                       workdir=tmp_path / "b")
+    with pytest.raises(gr.Error) as err:
+        _readable_errors(crash.run)(str(scene_file), "make it red", *args)
+    msg = err.value.message
+    assert msg.startswith("RuntimeError: CUDA out of memory.") and "\n" not in msg
+    assert "Traceback" not in msg
+
+
+def test_large_uploads_are_scaled_down(app, tmp_path):
+    Image.new("RGB", (1200, 300), (10, 200, 10)).save(tmp_path / "wide.png")
+    img, notes = app._prepare(str(tmp_path / "wide.png"))
+    assert img.size == (512, 128) and "resized from 1200x300" in notes[0]
+
+
+def test_pool_size_is_the_concurrency_limit(tiny_pipe, tmp_path):
+    lps = [LimePipeline(tiny_pipe, FAST), LimePipeline(tiny_pipe, FAST)]
+    demo = build_app(lps, workdir=tmp_path)
+    heavy = [f for f in demo.fns.values() if f.concurrency_id == "model"]
+    assert len(heavy) >= 3 and all(f.concurrency_limit == 2 for f in heavy)
+    assert demo._queue.max_size == 16
+
+
+def test_render_click_mapping():
+    assert render.display_size((64, 32)) == (384, 192)
+    assert render.display_size((2000, 1000)) == (768, 384)
+    assert render.display_size((500, 400)) == (500, 400)
+    assert render.grid_cell(0, 0, (384, 192), (16, 32)) == (0, 0)
+    assert render.grid_cell(383.9, 191.9, (384, 192), (16, 32)) == (15, 31)
+    assert render.grid_cell(500, -3, (384, 192), (16, 32)) == (0, 31)
+    assert render.grid_cell(12.1, 12.1, (384, 192), (16, 32)) == (1, 1)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_serve_arguments():
+    from lime_edit.web.cli import register, serve
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve"])
+    assert (args.model, args.host, args.port, args.concurrency, args.func) == ("demo", "127.0.0.1", 7860, 1, serve)
+    assert args.max_upload_mb == 10.0
+    args = parser.parse_args(["serve", "--model", "m", "--port", "8000", "--max-upload-mb", "2.5",
+                              "--concurrency", "2", "--host", "0.0.0.0"])
+    assert (args.model, args.port, args.max_upload_mb, args.concurrency) == ("m", 8000, 2.5, 2)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--concurrency", "0"])
+
+
+def test_serve_module_imports_nothing_heavy():
+    # what importing the web CLI adds to importing lime_edit itself
+    code = ("import sys, lime_edit; before = set(sys.modules); import lime_edit.web, lime_edit.web.cli; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(sorted(new & {'torch', 'gradio', 'diffusers', 'transformers', 'PIL', 'numpy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_serve_reports_a_bad_model_in_one_line(tmp_path, capsys):
+    from lime_edit.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- served app
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model_for_serving(tiny_model_dir) -> tuple[str, int]:
+    """The bundled demo model when it is installed (few steps), else the tiny one."""
+    try:
+        from lime_edit.demo import bundled_model_path
+
+        bundled_model_path()
+        return "demo", 8
+    except (ImportError, LimeEditError):
+        return str(tiny_model_dir), STEPS
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """The app served on a free localhost port (1 MB upload limit), loaded the way
+    ``lime-edit serve`` loads it."""
+    model, steps = _model_for_serving(tiny_model_dir)
+    lp = LimePipeline.from_pretrained(model, config=LimeConfig.fast(num_inference_steps=steps),
+                                      device="cpu")
+    demo = build_app(lp, model_name=model, workdir=tmp_path_factory.mktemp("served"))
+    port = _free_port()
+    launch(demo, port=port, max_upload_mb=1, block=False, quiet=True)
+    yield f"http://127.0.0.1:{port}/", model
+    demo.close()
+
+
+def test_uploads_over_the_limit_are_refused(server):
+    import httpx
+
+    url, _ = server
+    big = {"files": ("big.png", b"\0" * (1024 * 1024 + 10), "image/png")}
+    assert httpx.post(url + "gradio_api/upload", files=big, timeout=30).status_code == 413
+    small = {"files": ("small.png", b"\0" * 1000, "image/png")}
+    assert httpx.post(url + "gradio_api/upload", files=small, timeout=30).status_code == 200
+
+
+def test_sessions_do_not_share_state(server, scene_file):
+    from gradio_client import Client, handle_file
+
+    url, _ = server
+    alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+    out = alice.predict(handle_file(str(scene_file)), "make the red square blue", STEPS, 0, 2.0, 1.5,
+                        4, 10, False, None, api_name="/edit")
+    assert Path(out[4]).is_file()  # alice got her result ...
+    with pytest.raises(Exception, match="Run an edit first"):  # ... bob has no edit to refine
+        bob.predict(STEPS, 0, 2.0, 1.5, api_name="/apply")
+    again = alice.predict(STEPS, 0, 2.0, 1.5, api_name="/apply")  # alice's session still has it
+    assert Path(again[2]).is_file()
+
+
+# ----------------------------------------------------------------------------- browser
+@pytest.mark.browser
+def test_browser_edit_refine_and_screenshot(server, scene_file):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
+                    "or set LIME_EDIT_CHROMIUM)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, model = server
+    image, instruction = scene_file, "make the red square blue"
+    if model == "demo":
+        from lime_edit.demo.scenes import make_edit
+
+        sample = make_edit(3, "test")
+        image = scene_file.with_name("demo-scene.png")
+        sample.image.save(image)
+        instruction = sample.instruction
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            # an error is a readable message in the page
+            page.click("#lime-run")
+            expect(page.get_by_text("Upload an image first.")).to_be_visible(timeout=30_000)
+
+            page.locator("#lime-input input[type=file]").set_input_files(str(image))
+            page.locator("#lime-instruction textarea").fill(instruction)
+            page.click("#lime-run")
+            info = page.locator("#lime-info")
+            expect(info).to_contain_text("Related tokens", timeout=120_000)
+            for view in ("#lime-result img", "#lime-plain img", "#lime-roi img", "#lime-segments img",
+                         "#lime-attention img"):
+                expect(page.locator(view)).to_be_visible()
+            first = page.locator("#lime-result img").get_attribute("src")
+
+            # click a segment outside the region (the first one is enough: any click toggles)
+            seg = page.locator("#lime-segments img")
+            box = seg.bounding_box()
+            seg.click(position={"x": box["width"] * 0.9, "y": box["height"] * 0.9})
+            expect(info).to_contain_text("Region changed", timeout=30_000)
+            page.click("#lime-apply")
+            expect(info).not_to_contain_text("Region changed", timeout=120_000)
+            expect(page.locator("#lime-result img")).not_to_have_attribute("src", first)
+            expect(page.locator("#lime-downloads")).to_contain_text("settings.json")
+
+            shot = Path(os.environ.get("LIME_EDIT_SCREENSHOT", REPO / "docs" / "web-demo.png"))
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.mouse.move(0, 0)
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
