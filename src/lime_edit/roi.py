@@ -9,16 +9,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cluster import agglomerative, kmeans
+from .cluster import DenseFeatures, FusedFeatures, agglomerative, kmeans
 
 
-def fuse_features(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-    """Upsample ``(C_i, h_i, w_i)`` feature maps bilinearly to ``grid``, concatenate
-    along channels and L2-normalise each pixel: returns ``(Hg*Wg, sum C_i)``."""
+def fuse_features(maps: list[torch.Tensor], grid: tuple[int, int]) -> FusedFeatures:
+    """Feature maps ``(C_i, h_i, w_i)`` upsampled bilinearly to ``grid``, concatenated
+    along channels, L2-normalised per pixel: ``Hg*Wg`` points of ``sum C_i`` dims,
+    kept implicit (see :class:`lime_edit.cluster.FusedFeatures`)."""
+    return FusedFeatures(maps, grid)
+
+
+def fuse_features_dense(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    """The explicit ``(Hg*Wg, sum C_i)`` matrix of :func:`fuse_features` (for tests
+    and small inputs)."""
     ups = [F.interpolate(m[None].float(), size=grid, mode="bilinear", align_corners=False)[0]
            for m in maps]  # each (C_i, Hg, Wg)
-    feats = torch.cat(ups, 0).flatten(1).T  # (Hg*Wg, C)
-    return F.normalize(feats, dim=1)
+    return F.normalize(torch.cat(ups, 0).flatten(1).T, dim=1)
 
 
 def mean_attention(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
@@ -31,9 +37,9 @@ def mean_attention(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Ten
     return acc / len(maps)
 
 
-def segment(feats: torch.Tensor, grid: tuple[int, int], *, method: str, num_clusters: int,
+def segment(feats: FusedFeatures | DenseFeatures | torch.Tensor, grid: tuple[int, int], *, method: str, num_clusters: int,
             iters: int, seed: int, distance_threshold: float, max_points: int) -> torch.Tensor:
-    """Cluster fused features ``(Hg*Wg, C)`` into a ``(Hg, Wg)`` label map."""
+    """Cluster ``Hg*Wg`` fused pixel features into a ``(Hg, Wg)`` label map."""
     if method == "kmeans":
         labels, _ = kmeans(feats, num_clusters, iters=iters, seed=seed)
     else:
