@@ -76,9 +76,7 @@ def load_ip2p(model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     spec = resolve_model(model)
     path = Path(spec).expanduser()
-    # Loaded in the stored precision, then cast with .to(): works across diffusers
-    # versions (``torch_dtype`` became ``dtype`` in 0.3x).
-    kwargs: dict = {}
+    kwargs: dict = {_dtype_kwarg(): dtype}
     if variant:
         kwargs["variant"] = variant
     try:
@@ -114,8 +112,19 @@ def load_ip2p(model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None
     if in_ch != 8:
         raise ModelLoadError(f"{spec}: not an InstructPix2Pix-family model: its U-Net takes {in_ch} input "
                              "channels, LIME needs 8 (noisy latent + image latent)")
-    pipe.to(device, dtype)
+    try:
+        pipe.to(device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ModelLoadError(f"--device {device}: cannot move the model there "
+                             f"({' '.join(str(err).split())[:200]})") from err
     return pipe
+
+
+def _dtype_kwarg() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (it warns about the old name)."""
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
 
 
 def _looks_like_path(spec: str) -> bool:
