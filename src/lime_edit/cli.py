@@ -262,13 +262,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(func(args))
+        with _sigterm_as_interrupt():
+            return int(func(args))
     except KeyboardInterrupt:
         _err("interrupted (no partial output files were left)")
         return EXIT_INTERRUPTED
     except (LimeEditError, OSError) as err:
         _err(f"error: {_one_line(err)}")
         return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM (kill, job schedulers) into KeyboardInterrupt while a command
+    runs, so temporary files are removed exactly as on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _err(line: str) -> None:
@@ -487,6 +509,8 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         res = lp.edit(image, instruction, mask=mask, seed=args.seed, **overrides)
         loc = res.localization
         region = res.mask if res.mask is not None else (loc.mask if loc is not None else None)
+        if region is None and mask_source["kind"] == "file":
+            region = mask  # an empty user mask is still shown as given
         settings = dict(res.settings) if res.settings else lp.config.replace(**overrides).to_dict()
         warnings = list(res.warnings) + [w for w in warnings if w not in res.warnings]
         seed, lime_applied, core_timings = res.seed, res.lime_applied, dict(res.timings)
