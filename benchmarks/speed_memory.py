@@ -1,0 +1,178 @@
+"""Wall time and peak memory of plain IP2P vs IP2P+LIME, same model/input/steps/seed, one process.
+
+    python benchmarks/speed_memory.py                      # CPU, SD1.5-shaped scaled-down random model
+    python benchmarks/speed_memory.py --device cuda --dtype fp16 --size 512 --full-sd   # GPU, SD1.5 shape
+    python benchmarks/speed_memory.py --model timbrooks/instruct-pix2pix --device cuda    # a real model
+
+The model is SD1.5's architecture (4 U-Net levels, cross-attention at latent/1, /2,
+/4 and the /8 mid block, 8 heads, 2 layers per block, VAE factor 8) with fewer
+channels unless ``--full-sd``; weights are random, which changes nothing about cost.
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (model included); on CPU the
+process RSS sampled every 2 ms (model included); "above model" is the part over the
+level before the call.
+Targets (issue 2): LIME <= 1.3x plain time at 30 steps and <= 1.15x plain peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def sd15_like_pipeline(full: bool, tmp: str):
+    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler,
+                           StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lime_edit.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp)
+    ch = (320, 640, 1280, 1280) if full else (64, 128, 256, 256)
+    text_dim = 768 if full else 256
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=8, out_channels=4, block_out_channels=ch, layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=text_dim, attention_head_dim=8, norm_num_groups=32)
+    vae_ch = (128, 256, 512, 512) if full else (32, 64, 128, 128)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_ch,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, norm_num_groups=32, sample_size=512)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=text_dim, intermediate_size=text_dim * 4,
+                                        num_hidden_layers=12 if full else 4, num_attention_heads=12 if full else 4,
+                                        max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    sched = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return StableDiffusionInstructPix2PixPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tok,
+                                                  scheduler=sched, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+
+
+class PeakRSS:
+    """Peak resident memory of this process above the level at start (CPU runs)."""
+
+    def __init__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def used(self) -> int:
+        return self.peak - self.base
+
+
+def measure(fn, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return time.perf_counter() - t, peak, peak - base
+    import gc
+    gc.collect()
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+    return dt, mem.peak, mem.used
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
+    ap.add_argument("--full-sd", action="store_true", help="random model with SD1.5's full channel counts")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="fp32 / fp16 / bf16 (default fp16 on cuda, fp32 on cpu)")
+    ap.add_argument("--size", type=int, default=256, help="square input size in pixels")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--schedules", default="two_pass,fast,single_pass")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from lime_edit import LimeConfig, LimePipeline
+    from lime_edit.loading import parse_dtype
+
+    device = torch.device(args.device)
+    dtype = parse_dtype(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=device)
+        else:
+            lp = LimePipeline(sd15_like_pipeline(args.full_sd, tmp).to(device, dtype))
+    lp.pipe.set_progress_bar_config(disable=True)
+    rng = np.random.RandomState(0)
+    image = Image.fromarray((rng.rand(args.size, args.size, 3) * 255).astype(np.uint8))
+    prompt = "make the red circle blue"
+    common = dict(num_inference_steps=args.steps, seed=0)
+    configs = {"two_pass": LimeConfig(), "fast": LimeConfig.fast(), "single_pass": LimeConfig(schedule="single_pass")}
+
+    lp.edit(image, prompt, mask=None, num_inference_steps=2)       # warm-up
+    lp.edit(image, prompt, num_inference_steps=3, capture_at=0.34)
+    rows = []
+    plain_t, plain_m, plain_a = min((measure(lambda: lp.edit(image, prompt, mask=None, **common), device)
+                                     for _ in range(args.repeats)), key=lambda r: r[0])
+    rows.append(("ip2p", plain_t, plain_m, plain_a))
+    for name in args.schedules.split(","):
+        lp.config = configs[name]
+        t, m, a = min((measure(lambda: lp.edit(image, prompt, **common), device) for _ in range(args.repeats)),
+                      key=lambda r: r[0])
+        rows.append((f"lime_{name}", t, m, a))
+    lp.config = LimeConfig()
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# {machine}; torch {torch.__version__}; {dtype}; {args.size}x{args.size}; {args.steps} steps; "
+          f"model: {args.model or ('random SD1.5 (full)' if args.full_sd else 'random SD1.5-shaped, scaled down')}")
+    print(f"{'method':<18}{'seconds':>9}{'x plain':>9}{'peak MiB':>10}{'x plain':>9}{'above model MiB':>17}")
+    out = []
+    for name, t, m, a in rows:
+        print(f"{name:<18}{t:>9.2f}{t / plain_t:>9.2f}{m / 2**20:>10.1f}{m / plain_m:>9.2f}{a / 2**20:>17.1f}")
+        out.append({"method": name, "seconds": t, "time_ratio": t / plain_t, "peak_bytes": m,
+                    "memory_ratio": m / plain_m, "above_model_bytes": a})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "torch": torch.__version__, "dtype": str(dtype), "size": args.size,
+                       "steps": args.steps, "argv": sys.argv[1:], "rows": out}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
