@@ -9,10 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lime_edit.errors import LimeEditError
-from lime_edit.eval import metrics as M
-from lime_edit.eval.datasets import decode_rle_mask, encode_rle_mask
-from lime_edit.eval.lpips import LpipsSqueeze, squeezenet_features
+pytest.importorskip("torchmetrics")  # the eval extra: pip install -e ".[eval]"
+
+from lime_edit.errors import LimeEditError  # noqa: E402
+from lime_edit.eval import editval as R  # noqa: E402
+from lime_edit.eval import metrics as M  # noqa: E402
+from lime_edit.eval.datasets import decode_rle_mask, encode_rle_mask  # noqa: E402
+from lime_edit.eval.lpips import LpipsSqueeze, squeezenet_features  # noqa: E402
 
 
 def solid(value, size=(16, 12)):
@@ -91,56 +94,56 @@ def test_masked_uint8_and_structure_distance():
 
 
 # --------------------------------------------------------------------------- EditVal rules
-D = M.Detection
+D = R.Detection
 
 
 def test_best_detection_uses_highest_score_over_threshold():
     dets = [D(0, 0.5, (0, 0, 1, 1)), D(0, 0.9, (5, 5, 6, 6)), D(0, 0.2, (9, 9, 10, 10)), D(1, 0.05, (0, 0, 1, 1))]
-    assert M.best_detection(dets, 0).box == (5, 5, 6, 6)
-    assert M.best_detection(dets, 1) is None  # below 0.1
+    assert R.best_detection(dets, 0).box == (5, 5, 6, 6)
+    assert R.best_detection(dets, 1) is None  # below 0.1
 
 
 def test_addition_and_replacement_rules():
     both = [D(0, 0.3, (0, 0, 10, 10)), D(1, 0.4, (20, 20, 40, 40))]
-    assert M.rule_object_addition(both) == 1
-    assert M.rule_object_addition(both[:1]) == 0
-    assert M.rule_object_replacement(both) == 0          # original still there
-    assert M.rule_object_replacement(both[:1]) == 1
+    assert R.rule_object_addition(both) == 1
+    assert R.rule_object_addition(both[:1]) == 0
+    assert R.rule_object_replacement(both) == 0          # original still there
+    assert R.rule_object_replacement(both[:1]) == 1
 
 
 def test_alter_parts_reads_boxes_as_corners():
     obj = D(1, 0.5, (100, 100, 200, 200))
-    assert M.rule_alter_parts([D(0, 0.5, (140, 140, 160, 160)), obj]) == 1
-    assert M.rule_alter_parts([D(0, 0.5, (10, 10, 30, 30)), obj]) == 0
-    assert M.part_query("add wheels") == "wheels"
+    assert R.rule_alter_parts([D(0, 0.5, (140, 140, 160, 160)), obj]) == 1
+    assert R.rule_alter_parts([D(0, 0.5, (10, 10, 30, 30)), obj]) == 0
+    assert R.part_query("add wheels") == "wheels"
 
 
 def test_positional_addition_y_grows_downwards():
     obj = D(1, 0.5, (100, 100, 200, 200))           # centre (150, 150)
     under = D(0, 0.5, (120, 250, 180, 300))          # centre y 275: below
-    assert M.rule_positional_addition([under, obj], "below") == 1
-    assert M.rule_positional_addition([under, obj], "above") == 0
+    assert R.rule_positional_addition([under, obj], "below") == 1
+    assert R.rule_positional_addition([under, obj], "above") == 0
     left = D(0, 0.5, (0, 120, 50, 180))
-    assert M.rule_positional_addition([left, obj], "left") == 1
-    assert M.rule_positional_addition([left, obj], "right") == 0
-    assert M.parse_positional("cup left") == ("cup", "left")
-    assert M.parse_positional("a ball on top of") == ("ball", "above")
+    assert R.rule_positional_addition([left, obj], "left") == 1
+    assert R.rule_positional_addition([left, obj], "right") == 0
+    assert R.parse_positional("cup left") == ("cup", "left")
+    assert R.parse_positional("a ball on top of") == ("ball", "above")
 
 
 def test_position_replacement_and_size_in_original_frame():
     before = [D(0, 0.5, (300, 100, 400, 200))]       # centre x 350 in a 640-wide original
     moved = [D(0, 0.5, (0, 50, 50, 100))]            # edited image 320 wide -> x 25 * 2 = 50
-    assert M.rule_position_replacement(before, moved, "left", scale=(2.0, 2.0)) == 1
-    assert M.rule_position_replacement(before, moved, "right", scale=(2.0, 2.0)) == 0
+    assert R.rule_position_replacement(before, moved, "left", scale=(2.0, 2.0)) == 1
+    assert R.rule_position_replacement(before, moved, "right", scale=(2.0, 2.0)) == 0
     small_move = [D(0, 0.5, (130, 50, 180, 100))]    # centre 155*2 = 310: moved only 40 px
-    assert M.rule_position_replacement(before, small_move, "left", scale=(2.0, 2.0)) == 0
+    assert R.rule_position_replacement(before, small_move, "left", scale=(2.0, 2.0)) == 0
     # same box in a half-size edited image is the same size once scaled back
     half = [D(0, 0.5, (150, 50, 200, 100))]
-    assert M.rule_size(before, half, "large", scale=(2.0, 2.0)) == 0
+    assert R.rule_size(before, half, "large", scale=(2.0, 2.0)) == 0
     bigger = [D(0, 0.5, (100, 20, 220, 140))]
-    assert M.rule_size(before, bigger, "large", scale=(2.0, 2.0)) == 1
-    assert M.rule_size(before, bigger, "small", scale=(2.0, 2.0)) == 0
-    assert M.rule_size([], bigger, "large") == 0
+    assert R.rule_size(before, bigger, "large", scale=(2.0, 2.0)) == 1
+    assert R.rule_size(before, bigger, "small", scale=(2.0, 2.0)) == 0
+    assert R.rule_size([], bigger, "large") == 0
 
 
 # --------------------------------------------------------------------------- LPIPS

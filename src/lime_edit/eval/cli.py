@@ -78,6 +78,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
                    help="weights dtype (default float16 on CUDA, float32 otherwise)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
+    p.add_argument("--lossless", action="store_true",
+                   help="PIE-Bench: write <name>.png instead of the .jpg name their scripts use (PIL's default "
+                        "JPEG quality); the scorer reads either")
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate every output, even if present or made with other settings")
     _add_setting_args(p)

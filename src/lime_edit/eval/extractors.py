@@ -26,7 +26,6 @@ models with 32 px inputs use the same code.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ModelLoadError
-from .metrics import Detection
+from .editval import Detection
 
 CLIP_B32 = "openai/clip-vit-base-patch32"
 CLIP_L14 = "openai/clip-vit-large-patch14"

@@ -13,7 +13,8 @@ Outputs (the layout each benchmark's scorer reads, see :mod:`lime_edit.eval.scor
   ``ImageOps.fit`` LANCZOS); outputs stay at that size (the scorer resizes them).
 - PIE-Bench: ``RUN_DIR/annotation_images/<image_path>``, saved like their scripts
   (``Image.save`` with the original file name, so PIL's default quality for
-  ``.jpg``); ``editing_instruction`` is the instruction.
+  ``.jpg``; ``--lossless`` writes a ``.png`` of the same stem instead);
+  ``editing_instruction`` is the instruction.
 - EditVal: ``RUN_DIR/<edit_type>/<image_id>/<to>.png`` at the COCO image's size.
 
 Sampler defaults follow each benchmark's IP2P protocol (MagicBrush: 100 steps;
@@ -163,7 +164,8 @@ def _mb_run(session, paths: list[Path], protocol: str):
     return run
 
 
-def piebench_units(data, out: Path, limit: int | None, categories: set[str] | None = None):
+def piebench_units(data, out: Path, limit: int | None, categories: set[str] | None = None,
+                   lossless: bool = False):
     from .datasets import read_piebench
 
     items, problems = read_piebench(data, categories=categories)
@@ -171,6 +173,8 @@ def piebench_units(data, out: Path, limit: int | None, categories: set[str] | No
     units = []
     for it in items:
         path = out / "annotation_images" / it.image_path
+        if lossless:  # PNG twin of the .jpg name (the scorer accepts either)
+            path = path.with_suffix(".png")
 
         def run(editor, ctx: Ctx, it=it, path=path) -> dict[str, Any]:
             if path.is_file() and not ctx.overwrite:
@@ -211,7 +215,7 @@ def _load_pipeline(args, device):
     """Load the editor once (the tests replace this to inject a fake or tiny one)."""
     import torch
 
-    from ..pipeline import LimePipeline
+    from lime_edit import LimePipeline  # the public API only
 
     if args.dtype in (None, "auto"):
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
@@ -242,8 +246,11 @@ def _versions() -> dict[str, str]:
 
 
 def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    return {"benchmark": args.benchmark, "model": args.model, "lime": not args.no_lime, "seed": seed,
-            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
+    sig = {"benchmark": args.benchmark, "model": args.model, "lime": not args.no_lime, "seed": seed,
+           "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
+    if getattr(args, "lossless", False):
+        sig["lossless"] = True
+    return sig
 
 
 def _check_signature(out: Path, sig: dict[str, Any]) -> None:
@@ -281,7 +288,8 @@ def run_eval(args) -> int:
         units, problems = magicbrush_units(args.data, out, protocol, args.limit)
     elif bench == "piebench":
         units, problems = piebench_units(args.data, out, args.limit,
-                                         categories=set(args.categories.split(",")) if args.categories else None)
+                                         categories=set(args.categories.split(",")) if args.categories else None,
+                                         lossless=bool(getattr(args, "lossless", False)))
     else:
         types = None if not args.edit_types else set(args.edit_types.split(","))
         units, problems = editval_units(args.data, out, args.limit, coco_dir=args.coco_dir, edit_types=types)

@@ -50,12 +50,19 @@ class Shard:
 
 def get_shard(cpu: bool = False) -> Shard:
     """This process's shard: one process unless launched by ``accelerate launch``
-    (or torchrun), in which case accelerate's ``PartialState`` says which."""
+    (or torchrun), in which case accelerate's ``PartialState`` says which.
+
+    ``cpu=True`` (``--device cpu``, or no CUDA/XPU device at all) makes a multi-process
+    launch use gloo on the CPU; on a CPU-only machine ``accelerate launch --multi_gpu
+    --num_processes N`` (or ``torchrun --nproc_per_node N``) starts the processes
+    (accelerate's ``--cpu`` flag alone starts only one)."""
     try:
+        import torch
         from accelerate import PartialState
     except ImportError:  # pragma: no cover - accelerate is a core dependency
         return Shard(0, 1, None)
-    state = PartialState(cpu=cpu)
+    has_accel = torch.cuda.is_available() or bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+    state = PartialState(cpu=cpu or not has_accel)
     return Shard(state.process_index, state.num_processes, state)
 
 

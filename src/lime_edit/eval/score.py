@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import LimeEditError
+from ..errors import LimeEditError, ModelLoadError
 from . import references
 from .datasets import EDITVAL_ABBREV
 from .runner import RowStore, Shard, from_json_number, get_shard, json_safe
@@ -252,26 +252,26 @@ def editval_units(data, outputs: Path, protocol: str | None, limit: int | None,
 
 def _editval_compute(edit, gen_path: Path):
     def compute(bb: Backbones, want: set[str]) -> dict[str, float]:
-        from . import metrics as M
+        from . import editval as R
 
         det = bb.get("owlvit")
         q = lambda obj: f"a photo of a {obj}"  # noqa: E731  (EditVal's query template)
         edited = read_rgb(gen_path)
         t, cls = edit.edit_type, edit.class_name
         if t == "object_addition":
-            ok = M.rule_object_addition(det.detect(edited, [q(edit.to), q(cls)]))
+            ok = R.rule_object_addition(det.detect(edited, [q(edit.to), q(cls)]))
         elif t == "object_replacement":
-            ok = M.rule_object_replacement(det.detect(edited, [q(edit.to), q(cls)]))
+            ok = R.rule_object_replacement(det.detect(edited, [q(edit.to), q(cls)]))
         elif t == "alter_parts":
-            ok = M.rule_alter_parts(det.detect(edited, [q(M.part_query(edit.to)), q(cls)]))
+            ok = R.rule_alter_parts(det.detect(edited, [q(R.part_query(edit.to)), q(cls)]))
         elif t == "positional_addition":
-            obj, pos = M.parse_positional(edit.to)
-            ok = M.rule_positional_addition(det.detect(edited, [q(obj), q(cls)]), pos)
+            obj, pos = R.parse_positional(edit.to)
+            ok = R.rule_positional_addition(det.detect(edited, [q(obj), q(cls)]), pos)
         elif t in ("position_replacement", "size"):
             original = read_rgb(edit.image)
             scale = (original.size[0] / edited.size[0], original.size[1] / edited.size[1])
             before, after = det.detect(original, [q(cls)]), det.detect(edited, [q(cls)])
-            ok = (M.rule_position_replacement if t == "position_replacement" else M.rule_size)(
+            ok = (R.rule_position_replacement if t == "position_replacement" else R.rule_size)(
                 before, after, edit.to, scale)
         else:  # pragma: no cover - filtered by the reader
             raise SampleError(gen_path, f"edit type {t} is not scored automatically")
@@ -314,15 +314,26 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
         try:
             new = u.compute(backbones, need)
         except SampleError as err:
-            store.put(u.key, {"info": u.info, "metrics": {}, "models": {},
+            store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
                               "error": {"file": err.file, "message": err.message}})
+            done += 1
+            continue
+        except (KeyboardInterrupt, ModelLoadError):
+            raise  # a backbone that cannot load is fatal for every sample: stop with its message
+        except Exception as err:  # anything else is this sample's problem, named in the report
+            if os.environ.get("LIME_EDIT_DEBUG"):
+                raise
+            msg = " ".join(str(err).split()) or type(err).__name__
+            store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
+                              "error": {"file": "", "message": f"{type(err).__name__}: {msg}"}})
             done += 1
             continue
         have.update(json_safe(new))
         for m in need:
             if m in NEEDS:
                 models[NEEDS[m]] = backbones.source_id(NEEDS[m])
-        store.put(u.key, {"info": u.info, "metrics": have, "models": models, "error": None})
+        store.put(u.key, {"info": u.info, "metrics": have, "models": models, "error": None,
+                          "process": shard.index})
         done += 1
     return done
 
@@ -407,7 +418,7 @@ def format_table(report: dict[str, Any]) -> str:
     digits = 3 if bench in ("magicbrush",) else 2
     title = {"magicbrush": f"MagicBrush test, {report.get('protocol') or 'single'}-turn",
              "piebench": "PIE-Bench", "editval": "EditVal (OWL-ViT automatic scores)"}[bench]
-    w = 24
+    w = 30
     lines = [title, f"{'method':<{w}}" + "".join(f"{heads.get(c, c):>13}" for c in cols)]
 
     def fmt(v: Any) -> str:

@@ -136,16 +136,17 @@ def piebench_fixture_masks(n: int = 4, shape: tuple[int, int] = (512, 512)) -> l
 
 
 def write_piebench_fixture(root: str | os.PathLike, n: int = 4, size: int = 512) -> Path:
-    """``root/mapping_file.json`` + ``root/annotation_images/<cat>/<id>.jpg``-style images
-    (PNG here, lossless), ``n`` items over categories 0..n-1, RLE masks."""
+    """``root/mapping_file.json`` + ``root/annotation_images/<i>_category/<id>.jpg`` (JPEG
+    quality 95, as the real benchmark ships JPEGs), ``n`` items over categories 0..n-1,
+    RLE masks."""
     root = Path(root)
     mapping = {}
     for i, m in enumerate(piebench_fixture_masks(n, (size, size))):
         key = f"{i:03d}000000{i}"
-        rel = f"{i}_category/{key}.png"
+        rel = f"{i}_category/{key}.jpg"
         p = root / "annotation_images" / rel
         p.parent.mkdir(parents=True, exist_ok=True)
-        scene(100 + i, (size, size)).save(p)
+        scene(100 + i, (size, size)).save(p, quality=95)
         mapping[key] = {"image_path": rel, "original_prompt": "a [dog] on the grass",
                         "editing_prompt": "a [cat] on the grass", "editing_instruction": "make the dog a cat",
                         "editing_type_id": str(i % 10), "blended_word": "dog cat", "mask": encode_rle_mask(m)}
