@@ -8,14 +8,15 @@ The model is SD1.5's architecture (4 U-Net levels, cross-attention at latent/1, 
 /4 and the /8 mid block, 8 heads, 2 layers per block, VAE factor 8) with fewer
 channels unless ``--full-sd``; weights are random, which changes nothing about cost.
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (model included); on CPU the
-process RSS sampled every 2 ms (model included); "above model" is the part over the
-level before the call.
+bytes malloc has handed out, sampled every 2 ms (model included); "above model" is the
+part over the level before the call.
 Targets (issue 2): LIME <= 1.3x plain time at 30 steps and <= 1.15x plain peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -59,18 +60,34 @@ def sd15_like_pipeline(full: bool, tmp: str):
                                                   requires_safety_checker=False)
 
 
-class PeakRSS:
-    """Peak resident memory of this process above the level at start (CPU runs)."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+class PeakHeap:
+    """Peak bytes in use by malloc (glibc ``mallinfo2``: small blocks + mmapped blocks),
+    sampled every 2 ms, for CPU runs; RSS would only show the allocator's high-water mark.
+    Falls back to RSS where ``mallinfo2`` is missing."""
 
     def __init__(self):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = _MallInfo2
+            self._mi = libc.mallinfo2
+        except (OSError, AttributeError):
+            self._mi = None
         self.page = os.sysconf("SC_PAGE_SIZE")
 
-    def _rss(self) -> int:
+    def _now(self) -> int:
+        if self._mi is not None:
+            m = self._mi()
+            return m.uordblks + m.hblkhd
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * self.page
 
     def __enter__(self):
-        self.base = self.peak = self._rss()
+        self.base = self.peak = self._now()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
         self._t.start()
@@ -78,13 +95,13 @@ class PeakRSS:
 
     def _loop(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
+            self.peak = max(self.peak, self._now())
             time.sleep(0.002)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, self._rss())
+        self.peak = max(self.peak, self._now())
 
     @property
     def used(self) -> int:
@@ -104,7 +121,7 @@ def measure(fn, device: torch.device):
         return time.perf_counter() - t, peak, peak - base
     import gc
     gc.collect()
-    with PeakRSS() as mem:
+    with PeakHeap() as mem:
         t = time.perf_counter()
         fn()
         dt = time.perf_counter() - t
