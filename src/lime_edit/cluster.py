@@ -70,29 +70,31 @@ class FusedFeatures:
         self.grid = tuple(grid)
         self.n = grid[0] * grid[1]
         self.chunk = chunk
-        sq = torch.zeros(self.grid, device=self.maps[0].device)
-        for m in self.maps:
+        # Bilinear upsampling (align_corners=False) is separable: up(z) = Uh z Uw^T.
+        dev = self.maps[0].device
+        self._u = [(_interp_matrix(m.shape[1], grid[0], dev), _interp_matrix(m.shape[2], grid[1], dev))
+                   for m in self.maps]                                       # (Hg, h_l), (Wg, w_l)
+        sq = torch.zeros(self.grid, device=dev)
+        for i, m in enumerate(self.maps):
             for c0 in range(0, m.shape[0], chunk):
-                sq += self._up(m[c0:c0 + chunk]).pow(2).sum(0)
+                sq += self._up(m[c0:c0 + chunk], i).pow(2).sum(0)
         self.norm = sq.flatten().sqrt().clamp_min(1e-12)                  # (N,) = ||u_p||
 
-    def _up(self, z: torch.Tensor) -> torch.Tensor:                     # (K, h, w) -> (K, Hg, Wg)
-        return F.interpolate(z[None], size=self.grid, mode="bilinear", align_corners=False)[0]
+    def _up(self, z: torch.Tensor, i: int) -> torch.Tensor:             # (K, h, w) -> (K, Hg, Wg)
+        uh, uw = self._u[i]
+        return uh @ z @ uw.T
 
-    def _up_adjoint(self, w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """Adjoint of ``_up``: (K, Hg, Wg) -> (K, h, w), via autograd of the linear map."""
-        with torch.enable_grad():
-            z = torch.zeros((w.shape[0],) + tuple(hw), device=w.device, requires_grad=True)
-            (g,) = torch.autograd.grad(self._up(z), z, grad_outputs=w)
-        return g
+    def _up_adjoint(self, w: torch.Tensor, i: int) -> torch.Tensor:     # (K, Hg, Wg) -> (K, h, w)
+        uh, uw = self._u[i]
+        return uh.T @ w @ uw
 
     def sq_norms(self) -> torch.Tensor:
         return (self.norm / self.norm.clamp_min(1e-12)) ** 2 * (self.norm > 1e-12)
 
     def dots(self, c: list[torch.Tensor]) -> torch.Tensor:              # (N, K)
         acc = None
-        for m, f, cl in zip(self.maps, self.flat, c):
-            s = self._up((cl @ f).reshape(-1, m.shape[1], m.shape[2]))       # (K, Hg, Wg)
+        for i, (m, f, cl) in enumerate(zip(self.maps, self.flat, c)):
+            s = self._up((cl @ f).reshape(-1, m.shape[1], m.shape[2]), i)    # (K, Hg, Wg)
             acc = s if acc is None else acc + s
         return (acc.flatten(1) / self.norm).T
 
@@ -102,8 +104,8 @@ class FusedFeatures:
     def weighted_sums(self, w: torch.Tensor) -> list[torch.Tensor]:     # w (K, N) -> [(K, C_l)]
         w = (w / self.norm).reshape(-1, *self.grid)
         out = []
-        for m, f in zip(self.maps, self.flat):
-            adj = self._up_adjoint(w, m.shape[1:])                           # (K, h_l, w_l)
+        for i, f in enumerate(self.flat):
+            adj = self._up_adjoint(w, i)                                     # (K, h_l, w_l)
             out.append(adj.flatten(1) @ f.T)
         return out
 
@@ -121,14 +123,21 @@ class FusedFeatures:
         """``(M, M)`` dot products of the grid's ``stride``-pooled cell means."""
         gram = None
         norm = self.norm.reshape(self.grid)
-        for m in self.maps:
+        for i, m in enumerate(self.maps):
             for c0 in range(0, m.shape[0], self.chunk):
-                up = self._up(m[c0:c0 + self.chunk]) / norm
+                up = self._up(m[c0:c0 + self.chunk], i) / norm
                 cells = F.avg_pool2d(up[None], stride, ceil_mode=True)[0] if stride > 1 else up
                 cells = cells.flatten(1)                                      # (c, M)
                 g = cells.T @ cells
                 gram = g if gram is None else gram + g
         return gram
+
+
+def _interp_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix of 1-D linear interpolation as ``F.interpolate`` does it
+    (``align_corners=False``), so 2-D bilinear upsampling is ``Uh @ z @ Uw.T``."""
+    eye = torch.eye(n_in, device=device)[None]                               # (1, n_in, n_in)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
 
 
 def _canonical(labels: torch.Tensor) -> torch.Tensor:
