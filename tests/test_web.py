@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,9 +20,9 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the web demo needs the 'web' extra: pip install -e '.[web]'")
 
-from lime_edit import LimeConfig, LimeEditError, LimePipeline, Localization  # noqa: E402
-from lime_edit.web import render  # noqa: E402
-from lime_edit.web.app import LimeWebApp, _readable_errors, build_app, launch  # noqa: E402
+from lime_edit import LimeConfig, LimeEditError, LimePipeline, Localization
+from lime_edit.web import render
+from lime_edit.web.app import LimeWebApp, _readable_errors, build_app, launch
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
@@ -60,6 +61,16 @@ def _settings(app: LimeWebApp, **kw):
     d = app.defaults()
     d.update(kw)
     return [d["steps"], d["seed"], d["guidance"], d["image_guidance"], d["clusters"], d["top_k"]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model's ops are far too small to gain from threads; on a busy
+    machine two threads wait on each other (a 2-step edit: 2 s vs 0.4 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -262,11 +273,25 @@ def test_serve_arguments():
         parser.parse_args(["serve", "--concurrency", "0"])
 
 
+def test_serve_refuses_a_busy_port_before_loading_a_model(tmp_path, capsys):
+    from lime_edit.web.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = parser.parse_args(["serve", "--model", str(tmp_path / "never-loaded"),
+                                  "--port", str(busy.getsockname()[1])])
+        assert args.func(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot serve on 127.0.0.1:") and "in use" in err
+
+
 def test_serve_module_imports_nothing_heavy():
-    # what importing the web CLI adds to importing lime_edit itself
-    code = ("import sys, lime_edit; before = set(sys.modules); import lime_edit.web, lime_edit.web.cli; "
-            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
-            "print(sorted(new & {'torch', 'gradio', 'diffusers', 'transformers', 'PIL', 'numpy'}))")
+    code = ("import sys, lime_edit.web, lime_edit.web.cli; "
+            "print(sorted(m for m in ('torch', 'gradio', 'diffusers', 'transformers', 'numpy', 'PIL') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -298,13 +323,16 @@ def _model_for_serving(tiny_model_dir) -> tuple[str, int]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def server(tiny_model_dir, scene_file, tmp_path_factory):
     """The app served on a free localhost port (1 MB upload limit), loaded the way
     ``lime-edit serve`` loads it."""
+    from lime_edit.web.cli import demo_examples
+
     model, steps = _model_for_serving(tiny_model_dir)
     lp = LimePipeline.from_pretrained(model, config=LimeConfig.fast(num_inference_steps=steps),
                                       device="cpu")
-    demo = build_app(lp, model_name=model, workdir=tmp_path_factory.mktemp("served"))
+    examples = demo_examples(4) if model == "demo" else [(str(scene_file), "make the red square blue")]
+    demo = build_app(lp, model_name=model, workdir=tmp_path_factory.mktemp("served"), examples=examples)
     port = _free_port()
     launch(demo, port=port, max_upload_mb=1, block=False, quiet=True)
     yield f"http://127.0.0.1:{port}/", model
@@ -335,12 +363,58 @@ def test_sessions_do_not_share_state(server, scene_file):
     assert Path(again[2]).is_file()
 
 
+class Slow:
+    """Plain-IP2P stand-in that takes a while and records when each call ran."""
+
+    config = LimeConfig()
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def edit(self, image, instruction, mask="auto", seed=0, **overrides):
+        import time
+
+        from lime_edit import EditResult
+
+        start = time.monotonic()
+        time.sleep(1.5)
+        self.log.append((start, time.monotonic()))
+        return EditResult(image=image, mask=None, localization=None, lime_applied=False, seed=seed)
+
+
+def test_queue_runs_at_most_concurrency_edits_at_once(scene_file, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    log: list = []
+    demo = build_app([Slow(log), Slow(log)], workdir=tmp_path)
+    port = _free_port()
+    launch(demo, port=port, block=False, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        clients = [Client(url, verbose=False) for _ in range(4)]
+
+        def edit(client):
+            return client.predict(handle_file(str(scene_file)), "make it red", 1, 0, 2.0, 1.5, 4, 10,
+                                  False, None, api_name="/edit")
+
+        with ThreadPoolExecutor(4) as ex:
+            results = list(ex.map(edit, clients))
+    finally:
+        demo.close()
+    assert len(results) == 4 and len(log) == 4
+    overlap = max(sum(s <= t < e for s, e in log) for t, _ in log)
+    assert overlap == 2  # two pipelines: two edits at once, never more
+
+
 # ----------------------------------------------------------------------------- browser
 @pytest.mark.browser
 def test_browser_edit_refine_and_screenshot(server, scene_file):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
                     "or set LIME_EDIT_CHROMIUM)")
+    import httpx
     from playwright.sync_api import expect, sync_playwright
 
     url, model = server
@@ -377,14 +451,23 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
             box = seg.bounding_box()
             seg.click(position={"x": box["width"] * 0.9, "y": box["height"] * 0.9})
             expect(info).to_contain_text("Region changed", timeout=30_000)
-            page.click("#lime-apply")
+            apply = page.locator("#lime-apply")
+            expect(apply).to_have_class(re.compile(r"\bprimary\b"))  # highlighted while pending
+            apply.click()
             expect(info).not_to_contain_text("Region changed", timeout=120_000)
+            expect(apply).to_have_class(re.compile(r"\bsecondary\b"))
             expect(page.locator("#lime-result img")).not_to_have_attribute("src", first)
-            expect(page.locator("#lime-downloads")).to_contain_text("settings.json")
+            link = page.locator("#lime-downloads a[href$='settings.json']")
+            expect(link).to_have_count(1)
+            meta = httpx.get(link.get_attribute("href"), timeout=30).json()
+            assert meta["mask"] == "refined" and meta["instruction"] == instruction
+            for close in page.locator(".toast-close").all():  # the earlier error message
+                close.click()
 
             shot = Path(os.environ.get("LIME_EDIT_SCREENSHOT", REPO / "docs" / "web-demo.png"))
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.mouse.move(0, 0)
+            page.wait_for_timeout(600)  # let the button's colour transition finish
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
         finally:

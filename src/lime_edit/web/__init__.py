@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_app", "launch", "LimeWebApp"]
+__all__ = ["LimeWebApp", "build_app", "launch"]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,17 +31,18 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
+import gradio as gr
 import numpy as np
 from PIL import Image
 
-import gradio as gr
-
 from .. import io as lio
+from .. import viz
 from ..errors import LimeEditError
 from ..imageops import DEFAULT_MAX_PIXELS
 from . import render
@@ -130,10 +131,24 @@ def _readable_errors(fn: Callable) -> Callable:
             raise
         except LimeEditError as e:
             raise gr.Error(_one_line(str(e)), print_exception=False) from None
-        except Exception as e:  # noqa: BLE001 - the page must never show a traceback
+        except Exception as e:
             log.exception("web demo: %s failed", fn.__name__)
             raise gr.Error(_one_line(f"{type(e).__name__}: {e}") + " (details in the server log)",
                            print_exception=False) from None
+
+    return wrapper
+
+
+def _apply_hint(fn: Callable) -> Callable:
+    """Append an update of the Apply button to a callback's outputs (whose last
+    one is the :class:`Session`): primary while the region differs from the
+    one the shown result was made with."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        pending = isinstance(out[-1], Session) and out[-1].pending
+        return (*out, gr.update(variant="primary" if pending else "secondary"))
 
     return wrapper
 
@@ -165,20 +180,30 @@ class LimeWebApp:
     max_queue: jobs waiting in the queue at most (more are refused with a message).
     workdir: folder for the files offered for download (a temporary folder by
         default; entries older than ``keep_files_s`` are pruned).
+    examples: ``[(image_path, instruction), ...]`` offered under the inputs
+        (e.g. synthetic scenes for the demo model, which knows nothing else).
     """
 
     def __init__(self, pipelines: Any | Sequence[Any], *, model_name: str = "",
                  max_side: int | None = DEFAULT_MAX_SIDE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_queue: int = 16,
-                 workdir: str | Path | None = None, keep_files_s: float = 3600.0):
+                 workdir: str | Path | None = None, keep_files_s: float = 3600.0,
+                 examples: Sequence[tuple[str, str]] = ()):
         if not isinstance(pipelines, (list, tuple)):
             pipelines = [pipelines]
+        for lp in pipelines:  # concurrent jobs would interleave progress bars in the server log
+            pipe = getattr(lp, "pipe", None)
+            if hasattr(pipe, "set_progress_bar_config"):
+                pipe.set_progress_bar_config(disable=True)
         self.pool = ModelPool(pipelines)
-        self.model_name = model_name
+        # a local path is shown (and written to settings.json) by its last part only
+        self.model_name = Path(model_name).name if ("/" in model_name and Path(model_name).exists()) \
+            else model_name
         self.max_side = max_side
         self.max_pixels = max_pixels
         self.max_queue = max_queue
         self.keep_files_s = keep_files_s
+        self.examples = [(str(p), str(i)) for p, i in examples]
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lime-web-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -226,9 +251,8 @@ class LimeWebApp:
         if s.plain is not None:
             s.plain.save(folder / "ip2p.png")
             files.append(folder / "ip2p.png")
-        used = res.mask if res.mask is not None else None
-        if used is not None:
-            render.mask_image(_np(used), res.image.size).save(folder / "mask.png")
+        if res.mask is not None:
+            render.mask_image(_np(res.mask), res.image.size).save(folder / "mask.png")
             files.append(folder / "mask.png")
         loc = s.localization
         meta = {
@@ -239,7 +263,7 @@ class LimeWebApp:
             "image_size": list(s.image.size),
             "mask": s.mask_source,
             "selected_segments": list(s.applied),
-            "related_tokens": list(loc.tokens) if loc is not None else None,
+            "related_tokens": [viz.token_label(t) for t in loc.tokens] if loc is not None else None,
             "lime_applied": bool(res.lime_applied),
             "warnings": list(res.warnings),
             "timings": dict(res.timings),
@@ -291,11 +315,12 @@ class LimeWebApp:
         lines = []
         if res is not None:
             if res.lime_applied:
-                lines.append(f"**LIME applied** ({'your mask' if s.mask_source == 'uploaded' else 'segments ' + _labels(s.applied)}).")
+                where = "your mask" if s.mask_source == "uploaded" else "segments " + _labels(s.applied)
+                lines.append(f"**LIME applied** ({where}).")
             else:
                 lines.append("**Plain InstructPix2Pix**: LIME was not applied.")
         if loc is not None:
-            toks = ", ".join(f"`{t}`" for t in loc.tokens) or "none"
+            toks = ", ".join(f"`{viz.token_label(t)}`" for t in loc.tokens) or "none"
             lines.append(f"Related tokens: {toks}. {loc.num_segments} segments; "
                          f"region: {_labels(s.selected)}.")
         if s.pending:
@@ -382,9 +407,12 @@ class LimeWebApp:
         if s is None:
             raise gr.Error("Run an edit first; then click segments to refine the region.",
                            print_exception=False)
-        if s.localization is None:
+        if s.localization is None and s.mask_source == "uploaded":
             raise gr.Error("This edit used your uploaded mask, so there are no segments to "
                            "click: clear the mask and press Run.", print_exception=False)
+        if s.localization is None:
+            raise gr.Error("LIME found no region for this instruction, so there are no segments "
+                           "to click (see the notes under the pictures).", print_exception=False)
         return s
 
     def _with_selection(self, s: Session, selected) -> tuple:
@@ -402,7 +430,7 @@ class LimeWebApp:
         out_img = dict(type="pil", format="png", interactive=False, buttons=["download", "fullscreen"])
         with gr.Blocks(title="LIME: localized image editing", analytics_enabled=False,
                        delete_cache=(1800, 3600)) as demo:
-            state = gr.State(None, time_to_live=4 * 3600)
+            state = gr.State(None, time_to_live=3600)  # idle sessions are dropped after an hour
             gr.Markdown(
                 "## LIME: localized instruction-based image editing\n"
                 "Upload an image, describe the edit, press **Run**. LIME finds the region the "
@@ -416,6 +444,9 @@ class LimeWebApp:
                     instruction = gr.Textbox(label="Instruction", placeholder="make the sky red",
                                              lines=1, max_lines=3, elem_id="lime-instruction")
                     run_btn = gr.Button("Run", variant="primary", elem_id="lime-run")
+                    if self.examples:
+                        gr.Examples([list(e) for e in self.examples], inputs=[image, instruction],
+                                    label="Examples", examples_per_page=8, cache_examples=False)
                     with gr.Accordion("Settings", open=True):
                         steps = gr.Slider(1, 100, value=d["steps"], step=1, label="Steps",
                                           elem_id="lime-steps")
@@ -449,7 +480,8 @@ class LimeWebApp:
                         reset_btn = gr.Button("Reset region", elem_id="lime-reset")
                     info = gr.Markdown(elem_id="lime-info")
                     with gr.Row():
-                        plain_view = gr.Image(label="InstructPix2Pix", elem_id="lime-plain", **out_img)
+                        plain_view = gr.Image(label="InstructPix2Pix (same settings, no LIME)",
+                                              elem_id="lime-plain", **out_img)
                         lime_view = gr.Image(label="InstructPix2Pix + LIME", elem_id="lime-result",
                                              **out_img)
                     files = gr.File(label="Downloads: result, mask, settings", file_count="multiple",
@@ -459,22 +491,22 @@ class LimeWebApp:
             run_inputs = [image, instruction, steps, seed, guidance, image_guidance, clusters,
                           top_k, compare, user_mask, state]
             run_outputs = [roi_view, seg_view, attn_view, plain_view, lime_view, info, files, state]
-            run_btn.click(_readable_errors(self.run), run_inputs, run_outputs, api_name="edit", **heavy)
-            instruction.submit(_readable_errors(self.run), run_inputs, run_outputs,
-                               api_visibility="private", **heavy)
-            apply_btn.click(_readable_errors(self.apply),
-                            [steps, seed, guidance, image_guidance, state],
-                            [roi_view, seg_view, lime_view, info, files, state],
-                            api_name="apply", **heavy)
+            # every callback also updates the Apply button: highlighted while a refinement is pending
+            def wire(fn: Callable) -> Callable:
+                return _apply_hint(_readable_errors(fn))
 
-            select = _readable_errors(self._on_select)
-            sel_outputs = [roi_view, seg_view, info, state]
-            roi_view.select(select, [state], sel_outputs, api_visibility="private",
+            run_outputs.append(apply_btn)
+            run_btn.click(wire(self.run), run_inputs, run_outputs, api_name="edit", **heavy)
+            instruction.submit(wire(self.run), run_inputs, run_outputs, api_visibility="private", **heavy)
+            apply_btn.click(wire(self.apply), [steps, seed, guidance, image_guidance, state],
+                            [roi_view, seg_view, lime_view, info, files, state, apply_btn],
+                            api_name="apply", **heavy)
+            sel_outputs = [roi_view, seg_view, info, state, apply_btn]
+            for view in (roi_view, seg_view):
+                view.select(wire(self._on_select), [state], sel_outputs, api_visibility="private",
                             concurrency_limit=None, show_progress="hidden")
-            seg_view.select(select, [state], sel_outputs, api_visibility="private",
-                            concurrency_limit=None, show_progress="hidden")
-            reset_btn.click(_readable_errors(self.reset), [state], sel_outputs,
-                            api_visibility="private", concurrency_limit=None)
+            reset_btn.click(wire(self.reset), [state], sel_outputs, api_visibility="private",
+                            concurrency_limit=None)
         demo.queue(max_size=self.max_queue, default_concurrency_limit=self.pool.size)
         return demo
 
@@ -504,4 +536,5 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
     reach a callback. ``block=False`` returns once the server is up (tests)."""
     return demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024),
                        show_error=True, ssr_mode=False, prevent_thread_lock=not block, quiet=quiet,
+                       state_session_capacity=1000,
                        footer_links=["gradio", "settings"], mcp_server=False, pwa=False)

@@ -52,11 +52,56 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def demo_examples(n: int = 6) -> list[tuple[str, str]]:
+    """``(image_path, instruction)`` pairs of synthetic test scenes, the kind of
+    image the bundled demo model was trained on (written to a temporary folder)."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    try:
+        from lime_edit.demo.scenes import make_edit
+    except ImportError:
+        return []
+    folder = Path(tempfile.mkdtemp(prefix="lime-web-examples-"))
+    atexit.register(shutil.rmtree, folder, True)
+    out = []
+    for seed in range(n):
+        sample = make_edit(seed, "test")
+        path = folder / f"scene-{seed}.png"
+        sample.image.save(path)
+        out.append((str(path), sample.instruction))
+    return out
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None when it can)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"unknown host ({e.strerror})"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
         print("error: the web demo needs Gradio: pip install 'lime-edit[web]'", file=sys.stderr)
+        return 2
+    problem = _port_problem(args.host, args.port)  # before a model load that may take minutes
+    if problem:
+        print(f"error: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 2
     from lime_edit import LimeEditError, LimePipeline
 
@@ -71,8 +116,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this machine can use the "
               "demo", file=sys.stderr)
+    examples = demo_examples() if args.model == "demo" else []
     demo = build_app(pipelines, model_name=args.model, max_side=args.max_side,
-                     max_queue=args.max_queue)
+                     max_queue=args.max_queue, examples=examples)
     try:
         launch(demo, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
     except OSError as e:
