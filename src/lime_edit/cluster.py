@@ -65,7 +65,13 @@ class FusedFeatures:
     materialised. Centres are lists of per-map ``(K, C_l)`` tensors."""
 
     def __init__(self, maps: list[torch.Tensor], grid: tuple[int, int], chunk: int = 256):
-        self.maps = [m.float() for m in maps]
+        # Layers of one resolution are concatenated along channels first: the fused
+        # features are the same (upsampling is per channel), and K-means then runs one
+        # product per resolution instead of one per layer (launch-bound on a GPU).
+        by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
+        for m in maps:
+            by_size.setdefault(tuple(m.shape[1:]), []).append(m.float())
+        self.maps = [torch.cat(g, 0) if len(g) > 1 else g[0] for g in by_size.values()]
         self.flat = [m.flatten(1) for m in self.maps]                      # (C_l, h_l*w_l)
         self.grid = tuple(grid)
         self.n = grid[0] * grid[1]
