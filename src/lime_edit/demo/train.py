@@ -11,16 +11,18 @@ Data: ``lime_edit.demo.scenes`` train split (seeds disjoint from the test split)
 noisy on purpose (another object recoloured 30 %, global tint 25 %), like
 IP2P's generated pairs.
 
-(a) VAE: ``AutoencoderKL`` with two blocks (32, 64 channels): scale factor 2,
-    so a 64x64 image has a 32x32x4 latent and LIME's levels latent/2, /4, /8
-    are 16, 8 and 4 token grids (an object of radius 8-15 px is 4-8 cells wide
-    at latent/2 and 2-4 at latent/4).  L1 + MSE reconstruction, KL weight 1e-6.
-    ``scaling_factor`` is set to 1 / std of the training latents.
+(a) VAE: ``AutoencoderKL`` with three blocks (16, 32, 64 channels, no mid
+    attention): scale factor 4, so a 64x64 image has a 16x16x4 latent; LIME's
+    levels latent/2, /4, /8 are 8, 4 and 2 token grids (an object of radius
+    8-15 px is 2-4 cells wide at latent/2 and 1-2 at latent/4: coarse).  A
+    32x32 latent was planned but cost 2-4x more per step on the shared CPUs.
+    Trained on 24x24 crops, L1 + MSE, KL weight 1e-6; ``scaling_factor`` =
+    1 / std of the training latents.
 (b) Text-to-image pre-training on captions ("a red circle and a small blue
     square on a grey background"): ``CLIPTextModel`` (2 layers, width 64) with
     the demo ``CLIPTokenizer`` (every word one token) trained jointly with a
-    4-input-channel ``UNet2DConditionModel`` (blocks 32/64/64/64, cross-attention
-    at latent/1, /2, /4 and in the mid block at /8), epsilon objective, DDPM
+    4-input-channel ``UNet2DConditionModel`` (blocks 32/64/64/64, self- and
+    cross-attention at latent/1, /2, /4 and in the mid block at /8; 1.97 M params), epsilon objective, DDPM
     scaled-linear betas (SD's), caption dropout 10 %.
     *Deviation, documented*: Stable Diffusion's word-to-pixel binding emerges
     from billions of captions; at this size and budget it does not emerge
@@ -49,7 +51,19 @@ inside its mask, per grid) on held-out test scenes.
 Measured on the shared 2-core CPU machine (see DIR/train.log of the shipped run,
 numbers also copied below by the person who ran it):
 
-    MEASURED: (filled in after the run)
+    run of 2026-11-23, `--threads 1 --budget-min 5 18 26 --ckpt-every 250` (other
+    args default), one torch thread, 5+ other jobs on the 2 cores:
+    data 117 s; (a) VAE 1500 steps, 298 s, round-trip L1 0.042 (0..1 scale: poor);
+    (b) t2i 2235 steps (budget hit), 1081 s, 0.48 s/step;
+    (c) editor 3376 steps (budget hit), 1561 s, 0.46 s/step, final MSE ~0.03;
+    total 3058 s (51 min).  Attention share of the focus tokens inside the GT
+    mask (32 test scenes, own forward path): grid 16: 0.93, 8: 0.90, 4: 0.69,
+    2: 0.31 (uniform map: 0.11).
+    KNOWN PROBLEM: through StableDiffusionInstructPix2PixPipeline the shipped
+    weights do not reconstruct the input (background L1 ~0.4 even at guidance
+    1/1), so edits are wrong; a train/inference mismatch is suspected and not
+    yet found.  ``refine_decoder`` (decoder-only VAE fine-tune) exists but is
+    not wired into ``run``.
 """
 
 from __future__ import annotations
@@ -68,6 +82,12 @@ import numpy as np
 from . import scenes as S
 
 MAX_LEN = 32
+# v-prediction, not epsilon: a first run with epsilon prediction gave a model whose
+# one-step predictions were good at moderate noise but worse than the identity at
+# t ~ 1000 (the epsilon parametrisation needs a near-exact identity map there), and
+# sampling through the stock pipeline drifted into a global colour cast
+# (background L1 ~0.4).  With v the x0 estimate is well conditioned at every t.
+PREDICTION_TYPE = "v_prediction"
 
 
 # ----------------------------------------------------------------------------- components
@@ -84,10 +104,10 @@ def build_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         block_out_channels=(32, 64), layers_per_block=1,
-                         down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2,
-                         norm_num_groups=16, sample_size=64)
+                         block_out_channels=(16, 32, 64), layers_per_block=1,
+                         down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3,
+                         norm_num_groups=8, sample_size=64, mid_block_add_attention=False)
 
 
 def build_text_encoder(tok):
@@ -99,11 +119,11 @@ def build_text_encoder(tok):
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
 
 
-UNET_KW = dict(sample_size=32, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
+UNET_KW = dict(sample_size=16, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=64,
-               attention_head_dim=(2, 4, 4, 4), norm_num_groups=16)
+               attention_head_dim=(2, 4, 4, 4), norm_num_groups=8)
 
 
 def build_unet(in_channels: int):
@@ -116,14 +136,14 @@ def make_scheduler_train():
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", prediction_type="epsilon")
+                         beta_schedule="scaled_linear", prediction_type=PREDICTION_TYPE)
 
 
 def make_scheduler_infer():
     from diffusers import EulerAncestralDiscreteScheduler
 
     return EulerAncestralDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                           beta_schedule="scaled_linear", prediction_type="epsilon")
+                                           beta_schedule="scaled_linear", prediction_type=PREDICTION_TYPE)
 
 
 # ----------------------------------------------------------------------------- attention capture
@@ -172,7 +192,7 @@ def install_capture(unet):
     return store
 
 
-def attention_share(store_items, tok_masks, tok_w, grids=(32, 16, 8)):
+def attention_share(store_items, tok_masks, tok_w, grids=(32, 16, 8, 4, 2)):
     """Mean over supervised tokens of the share of each token's attention mass inside its mask.
 
     tok_masks: (B, T, 32, 32) float in [0, 1]; tok_w: (B, T) 0/1.
@@ -236,7 +256,7 @@ def tokenize(tok, texts):
 
 
 # ----------------------------------------------------------------------------- stages
-def train_vae(vae, data, steps, batch, lr, log, seed):
+def train_vae(vae, data, steps, batch, lr, log, seed, budget_s=None):
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -246,7 +266,8 @@ def train_vae(vae, data, steps, batch, lr, log, seed):
     t0 = time.time()
     for step in range(steps):
         idx = torch.randint(0, len(imgs), (batch,), generator=g)
-        x = imgs[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
+        oy, ox = (int(v) * 4 for v in torch.randint(0, 11, (2,), generator=g))
+        x = imgs[idx, oy:oy + 24, ox:ox + 24].permute(0, 3, 1, 2).float() / 127.5 - 1
         post = vae.encode(x).latent_dist
         z = post.sample(generator=g)
         rec = vae.decode(z).sample
@@ -260,6 +281,9 @@ def train_vae(vae, data, steps, batch, lr, log, seed):
         opt.step()
         if step % 50 == 0 or step == steps - 1:
             log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.1f} {(time.time() - t0) / (step + 1):.2f}s/step")
+        if budget_s and time.time() - t0 > budget_s:
+            log(f"vae: time budget reached after {step + 1} steps")
+            break
     vae.eval()
 
 
@@ -291,7 +315,8 @@ def _token_targets(owners_list, masks, offset_fn=None):
     return tm, tw
 
 
-def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log, seed, ckpt=None):
+def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log, seed, ckpt=None,
+              budget_s=None):
     import torch
     import torch.nn.functional as F
 
@@ -320,9 +345,10 @@ def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log,
         store.items.clear(); store.on = attn_w > 0
         pred = unet(xt, t, ehs).sample
         store.on = False
-        mse = F.mse_loss(pred, noise)
+        mse = F.mse_loss(pred, sched.get_velocity(x0, noise, t))
         share, per = attention_share(store.items, tm, tw) if attn_w > 0 else (torch.tensor(0.0), {})
         loss = mse + attn_w * (1 - share)
+        share = share.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -338,7 +364,86 @@ def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log,
                 f"{(time.time() - t0) / (step + 1):.2f}s/step")
         if ckpt and (step + 1) % 500 == 0:
             ckpt(step + 1)
+        if budget_s and time.time() - t0 > budget_s:
+            log(f"t2i: time budget reached after {step + 1} steps")
+            break
     store.items.clear()
+
+
+def refine_decoder(vae, data, steps, batch, lr, log, seed, budget_s=None):
+    """Stage (d): fine-tune the VAE *decoder* only (encoder frozen, so the latent
+    space the U-Net learned is unchanged) on 32x32 image crops and their 8x8
+    latent crops, deterministic latents (``mode()``) as the pipelines use them."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for p_ in vae.encoder.parameters():
+        p_.requires_grad_(False)
+    for p_ in vae.quant_conv.parameters():
+        p_.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    imgs = torch.cat([data["inp"], data["tgt"]])
+    lat = torch.cat([data["lat_in"], data["lat_tgt"]])       # unscaled modes, (N, 4, 16, 16)
+    f = 64 // lat.shape[-1]
+    vae.decoder.train()
+    t0 = time.time()
+    for step in range(steps):
+        idx = torch.randint(0, len(imgs), (batch,), generator=g)
+        oy, ox = (int(v) for v in torch.randint(0, lat.shape[-1] - 8 + 1, (2,), generator=g))
+        z = lat[idx, :, oy:oy + 8, ox:ox + 8]
+        x = imgs[idx, oy * f:(oy + 8) * f, ox * f:(ox + 8) * f].permute(0, 3, 1, 2).float() / 127.5 - 1
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for gr in opt.param_groups:
+            gr["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"decoder step {step} loss {loss.item():.4f} {(time.time() - t0) / (step + 1):.2f}s/step")
+        if budget_s and time.time() - t0 > budget_s:
+            log(f"decoder: time budget reached after {step + 1} steps")
+            break
+    vae.eval()
+    for p_ in vae.parameters():
+        p_.requires_grad_(True)
+
+
+def standardize_vae(vae, lat):
+    """Fold a per-channel affine map into the VAE so that its latent modes are zero-mean and
+    unit-variance per channel (exact re-parametrisation; ``scaling_factor`` becomes 1).
+
+    The stock IP2P pipeline only scales latents by ``scaling_factor``; it has no per-channel
+    shift.  Latents with channel means of +-0.4 and stds from 0.4 to 1.5 (the first run's)
+    made the tiny editor's sampling drift in colour.  ``lat``: unscaled modes ``(N, 4, h, w)``.
+    Returns ``(mu, s)`` so callers can map already-encoded latents: ``(lat - mu) / s``.
+    """
+    import torch
+
+    mu = lat.mean((0, 2, 3))
+    sd = lat.std((0, 2, 3))
+    c = mu.numel()
+    with torch.no_grad():
+        qc = vae.quant_conv                                   # 1x1, out = [mean(c), logvar(c)]
+        qc.weight[:c] /= sd.view(c, 1, 1, 1)
+        qc.bias[:c] = (qc.bias[:c] - mu) / sd
+        qc.bias[c:] -= 2 * torch.log(sd)
+        pq = vae.post_quant_conv                              # 1x1, in = latent
+        pq.bias += (pq.weight[:, :, 0, 0] * mu.view(1, c)).sum(1)
+        pq.weight *= sd.view(1, c, 1, 1)
+    vae.register_to_config(scaling_factor=1.0)
+    return mu.view(1, c, 1, 1), sd.view(1, c, 1, 1)
+
+
+def vae_roundtrip_l1(vae, u8) -> float:
+    import torch
+
+    with torch.no_grad():
+        x = u8.permute(0, 3, 1, 2).float() / 127.5 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    return float((rec - x).abs().mean() / 2)
 
 
 def inflate_unet(unet4):
@@ -354,7 +459,7 @@ def inflate_unet(unet4):
 
 
 def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
-               ckpt=None, ckpt_every=250):
+               ckpt=None, ckpt_every=250, budget_s=None):
     import torch
     import torch.nn.functional as F
 
@@ -395,9 +500,10 @@ def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr,
         store.items.clear(); store.on = attn_w > 0
         pred = unet(torch.cat([xt, cond], 1), t, ehs).sample
         store.on = False
-        mse = F.mse_loss(pred, noise)
+        mse = F.mse_loss(pred, sched.get_velocity(x0, noise, t))
         share, per = attention_share(store.items, tm, tw) if attn_w > 0 else (torch.tensor(0.0), {})
         loss = mse + attn_w * (1 - share)
+        share = share.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
@@ -411,8 +517,12 @@ def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr,
             log(f"edit step {step} mse {m[0]:.4f} attn_share {m[1]:.3f} "
                 f"{' '.join(f'g{k}={v:.2f}' for k, v in sorted(per.items()))} "
                 f"{(time.time() - t0) / (step + 1):.2f}s/step")
-        if ckpt and ((step + 1) % ckpt_every == 0 or step == steps - 1):
+        over = bool(budget_s and time.time() - t0 > budget_s)
+        if ckpt and ((step + 1) % ckpt_every == 0 or step == steps - 1 or over):
             ckpt(step + 1)
+        if over:
+            log(f"edit: time budget reached after {step + 1} steps")
+            break
     store.items.clear()
 
 
@@ -474,7 +584,7 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
             for w in e.focus_words:
                 tm[0, w + 1] = m
                 tw[0, w + 1] = 1
-            _, per = attention_share(store.items, tm, tw, grids=(32, 16, 8, 4))
+            _, per = attention_share(store.items, tm, tw)
             for k, v in per.items():
                 shares.setdefault(k, []).append(v)
             areas.append(float(e.mask.mean()))
@@ -488,7 +598,8 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
 
 # ----------------------------------------------------------------------------- driver
 def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: int, batch: int,
-        attn_loss: float, seed: int, threads: int, ckpt_every: int, install_to: Path | None) -> int:
+        attn_loss: float, seed: int, threads: int, ckpt_every: int, install_to: Path | None,
+        budgets_min: tuple[float, float, float] = (0, 0, 0)) -> int:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -516,19 +627,23 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     torch.manual_seed(seed + 1)
     vae = build_vae()
     vae_file = out / "stage_a_vae"
+    resumed_vae = False
     if (vae_file / "config.json").is_file():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_file)
-        log("vae: resumed from stage_a_vae")
+        resumed_vae = True
+        log("vae: resumed from stage_a_vae (already standardized)")
     else:
-        train_vae(vae, data, vae_steps, batch, 1e-3, log, seed + 1)
+        train_vae(vae, data, vae_steps, batch, 1e-3, log, seed + 1, budgets_min[0] * 60)
     vae.eval()
     with torch.no_grad():
         lat_in = encode_all(vae, data["inp"])
         lat_tgt_mode = encode_all(vae, data["tgt"])
-        sf = float(1.0 / torch.cat([lat_in, lat_tgt_mode]).std())
-        vae.register_to_config(scaling_factor=sf)
+        if not resumed_vae:
+            mu, sd = standardize_vae(vae, torch.cat([lat_in, lat_tgt_mode]))
+            lat_in, lat_tgt_mode = (lat_in - mu) / sd, (lat_tgt_mode - mu) / sd
+        sf = float(vae.config.scaling_factor)
         x = data["inp"][:256].permute(0, 3, 1, 2).float() / 127.5 - 1
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         rt = float((rec - x).abs().mean() / 2)
@@ -553,7 +668,8 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
         def ckpt_b(step):
             unet4.save_pretrained(t2i_dir / "unet.partial", safe_serialization=True)
             log(f"t2i: partial checkpoint at step {step}")
-        train_t2i(unet4, te, tok, data, lat_in * sf, t2i_steps, batch, 5e-4, attn_loss, log, seed + 2, ckpt_b)
+        train_t2i(unet4, te, tok, data, lat_in * sf, t2i_steps, batch, 8e-4, attn_loss, log, seed + 2, ckpt_b,
+                  budgets_min[1] * 60)
         from diffusers.models.attention_processor import AttnProcessor2_0
         unet4.set_attn_processor(AttnProcessor2_0())
         unet4.save_pretrained(t2i_dir / "unet", safe_serialization=True)
@@ -568,8 +684,8 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     del unet4
     pipe_dir = out / "pipeline"
 
-    train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt_mode * sf, edit_steps, batch, 3e-4,
-                    attn_loss * 0.5, log, seed + 3, ckpt_every, pipe_dir, vae)
+    train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt_mode * sf, edit_steps, batch, 4e-4,
+                    attn_loss * 0.5, log, seed + 3, ckpt_every, pipe_dir, vae, budgets_min[2] * 60)
     times["edit_s"] = time.time() - t
     times["total_s"] = time.time() - T0
     log(f"edit: done in {times['edit_s']:.0f}s; total {times['total_s']:.0f}s")
@@ -589,7 +705,7 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
 
 
 def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
-                    ckpt_every, pipe_dir, vae):
+                    ckpt_every, pipe_dir, vae, budget_s=None):
     """``train_edit`` with pipeline checkpoints (capture processors restored after each save)."""
     state = {}
 
@@ -604,23 +720,7 @@ def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, att
         state["last"] = step
 
     train_edit(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
-               ckpt=ckpt, ckpt_every=ckpt_every)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder (train.log, checkpoints, pipeline/)")
-    p.add_argument("--n-train", type=int, default=12000)
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--t2i-steps", type=int, default=1500)
-    p.add_argument("--edit-steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--attn-loss", type=float, default=0.5,
-                   help="weight of the attention-alignment loss (0 = plain lineage, no alignment)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--install", action="store_true",
-                   help="also copy the final pipeline into the package's demo/weights folder")
+               ckpt=ckpt, ckpt_every=ckpt_every, budget_s=budget_s)
 
 
 def main(args) -> int:
@@ -629,10 +729,12 @@ def main(args) -> int:
     return run(Path(args.out), n_train=args.n_train, vae_steps=args.vae_steps, t2i_steps=args.t2i_steps,
                edit_steps=args.edit_steps, batch=args.batch, attn_loss=args.attn_loss, seed=args.seed,
                threads=args.threads, ckpt_every=args.ckpt_every,
-               install_to=WEIGHTS_DIR if args.install else None)
+               install_to=WEIGHTS_DIR if args.install else None, budgets_min=tuple(args.budget_min))
 
 
 if __name__ == "__main__":
+    from .cli import add_train_arguments
+
     ap = argparse.ArgumentParser(prog="python -m lime_edit.demo.train")
-    add_arguments(ap)
+    add_train_arguments(ap)
     sys.exit(main(ap.parse_args()))
