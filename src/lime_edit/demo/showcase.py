@@ -6,9 +6,10 @@ import json
 import time
 from pathlib import Path
 
-#: Test-split scene shown by default (chosen once by looking at a few scenes with
-#: the shipped model; any ``--scene`` works).
-DEFAULT_SCENE = 3
+#: Test-split scene shown by default, picked by looking at scenes 0-5 with the shipped
+#: model on CPU: a showcase, not a typical case (scene 3, for one, fails: LIME turns the
+#: square dark green instead of red). ``lime-edit bench synthetic`` gives the averages.
+DEFAULT_SCENE = 1
 TILE = 192
 
 

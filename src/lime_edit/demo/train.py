@@ -51,19 +51,20 @@ inside its mask, per grid) on held-out test scenes.
 Measured on the shared 2-core CPU machine (see DIR/train.log of the shipped run,
 numbers also copied below by the person who ran it):
 
-    run of 2026-11-23, `--threads 1 --budget-min 5 18 26 --ckpt-every 250` (other
-    args default), one torch thread, 5+ other jobs on the 2 cores:
-    data 117 s; (a) VAE 1500 steps, 298 s, round-trip L1 0.042 (0..1 scale: poor);
-    (b) t2i 2235 steps (budget hit), 1081 s, 0.48 s/step;
-    (c) editor 3376 steps (budget hit), 1561 s, 0.46 s/step, final MSE ~0.03;
-    total 3058 s (51 min).  Attention share of the focus tokens inside the GT
-    mask (32 test scenes, own forward path): grid 16: 0.93, 8: 0.90, 4: 0.69,
-    2: 0.31 (uniform map: 0.11).
-    KNOWN PROBLEM: through StableDiffusionInstructPix2PixPipeline the shipped
-    weights do not reconstruct the input (background L1 ~0.4 even at guidance
-    1/1), so edits are wrong; a train/inference mismatch is suspected and not
-    yet found.  ``refine_decoder`` (decoder-only VAE fine-tune) exists but is
-    not wired into ``run``.
+    shipped run, 2026-11-24: `lime-edit train-demo --out DIR --threads 1
+    --budget-min 5 16 28 --ckpt-every 250` (every stage ended on its step count,
+    not its time budget, so `lime-edit train-demo --out DIR` gives the same
+    steps), one torch thread, another job on the second core:
+    data 38 s; (a) VAE 1500 steps, 161 s, round-trip L1 0.039 (0..1 scale);
+    (b) t2i 2500 steps, 763 s, ~0.28 s/step; (c) editor 3500 steps, 947 s,
+    ~0.28 s/step, final v-MSE ~0.10; total 1909 s (32 min).  Attention share
+    of the focus tokens inside the GT mask (32 test scenes, capture noise
+    level): grid 16: 0.94, 8: 0.92, 4: 0.68, 2: 0.32 (uniform map: 0.11).
+    An earlier run (2026-11-23) with epsilon prediction and unstandardized
+    latents trained to a low loss but did not reconstruct its input through
+    the stock pipeline (background L1 ~0.4): its one-step predictions were
+    worse than the identity at t ~ 1000 and sampling drifted into a colour
+    cast.  ``refine_decoder`` (decoder-only VAE fine-tune) is kept but unused.
 """
 
 from __future__ import annotations
