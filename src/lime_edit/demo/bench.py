@@ -189,7 +189,7 @@ def run_bench(args) -> int:
         raise LimeEditError("--n must be >= 1")
     model = args.model or str(bundled_model_path())
     _quiet_loading()
-    lp = LimePipeline.from_pretrained(model, device="cpu")
+    lp = LimePipeline.from_pretrained(model, device=getattr(args, "device", "cpu"))
     try:
         lp.pipe.set_progress_bar_config(disable=True)
     except Exception:  # noqa: BLE001
@@ -250,7 +250,15 @@ def run_bench(args) -> int:
 def _write_results(out: Path, rows, n, args, model) -> None:
     cmd = "lime-edit bench synthetic " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else \
         f"lime-edit bench synthetic --n {n} --out {args.out}"
-    payload = {"n": n, "rows": rows, "model": str(model), "steps": args.steps, "command": cmd}
+    import platform
+
+    import torch
+
+    dev = getattr(args, "device", "cpu")
+    machine = (torch.cuda.get_device_name(0) if str(dev).startswith("cuda") and torch.cuda.is_available()
+               else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
+    payload = {"n": n, "rows": rows, "model": str(model), "steps": args.steps, "command": cmd,
+               "device": str(dev), "machine": machine, "torch": torch.__version__}
     _write_atomic_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     _write_atomic_text(out / "results.md", markdown(rows, n, f"## Synthetic benchmark (n = {n})\n\n"
-                                                             f"`{cmd}`"))
+                                                             f"`{cmd}` on {machine}, torch {torch.__version__}"))

@@ -82,6 +82,7 @@ def register(subparsers) -> None:
     s.add_argument("--batch", type=int, default=8, help="scenes per pipeline call (default 8)")
     s.add_argument("--model", default=None, help="model folder (default: the bundled demo model)")
     s.add_argument("--examples", type=int, default=6, help="scenes shown in examples.png (default 6)")
+    s.add_argument("--device", default="cpu", help="torch device (default cpu; e.g. cuda)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
