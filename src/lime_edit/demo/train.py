@@ -64,7 +64,7 @@ numbers also copied below by the person who ran it):
     latents trained to a low loss but did not reconstruct its input through
     the stock pipeline (background L1 ~0.4): its one-step predictions were
     worse than the identity at t ~ 1000 and sampling drifted into a colour
-    cast.  ``refine_decoder`` (decoder-only VAE fine-tune) is kept but unused.
+    cast.
 """
 
 from __future__ import annotations
@@ -369,47 +369,6 @@ def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log,
             log(f"t2i: time budget reached after {step + 1} steps")
             break
     store.items.clear()
-
-
-def refine_decoder(vae, data, steps, batch, lr, log, seed, budget_s=None):
-    """Stage (d): fine-tune the VAE *decoder* only (encoder frozen, so the latent
-    space the U-Net learned is unchanged) on 32x32 image crops and their 8x8
-    latent crops, deterministic latents (``mode()``) as the pipelines use them."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    for p_ in vae.encoder.parameters():
-        p_.requires_grad_(False)
-    for p_ in vae.quant_conv.parameters():
-        p_.requires_grad_(False)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    imgs = torch.cat([data["inp"], data["tgt"]])
-    lat = torch.cat([data["lat_in"], data["lat_tgt"]])       # unscaled modes, (N, 4, 16, 16)
-    f = 64 // lat.shape[-1]
-    vae.decoder.train()
-    t0 = time.time()
-    for step in range(steps):
-        idx = torch.randint(0, len(imgs), (batch,), generator=g)
-        oy, ox = (int(v) for v in torch.randint(0, lat.shape[-1] - 8 + 1, (2,), generator=g))
-        z = lat[idx, :, oy:oy + 8, ox:ox + 8]
-        x = imgs[idx, oy * f:(oy + 8) * f, ox * f:(ox + 8) * f].permute(0, 3, 1, 2).float() / 127.5 - 1
-        rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for gr in opt.param_groups:
-            gr["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(f"decoder step {step} loss {loss.item():.4f} {(time.time() - t0) / (step + 1):.2f}s/step")
-        if budget_s and time.time() - t0 > budget_s:
-            log(f"decoder: time budget reached after {step + 1} steps")
-            break
-    vae.eval()
-    for p_ in vae.parameters():
-        p_.requires_grad_(True)
 
 
 def standardize_vae(vae, lat):
