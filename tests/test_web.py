@@ -379,6 +379,10 @@ class Slow:
         start = time.monotonic()
         time.sleep(1.5)
         self.log.append((start, time.monotonic()))
+        # a different picture per call: Gradio caches outputs by content hash, and identical
+        # outputs of concurrent requests would share (and race on) one cache file
+        image = image.copy()
+        image.putpixel((0, 0), (len(self.log) * 37 % 256, id(self) % 256, 0))
         return EditResult(image=image, mask=None, localization=None, lime_applied=False, seed=seed)
 
 

@@ -242,20 +242,29 @@ class LimeWebApp:
     def _write_files(self, s: Session) -> list[str]:
         """result.png, mask.png, settings.json (and ip2p.png) in a fresh folder."""
         self._prune()
-        folder = self.workdir / uuid.uuid4().hex
+        edit_id = uuid.uuid4().hex
+        folder = self.workdir / edit_id
         folder.mkdir()
+        # Gradio caches served files by content hash: two edits with identical outputs would
+        # share one cache file, written by one request while another downloads it. The edit id
+        # in every file keeps each edit's downloads its own.
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("lime-edit-id", edit_id)
         res = s.result
         files = []
-        res.image.save(folder / "result.png")
+        res.image.save(folder / "result.png", pnginfo=info)
         files.append(folder / "result.png")
         if s.plain is not None:
-            s.plain.save(folder / "ip2p.png")
+            s.plain.save(folder / "ip2p.png", pnginfo=info)
             files.append(folder / "ip2p.png")
         if res.mask is not None:
-            render.mask_image(_np(res.mask), res.image.size).save(folder / "mask.png")
+            render.mask_image(_np(res.mask), res.image.size).save(folder / "mask.png", pnginfo=info)
             files.append(folder / "mask.png")
         loc = s.localization
         meta = {
+            "edit_id": edit_id,
             "lime_edit_version": _version(),
             "model": self.model_name,
             "instruction": s.instruction,
