@@ -177,6 +177,7 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                    help="allow loading pickled checkpoints (.ckpt/.bin). Only for files you trust: "
                         "unpickling can run arbitrary code")
     m.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
+    add_family_args(m)
     p.add_argument("--seed", type=int, default=0, help="random seed, the same for every input (default 0)")
     o = p.add_argument_group("input/output")
     o.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default ./{DEFAULT_OUT})")
@@ -361,13 +362,39 @@ def _library_output(verbose: bool, show_bars: bool):
             (m.enable_progress_bar if bars else m.disable_progress_bar)()
 
 
+def add_family_args(group) -> None:
+    """``--backbone``, ``--model-config``, ``--no-prompt-suffix`` (shared by edit, localize, eval, serve)."""
+    from .config import BACKBONE_NAMES
+
+    group.add_argument("--backbone", default=None, choices=BACKBONE_NAMES,
+                       help="editor family (default: recognised from the model; see README, 'Editors')")
+    group.add_argument("--model-config", default=None, metavar="ID|FOLDER",
+                       help="for a single-file checkpoint: a diffusers folder or Hub id with the same "
+                            "architecture to take configs from (default: chosen per family)")
+    group.add_argument("--no-prompt-suffix", action="store_true",
+                       help="do not append the family's own prompt text (HIVE's reward suffix)")
+
+
+def family_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``from_pretrained`` keywords that :func:`add_family_args` flags set."""
+    kw: dict[str, Any] = {}
+    if getattr(args, "backbone", None):
+        kw["backbone"] = args.backbone
+    if getattr(args, "model_config", None):
+        kw["config"] = args.model_config
+    if getattr(args, "no_prompt_suffix", False):
+        kw["prompt_suffix"] = ""
+    return kw
+
+
 def _load_pipeline(args: argparse.Namespace):
     """Load the model once (tests replace this to inject a pipeline)."""
     from .pipeline import LimePipeline
 
     return LimePipeline.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device,
                                         allow_pickle=args.allow_pickle,
-                                        local_files_only=True if args.local_files_only else None)
+                                        local_files_only=True if args.local_files_only else None,
+                                        **family_load_kwargs(args))
 
 
 def _run(args: argparse.Namespace, task: str) -> int:

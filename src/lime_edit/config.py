@@ -14,6 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+#: editor families of :mod:`lime_edit.backbones` (here so that the CLI can list them without torch;
+#: a test keeps it equal to ``backbones.FAMILIES``)
+BACKBONE_NAMES = ("ip2p", "hive", "instructdiffusion", "sdxl-ip2p")
+
 Mode = Literal["penalize", "reward"]
 Clustering = Literal["kmeans", "agglomerative"]
 Schedule = Literal["two_pass", "single_pass"]
@@ -39,10 +43,13 @@ class LimeConfig:
             cross-attention are captured; step index ``round(capture_at * steps)``
             (reference: step 10 of 30).
         feature_levels: latent-grid levels whose attention layers are read.
-            Reference code: 8x8, 16x16 and 32x32 grids of a 64x64 latent = (2, 4, 8);
-            the paper says 16, 32 and 64 = (1, 2, 4).
-        out_scale: the localization grid is ``out_scale`` x the latent grid
-            (reference: 128 for a 64 latent = 2).
+            ``None`` (default) = the backbone's choice relative to the levels the
+            U-Net has (:mod:`lime_edit.backbones`): on SD1.x/SD2.x the reference
+            code's 8x8, 16x16 and 32x32 grids of a 64x64 latent = (2, 4, 8); the
+            paper says 16, 32 and 64 = (1, 2, 4).
+        out_scale: the localization grid is ``out_scale`` x the latent grid.
+            ``None`` = the backbone's choice (SD1.x/SD2.x: 2, the reference's 128
+            for a 64 latent; SDXL: 1, 128 at 1024 px).
         clustering: "kmeans" (reference) or "agglomerative" (paper A.7.2).
         num_clusters: K of K-means (paper and reference: 8).
         kmeans_iters: Lloyd iterations at most (stops early on convergence).
@@ -60,8 +67,9 @@ class LimeConfig:
     Edit application (stage 2)
         mode: "penalize" unrelated tokens inside the RoI (paper, default) or
             "reward" related tokens (paper A.7.1: equal attention among them).
-        regularization_levels: levels whose cross-attention is regularized
-            (reference: grids larger than latent/4 = (1, 2)).
+        regularization_levels: levels whose cross-attention is regularized;
+            ``None`` = the backbone's choice (SD1.x/SD2.x: the reference's grids
+            larger than latent/4 = (1, 2)).
         regularize_from, regularize_until: fraction of the edit schedule during
             which regularization is active, ``[from, until)``
             (reference: steps 0..26 of 30 = 0.0 .. 0.9).
@@ -86,8 +94,8 @@ class LimeConfig:
     # stage 1: localization
     localization_steps: int | None = None
     capture_at: float = 10 / 30
-    feature_levels: tuple[int, ...] = (2, 4, 8)
-    out_scale: int = 2
+    feature_levels: tuple[int, ...] | None = None
+    out_scale: int | None = None
     clustering: Clustering = "kmeans"
     num_clusters: int = 8
     kmeans_iters: int = 100
@@ -97,7 +105,7 @@ class LimeConfig:
     drop_verbs: bool = True
     # stage 2: edit application
     mode: Mode = "penalize"
-    regularization_levels: tuple[int, ...] = (1, 2)
+    regularization_levels: tuple[int, ...] | None = None
     regularize_from: float = 0.0
     regularize_until: float = 27 / 30
     penalize_padding: bool = True
@@ -113,6 +121,8 @@ class LimeConfig:
         _check(self.guidance_scale >= 0 and self.image_guidance_scale >= 0
                and self.localization_guidance_scale >= 0, "guidance_scale", "must be >= 0")
         for name in ("feature_levels", "regularization_levels"):
+            if getattr(self, name) is None:
+                continue
             levels = tuple(getattr(self, name))
             object.__setattr__(self, name, levels)
             _check(len(levels) > 0 and all(isinstance(v, int) and v >= 1 and (v & (v - 1)) == 0
@@ -120,7 +130,7 @@ class LimeConfig:
                    name, f"must be a non-empty tuple of powers of two (1, 2, 4, ...), got {levels}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
-        _check(self.out_scale >= 1, "out_scale", "must be >= 1")
+        _check(self.out_scale is None or self.out_scale >= 1, "out_scale", "must be >= 1 or None")
         _check(self.clustering in ("kmeans", "agglomerative"), "clustering",
                f"must be 'kmeans' or 'agglomerative', got {self.clustering!r}")
         _check(self.num_clusters >= 1, "num_clusters", "must be >= 1")

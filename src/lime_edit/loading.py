@@ -20,12 +20,13 @@ a one-line, actionable message.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import LimeEditError, ModelLoadError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -62,13 +63,95 @@ def resolve_model(model: str | os.PathLike) -> str:
     return str(model)
 
 
-def load_ip2p(model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None = None,
-              device: str | torch.device | None = None, allow_pickle: bool = False,
-              local_files_only: bool | None = None, config: str | None = None, variant: str | None = None):
-    """Return a ``StableDiffusionInstructPix2PixPipeline`` on ``device`` (default:
-    CUDA, then MPS, then CPU) in ``torch_dtype`` (default: float16 on CUDA,
-    float32 elsewhere)."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+#: optional file in a model folder: ``{"backbone": NAME, "lime_config": {LimeConfig fields}}``
+MODEL_SETTINGS_FILE = "lime_edit.json"
+
+_SDXL_KEYS = ("conditioner.embedders.1.model.positional_embedding",
+              "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias")
+
+
+def checkpoint_shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a single-file checkpoint, without loading its tensors
+    (safetensors header; pickle files through ``torch.load(weights_only=True, mmap=True)``
+    and only with ``allow_pickle``)."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if not allow_pickle:
+        raise ModelLoadError(f"{path}: is a pickle checkpoint, which can run code when loaded; "
+                             "convert it to .safetensors, or pass --allow-pickle if you trust it")
+    sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"{path}: not a checkpoint (no state dict inside)")
+    return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+def detect_family(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, str]:
+    """``(family, why)`` for an original-LDM single file, from its keys, then its name."""
+    from .backbones import family_list
+    from .backbones.base import SD_UNET_IN as _UNET_IN
+
+    name = path.name.lower()
+    in_shape = shapes.get(_UNET_IN)
+    if in_shape is None:
+        raise ModelLoadError(f"{path}: not a Stable Diffusion U-Net checkpoint (no {_UNET_IN}); "
+                             f"supported families: {family_list()}")
+    in_ch = in_shape[1] if len(in_shape) > 1 else None
+    if in_ch != 8:
+        raise ModelLoadError(f"{path}: not an instruction editor: its U-Net takes {in_ch} input channels, "
+                             f"LIME needs 8 (noisy latent + image latent); supported families: {family_list()}")
+    if any(k in shapes for k in _SDXL_KEYS):
+        return "sdxl-ip2p", "SDXL text encoders and an 8-channel U-Net"
+    if "hive" in name:
+        return "hive", "8-channel SD U-Net, file name says HIVE"
+    if "instructdiffusion" in name or "adaption-task" in name:
+        return "instructdiffusion", "8-channel SD U-Net, file name says InstructDiffusion"
+    return "ip2p", "8-channel SD U-Net"
+
+
+def read_model_settings(folder: Path) -> dict:
+    """The ``lime_edit.json`` of a model folder (``{}`` if there is none)."""
+    f = folder / MODEL_SETTINGS_FILE
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{f}: unreadable ({' '.join(str(err).split())[:120]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("lime_config", {}), dict):
+        raise ModelLoadError(f"{f}: expected {{\"backbone\": NAME, \"lime_config\": {{...}}}}")
+    return data
+
+
+def _family_of_index(index: dict, where: str) -> str:
+    from .backbones import family_list
+
+    cls = str(index.get("_class_name", ""))
+    if cls == "StableDiffusionXLInstructPix2PixPipeline":
+        return "sdxl-ip2p"
+    if cls in ("StableDiffusionInstructPix2PixPipeline", ""):
+        return "ip2p"
+    raise ModelLoadError(f"{where}: a {cls}, not an instruction editor LIME supports "
+                         f"(families: {family_list()}); pass --backbone NAME if it is one")
+
+
+def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
+                  torch_dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+                  allow_pickle: bool = False, local_files_only: bool | None = None, config: str | None = None,
+                  variant: str | None = None, **backbone_options):
+    """Load ``model`` and return ``(backbone, recommended_settings)``.
+
+    The family is ``backbone`` if given, else recognised: a folder's ``lime_edit.json``
+    or its ``model_index.json`` class, a Hub id's ``model_index.json``, a single
+    file's keys (then its name: "hive", "instructdiffusion"/"adaption-task").  The
+    pipeline is on ``device`` (default: CUDA, then MPS, then CPU) in ``torch_dtype``
+    (default: float16 on CUDA, float32 elsewhere).  ``backbone_options`` go to the
+    backbone (e.g. ``prompt_suffix`` for HIVE)."""
+    from .backbones import get_family
 
     device = torch.device(device) if device is not None else torch.device(default_device())
     dtype = parse_dtype(torch_dtype)
@@ -79,44 +162,88 @@ def load_ip2p(model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None
     kwargs: dict = {_dtype_kwarg(): dtype}
     if variant:
         kwargs["variant"] = variant
+    recommended: dict = {}
     try:
         if path.is_file():
             suffix = path.suffix.lower()
             if suffix not in SINGLE_FILE_SUFFIXES:
                 raise ModelLoadError(f"{path}: not a checkpoint file (expected {', '.join(SINGLE_FILE_SUFFIXES)})")
-            if suffix in PICKLE_SUFFIXES and not allow_pickle:
-                raise ModelLoadError(f"{path}: is a pickle checkpoint, which can run code when loaded; "
-                                     "convert it to .safetensors, or pass --allow-pickle if you trust it")
-            single_kwargs = dict(kwargs)
-            if config:
-                single_kwargs["config"] = config
-            if local_files_only is not None:
-                single_kwargs["local_files_only"] = local_files_only
-            pipe = StableDiffusionInstructPix2PixPipeline.from_single_file(str(path), **single_kwargs)
+            shapes = checkpoint_shapes(path, allow_pickle)
+            name = backbone or detect_family(path, shapes)[0]
+            family = get_family(name)
+            pipe = _load_single_file(family, path, shapes, kwargs, config, local_files_only)
+            options = dict(family.default_options(str(path)))
         elif path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise ModelLoadError(f"{path}: not a diffusers model folder (no model_index.json)")
-            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            settings = read_model_settings(path)
+            recommended = dict(settings.get("lime_config", {}))
+            name = backbone or settings.get("backbone") or _family_of_index(
+                json.loads((path / "model_index.json").read_text()), str(path))
+            family = get_family(name)
+            pipe = _pipeline_class(family).from_pretrained(
                 str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+            options = dict(family.default_options(str(path)))
         elif _looks_like_path(spec):
             raise ModelLoadError(f"{spec}: no such file or folder")
         else:
-            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            cls = _pipeline_class(get_family(backbone)) if backbone else None
+            if cls is None:
+                from diffusers import DiffusionPipeline
+
+                index = DiffusionPipeline.load_config(spec, local_files_only=bool(local_files_only))
+                family = get_family(_family_of_index(index, spec))
+            else:
+                family = get_family(backbone)
+            pipe = _pipeline_class(family).from_pretrained(
                 spec, use_safetensors=None if allow_pickle else True,
                 local_files_only=bool(local_files_only), **kwargs)
-    except ModelLoadError:
+            options = dict(family.default_options(spec))
+    except (ModelLoadError, LimeEditError):
         raise
     except Exception as err:  # noqa: BLE001 - turned into one actionable line
         raise ModelLoadError(_explain(spec, err, allow_pickle)) from err
-    in_ch = pipe.unet.config.in_channels
-    if in_ch != 8:
-        raise ModelLoadError(f"{spec}: not an InstructPix2Pix-family model: its U-Net takes {in_ch} input "
-                             "channels, LIME needs 8 (noisy latent + image latent)")
+    options.update(backbone_options)
+    try:
+        bb = family(pipe, **options)
+    except LimeEditError as err:
+        raise ModelLoadError(f"{spec}: {err}") from None
     try:
         pipe.to(device)
     except (RuntimeError, AssertionError, ValueError) as err:
         raise ModelLoadError(f"--device {device}: cannot move the model there "
                              f"({' '.join(str(err).split())[:200]})") from err
+    return bb, recommended
+
+
+def load_ip2p(model: str | os.PathLike, **kwargs):
+    """The diffusers pipeline of :func:`load_backbone` (kept for callers that want only the pipeline)."""
+    return load_backbone(model, **kwargs)[0].pipe
+
+
+def _pipeline_class(family):
+    import diffusers
+
+    return getattr(diffusers, family.pipeline_class)
+
+
+def _load_single_file(family, path: Path, shapes: dict, kwargs: dict, config: str | None,
+                      local_files_only: bool | None):
+    """``from_single_file`` with the family's config and scheduler (original-LDM layout)."""
+    cls = _pipeline_class(family)
+    single = dict(kwargs)
+    if local_files_only is not None:
+        single["local_files_only"] = local_files_only
+    extra = family.single_file_kwargs(path, shapes, config)
+    if config:
+        single["config"] = config
+    single.update(extra.pop("pipeline", {}))
+    for comp, loader in extra.pop("components", {}).items():
+        single[comp] = loader(single)
+    pipe = cls.from_single_file(str(path), **single)
+    sched = family.single_file_scheduler(pipe.scheduler, path, shapes)
+    if sched is not None:
+        pipe.scheduler = sched
     return pipe
 
 

@@ -26,16 +26,13 @@ import torch
 from PIL import Image
 
 from . import roi as roi_ops
+from .backbones import Backbone, StopPass, for_pipeline
 from .config import LimeConfig
 from .errors import LimeEditError
 from .imageops import mask_to_tensor, processing_size, resize_mask, to_rgb
 from .processors import PassState, check_levels, lime_attention
 from .results import EditResult, Localization
-from .tokens import TokenSelection, select_tokens
-
-
-class _StopPass(Exception):
-    """Raised from the step callback to end the localization pass at the capture step."""
+from .tokens import TokenSelection
 
 
 @dataclass
@@ -50,30 +47,40 @@ class _Item:
 
 
 class LimePipeline:
-    """LIME around a ``StableDiffusionInstructPix2PixPipeline`` (or any pipeline of
-    that call signature whose U-Net takes 8 input channels).
+    """LIME around an instruction editor's diffusers pipeline.
 
-    ``config`` holds the defaults of every call; any :class:`LimeConfig` field can
-    be overridden per call as a keyword argument.
+    ``pipe``: a ``StableDiffusionInstructPix2PixPipeline`` or
+    ``StableDiffusionXLInstructPix2PixPipeline`` (any U-Net with 8 input channels).
+    ``backbone``: the family (a name from :data:`lime_edit.backbones.FAMILIES`, or a
+    :class:`~lime_edit.backbones.Backbone`); by default recognised from the pipeline's
+    class (SD1.x/SD2.x IP2P or SDXL IP2P; HIVE and InstructDiffusion need their name
+    or :meth:`from_pretrained`).  ``config`` holds the defaults of every call (default:
+    the family's, :meth:`Backbone.default_config`); any :class:`LimeConfig` field can be
+    overridden per call as a keyword argument.
     """
 
-    def __init__(self, pipe, config: LimeConfig | None = None):
-        in_ch = getattr(getattr(pipe, "unet", None), "config", None)
-        in_ch = getattr(in_ch, "in_channels", None)
-        if in_ch != 8:
-            raise LimeEditError(f"not an InstructPix2Pix-family model: its U-Net takes {in_ch} input "
-                                "channels, LIME needs 8 (noisy latent + image latent)")
+    def __init__(self, pipe, config: LimeConfig | None = None, backbone: Backbone | str | None = None,
+                 **backbone_options):
+        if not hasattr(pipe, "unet"):
+            raise LimeEditError(f"not a diffusers editing pipeline: {type(pipe).__name__} has no U-Net")
+        self.backbone = backbone if isinstance(backbone, Backbone) else \
+            for_pipeline(pipe, backbone, **backbone_options)
         self.pipe = pipe
-        self.config = config or LimeConfig()
+        self.config = config or self.backbone.default_config()
 
     @classmethod
-    def from_pretrained(cls, model: str, config: LimeConfig | None = None, **load_kwargs) -> "LimePipeline":
-        """Load by Hub id, local folder, single-file checkpoint or ``"demo"``; see
-        :func:`lime_edit.loading.load_ip2p` for ``torch_dtype``, ``device``,
-        ``allow_pickle``, ``local_files_only``."""
-        from .loading import load_ip2p
+    def from_pretrained(cls, model: str, config: LimeConfig | None = None, backbone: str | None = None,
+                        **load_kwargs) -> "LimePipeline":
+        """Load by Hub id, local folder, single-file checkpoint or ``"demo"``; the family
+        is recognised unless ``backbone`` names it. See
+        :func:`lime_edit.loading.load_backbone` for ``torch_dtype``, ``device``,
+        ``allow_pickle``, ``local_files_only``, ``config`` (single files) and the
+        backbone options.  A model folder's ``lime_edit.json`` may recommend LIME
+        settings; they become this pipeline's defaults unless ``config`` is given."""
+        from .loading import load_backbone
 
-        return cls(load_ip2p(model, **load_kwargs), config)
+        bb, recommended = load_backbone(model, backbone=backbone, **load_kwargs)
+        return cls(bb.pipe, config or bb.default_config(recommended), backbone=bb)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -83,14 +90,19 @@ class LimePipeline:
     @property
     def size_multiple(self) -> int:
         """Processing sizes are multiples of this, so every U-Net level has an exact grid."""
-        n_down = len(self.pipe.unet.config.block_out_channels) - 1
-        return int(self.pipe.vae_scale_factor) * 2 ** n_down
+        return self.backbone.processing_multiple()
+
+    def _config(self, overrides: dict) -> LimeConfig:
+        """The call's settings: defaults, overrides, then the backbone's levels and grid."""
+        cfg = self.backbone.resolve(self.config.replace(**overrides))
+        self.backbone.check_levels(cfg)
+        return cfg
 
     # ------------------------------------------------------------------ public API
     def localize(self, image, instruction, seed: int | Sequence[int] = 0, **overrides):
         """Stage 1 only: returns a :class:`Localization` (a list for list input).
         An instruction with no related token gives an empty mask and no tokens."""
-        cfg = self.config.replace(**overrides)
+        cfg = self._config(overrides)
         items, single = self._items(image, instruction, "auto", seed)
         out: list[Localization | None] = [None] * len(items)
         for group in self._groups(items):
@@ -102,7 +114,7 @@ class LimePipeline:
         """Edit with LIME. ``mask``: ``"auto"`` (localize first, same seed), ``None``
         (plain IP2P), a :class:`Localization`, or a user mask (PIL image, array or
         tensor of any size, nonzero = region), or a list of these."""
-        cfg = self.config.replace(**overrides)
+        cfg = self._config(overrides)
         items, single = self._items(image, instruction, mask, seed)
         out: list[EditResult | None] = [None] * len(items)
         for group in self._groups(items):
@@ -145,9 +157,7 @@ class LimePipeline:
 
     def _retokenize(self, items: list[_Item], cfg: LimeConfig) -> None:
         for it in items:
-            it.tokens = select_tokens(self.pipe.tokenizer, it.instruction, drop_verbs=cfg.drop_verbs,
-                                      penalize_padding=cfg.penalize_padding,
-                                      penalize_end_token=cfg.penalize_end_token)
+            it.tokens = self.backbone.select_tokens(it.instruction, cfg)
 
     # ------------------------------------------------------------------ passes
     def _latent_hw(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -162,27 +172,28 @@ class LimePipeline:
                   for it in items]
         gens = [torch.Generator(device="cpu").manual_seed(it.seed) for it in items]
 
-        def callback(pipe, i, t, kwargs):
-            if state is not None:
-                if i == 0:
-                    check_levels(state, state.capture_levels, "feature_levels")
-                    check_levels(state, state.reg_levels, "regularization_levels")
-                if on_step is not None:
-                    on_step(i)
-                state.step = i + 1
-                if stop_after is not None and i >= stop_after:
-                    raise _StopPass
-            return {}
+        def step_end(i: int) -> None:
+            if i == 0:
+                check_levels(state, state.capture_levels, "feature_levels")
+                check_levels(state, state.reg_levels, "regularization_levels")
+            if on_step is not None:
+                on_step(i)
+            state.step = i + 1
+            if stop_after is not None and i >= stop_after:
+                raise StopPass
 
-        kwargs = dict(prompt=[it.instruction for it in items], image=images, num_inference_steps=steps,
-                      guidance_scale=guidance, image_guidance_scale=cfg.image_guidance_scale,
-                      generator=gens, output_type=output_type)
+        kwargs = dict(prompts=[it.instruction for it in items], images=images, size=size, steps=steps,
+                      guidance=guidance, image_guidance=cfg.image_guidance_scale, generators=gens,
+                      output_type=output_type)
         if state is None:
-            return self.pipe(**kwargs).images
+            return self.backbone.run(**kwargs)
+        bb = self.backbone
+        state.feature_branch, state.attention_branch = bb.image_branch, bb.text_branch
+        state.reg_branches = tuple(bb.regularized_branches)
         try:
             with lime_attention(self.pipe.unet, state, cfg.layers):
-                return self.pipe(callback_on_step_end=callback, **kwargs).images
-        except _StopPass:
+                return self.backbone.run(on_step_end=step_end, **kwargs)
+        except StopPass:
             return None
         finally:
             self.pipe.maybe_free_model_hooks()
@@ -240,7 +251,7 @@ class LimePipeline:
         for j, it in enumerate(items):
             if it.tokens.truncated:
                 warnings[j].append(f"instruction is longer than the text encoder's "
-                                   f"{self.pipe.tokenizer.model_max_length} tokens and was truncated")
+                                   f"{self.backbone.max_tokens} tokens and was truncated")
             m = it.mask
             if m is None:
                 continue
@@ -326,7 +337,7 @@ class LimePipeline:
                 image=img, mask=masks[j] if regularized[j] else None, localization=locs[j],
                 lime_applied=bool(regularized[j]), seed=it.seed, warnings=warnings[j],
                 timings={"localize": t_loc, "edit": t_edit, "total": total, "batch_size": len(items)},
-                settings=cfg.to_dict()))
+                settings={**cfg.to_dict(), "backbone": self.backbone.name}))
         return results
 
 
@@ -339,7 +350,8 @@ def _content(sel: TokenSelection) -> torch.Tensor:
 
 def _subset(st: PassState, idx: list[int]) -> PassState:
     """A view of the captured tensors for some batch items (single-pass localization)."""
-    sub = PassState(latent_hw=st.latent_hw, batch=len(idx))
+    sub = PassState(latent_hw=st.latent_hw, batch=len(idx), feature_branch=st.feature_branch,
+                    attention_branch=st.attention_branch)
     sub.features = [(n, lvl, f[idx]) for n, lvl, f in st.features]
     sub.cross_probs = [(n, lvl, p[idx]) for n, lvl, p in st.cross_probs]
     return sub

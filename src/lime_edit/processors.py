@@ -51,6 +51,10 @@ class PassState:
     latent_hw: tuple[int, int]
     batch: int
     step: int = 0
+    # guidance layout (from the backbone): rows are ``branches`` blocks of ``batch``
+    feature_branch: int = 1     # image-only branch: its layer outputs are clustered
+    attention_branch: int = 0   # instruction branch: its cross-attention is read
+    reg_branches: tuple[int, ...] | None = None  # branches regularized (None = all)
     # capture
     capture_step: int | None = None
     capture_levels: frozenset[int] = frozenset()
@@ -95,15 +99,21 @@ class PassState:
 
     def penalty(self, level: int, branches: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Additive mask ``(branches*B, 1, h*w, T)``: -inf where a query pixel is in
-        the RoI and the token is not kept, else 0 (same for every CFG branch)."""
+        the RoI and the token is not kept, else 0 (same for every regularized branch,
+        0 in the others)."""
         key = (level, branches, dtype, device)
         if key not in self._bias:
             rows = self.roi_rows(level, device)                           # (B, Nq)
             drop = ~self.tokens.to(device)                                # (B, T)
             hit = rows[:, :, None] & drop[:, None, :]                     # (B, Nq, T)
             bias = torch.zeros(hit.shape, dtype=dtype, device=device).masked_fill_(hit, float("-inf"))
-            self._bias[key] = bias.repeat(branches, 1, 1)[:, None]        # (branches*B, 1, Nq, T)
+            zero = torch.zeros_like(bias)
+            self._bias[key] = torch.cat([bias if self.branch_regularized(k) else zero
+                                         for k in range(branches)])[:, None]  # (branches*B, 1, Nq, T)
         return self._bias[key]
+
+    def branch_regularized(self, k: int) -> bool:
+        return self.reg_branches is None or k in self.reg_branches
 
 
 class LimeAttnProcessor:
@@ -149,7 +159,7 @@ class LimeAttnProcessor:
         """Store the image-only branch (CFG branch 1 of 3) of a layer output as (B, C, h, w)."""
         st = self.state
         branches = self._branches(out.shape[0])
-        part = out.chunk(branches)[1 if branches >= 2 else 0].detach()
+        part = out.chunk(branches)[st.feature_branch if branches > st.feature_branch else 0].detach()
         h, w = st.latent_hw[0] // level, st.latent_hw[1] // level
         if part.ndim == 3:                                   # (B, N, C) -> (B, C, h, w)
             part = part.transpose(1, 2).reshape(part.shape[0], -1, h, w)
@@ -187,11 +197,13 @@ class LimeAttnProcessor:
             key = attn.norm_k(key)
         branches = self._branches(batch)
 
-        if capture:  # explicit probabilities, text+image branch only, head-averaged
+        if capture:  # explicit probabilities, instruction branch only, head-averaged
             b = st.batch
-            logits = query[:b].float() @ key[:b].float().transpose(-1, -2) * attn.scale  # (B, heads, Nq, T)
+            a = st.attention_branch if branches > st.attention_branch else 0
+            rows = slice(a * b, (a + 1) * b)
+            logits = query[rows].float() @ key[rows].float().transpose(-1, -2) * attn.scale  # (B, heads, Nq, T)
             if attention_mask is not None:
-                logits = logits + attention_mask[:b].float()
+                logits = logits + attention_mask[rows].float()
             probs = logits.softmax(-1).mean(1)                                          # (B, Nq, T)
             h, w = st.latent_hw[0] // level, st.latent_hw[1] // level
             st.cross_probs.append((self.name, level, probs.transpose(1, 2).reshape(b, -1, h, w)))
@@ -207,7 +219,9 @@ class LimeAttnProcessor:
             weights = st.tokens.to(value.device, value.dtype).repeat(branches, 1)       # (rows, T)
             weights = weights / weights.sum(1, keepdim=True).clamp_min(1)
             vbar = torch.einsum("rt,rhtd->rhd", weights, value)[:, :, None]            # (rows, heads, 1, d)
-            rows = st.roi_rows(level, out.device).repeat(branches, 1)[:, None, :, None]  # (rows, 1, Nq, 1)
+            roi = st.roi_rows(level, out.device)                                        # (B, Nq)
+            rows = torch.cat([roi if st.branch_regularized(k) else torch.zeros_like(roi)
+                              for k in range(branches)])[:, None, :, None]             # (rows, 1, Nq, 1)
             out = torch.where(rows, vbar.to(out.dtype), out)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)

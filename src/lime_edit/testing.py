@@ -99,11 +99,13 @@ def tiny_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
                     cross_attention_dim: int = 32,
                     vae_blocks: tuple[int, ...] = (16, 32),
                     model_max_length: int = 77,
-                    words: Iterable[str] = DEFAULT_WORDS) -> dict:
+                    words: Iterable[str] = DEFAULT_WORDS,
+                    mid_block_type: str | None = "UNetMidBlock2DCrossAttn") -> dict:
     """Components for ``StableDiffusionInstructPix2PixPipeline(**components)``.
 
     VAE scale factor is ``2 ** (len(vae_blocks) - 1)`` (2 by default, so a 64x64
     image has a 32x32 latent and attention grids of 32, 16, 8 and 4).
+    ``mid_block_type=None`` removes the mid block's attention (levels 1, 2, 4 only).
     """
     import torch
     from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler,
@@ -121,7 +123,7 @@ def tiny_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        mid_block_type="UNetMidBlock2DCrossAttn",
+        mid_block_type=mid_block_type,
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=heads,
         norm_num_groups=8,

@@ -1,0 +1,42 @@
+"""Backbones: one module per editor family (see :mod:`lime_edit.backbones.base`).
+
+``FAMILIES`` maps ``--backbone NAME`` to its class.  :func:`detect` recognises the
+family of a diffusers folder, Hub id or single-file checkpoint (an explicit name
+always wins); :func:`lime_edit.loading.load_backbone` loads it.
+"""
+
+from __future__ import annotations
+
+from .base import Backbone, StopPass, attention_levels, reference_levels
+from .hive import HIVE_CONDITION, HiveBackbone
+from .instructdiffusion import InstructDiffusionBackbone, instructdiffusion_combine
+from .ip2p import IP2PBackbone
+from .sdxl import SDXLIP2PBackbone
+
+FAMILIES: dict[str, type[Backbone]] = {cls.name: cls for cls in (
+    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone)}
+
+
+def family_list() -> str:
+    return ", ".join(FAMILIES)
+
+
+def get_family(name: str) -> type[Backbone]:
+    from ..errors import LimeEditError
+
+    try:
+        return FAMILIES[str(name).lower()]
+    except KeyError:
+        raise LimeEditError(f"--backbone: unknown family {name!r} (known: {family_list()})") from None
+
+
+def for_pipeline(pipe, name: str | None = None, **options) -> Backbone:
+    """The backbone for an already constructed diffusers pipeline (by class, unless named)."""
+    if name is None:
+        name = "sdxl-ip2p" if type(pipe).__name__.startswith("StableDiffusionXL") else "ip2p"
+    return get_family(name)(pipe, **options)
+
+
+__all__ = ["Backbone", "StopPass", "FAMILIES", "get_family", "for_pipeline", "family_list",
+           "attention_levels", "reference_levels", "HIVE_CONDITION", "IP2PBackbone", "HiveBackbone",
+           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "instructdiffusion_combine"]

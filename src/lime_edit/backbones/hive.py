@@ -1,0 +1,37 @@
+"""HIVE (Zhang et al., CVPR 2024): InstructPix2Pix fine-tuned with human feedback.
+
+Releases are original-LDM single files: ``hive_rw.ckpt`` / ``hive_rw_condition.ckpt``
+(SD1.5 layout) and ``hive_v2_rw*.ckpt`` (SD2.1-base layout: OpenCLIP-H text encoder,
+1024-d context, 64-d heads, linear projections, epsilon prediction like SD2.1-base).
+The guidance formula and row layout are InstructPix2Pix's.
+
+The ``*condition*`` checkpoints were trained with a reward prompt appended to the
+instruction; this backbone appends it (on by default when the file name says
+"condition", ``prompt_suffix=""`` turns it off, any other text replaces it).  Its tokens
+are never *related* tokens, and inside the RoI they are penalized like every other
+token that is not the instruction's.
+
+Sampler defaults are HIVE's own (its edit script): 100 steps, text guidance 7.5,
+image guidance 1.5, Euler ancestral; the localization pass uses the same text guidance.
+"""
+
+from __future__ import annotations
+
+from .base import Backbone
+
+#: the text HIVE's reward-conditioned checkpoints append to every instruction
+HIVE_CONDITION = ", image quality is five out of five"
+
+
+class HiveBackbone(Backbone):
+    name = "hive"
+    description = "HIVE (hive_rw*.ckpt on SD1.5, hive_v2_rw*.ckpt on SD2.1-base)"
+    pipeline_class = "StableDiffusionInstructPix2PixPipeline"
+    sampler_defaults = {"num_inference_steps": 100, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
+                        "localization_guidance_scale": 7.5}
+    scheduler = "euler_ancestral"
+
+    @classmethod
+    def default_options(cls, source: str) -> dict:
+        """The reward suffix is on for the ``*condition*`` checkpoints."""
+        return {"prompt_suffix": HIVE_CONDITION if "condition" in source.lower() else ""}
