@@ -56,7 +56,9 @@ class LimePipeline:
     class (SD1.x/SD2.x IP2P or SDXL IP2P; HIVE and InstructDiffusion need their name
     or :meth:`from_pretrained`).  ``config`` holds the defaults of every call (default:
     the family's, :meth:`Backbone.default_config`); any :class:`LimeConfig` field can be
-    overridden per call as a keyword argument.
+    overridden per call as a keyword argument.  A ``config`` you pass is used as it is:
+    ``LimeConfig()``'s sampler values are the IP2P reference's, so for another family start
+    from ``lp.config.replace(...)`` to keep that family's steps and guidance.
     """
 
     def __init__(self, pipe, config: LimeConfig | None = None, backbone: Backbone | str | None = None,
@@ -330,7 +332,7 @@ class LimePipeline:
         total = time.perf_counter() - t0
         results = []
         for j, it in enumerate(items):
-            img = Image.fromarray(np.clip(images[j] * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            img = Image.fromarray((np.clip(images[j], 0, 1) * 255).round().astype(np.uint8))  # as diffusers' PIL output
             if img.size != it.image.size:
                 img = img.resize(it.image.size, Image.LANCZOS)
             results.append(EditResult(
