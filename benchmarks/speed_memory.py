@@ -1,8 +1,15 @@
-"""Wall time and peak memory of plain IP2P vs IP2P+LIME, same model/input/steps/seed, one process.
+"""Wall time and peak memory of an editor without and with LIME, same model/input/steps/seed, one process.
 
     python benchmarks/speed_memory.py                      # CPU, SD1.5-shaped scaled-down random model
     python benchmarks/speed_memory.py --device cuda --dtype fp16 --size 512 --full-sd   # GPU, SD1.5 shape
     python benchmarks/speed_memory.py --model timbrooks/instruct-pix2pix --device cuda    # a real model
+    python benchmarks/speed_memory.py --backbone sdxl-ip2p --size 1024                    # SDXL-shaped
+    python benchmarks/speed_memory.py --backbone instructdiffusion                        # its guidance
+
+``--backbone`` picks the family (its guidance and levels); the random model is SDXL's
+architecture for ``sdxl-ip2p`` (attention at latent/2 and /4 with 2 and 10 transformer
+blocks, two text encoders, text_time embedding, VAE factor 8; channels scaled down
+unless ``--full-sd``) and SD1.5's for the others.
 
 The model is SD1.5's architecture (4 U-Net levels, cross-attention at latent/1, /2,
 /4 and the /8 mid block, 8 heads, 2 layers per block, VAE factor 8) with fewer
@@ -58,6 +65,49 @@ def sd15_like_pipeline(full: bool, tmp: str):
     return StableDiffusionInstructPix2PixPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tok,
                                                   scheduler=sched, safety_checker=None, feature_extractor=None,
                                                   requires_safety_checker=False)
+
+
+def sdxl_like_pipeline(full: bool, tmp: str):
+    """SDXL IP2P's architecture with random weights (channels and text encoders scaled down
+    unless ``full``; the 10 transformer blocks at latent/4, which dominate LIME's capture
+    cost, are kept)."""
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInstructPix2PixPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lime_edit.testing import DEFAULT_WORDS, tiny_tokenizer
+    from lime_edit.testing_ldm import _tokenizer_with_pad
+
+    tok = tiny_tokenizer(tmp)
+    tok2 = _tokenizer_with_pad(tmp, DEFAULT_WORDS, "!")
+    ch = (320, 640, 1280) if full else (64, 128, 320)
+    t1, t2, proj = (768, 1280, 1280) if full else (192, 320, 320)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=8, out_channels=4, block_out_channels=ch, layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=tuple(c // 64 for c in ch),
+        use_linear_projection=True, cross_attention_dim=t1 + t2, addition_embed_type="text_time",
+        addition_time_embed_dim=256, projection_class_embeddings_input_dim=6 * 256 + proj, norm_num_groups=32)
+    vae_ch = (128, 256, 512, 512) if full else (32, 64, 128, 128)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_ch,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.13025)
+    common = dict(vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id)
+    te1 = CLIPTextModel(CLIPTextConfig(hidden_size=t1, intermediate_size=4 * t1, num_hidden_layers=12 if full else 4,
+                                       num_attention_heads=12 if full else 4, hidden_act="quick_gelu",
+                                       pad_token_id=tok.pad_token_id, **common))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=t2, intermediate_size=4 * t2, num_hidden_layers=32 if full else 4,
+        num_attention_heads=20 if full else 4, hidden_act="gelu", projection_dim=proj,
+        pad_token_id=tok2.pad_token_id, **common))
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   timestep_spacing="leading", steps_offset=1)
+    return StableDiffusionXLInstructPix2PixPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
+                                                    tokenizer_2=tok2, unet=unet, scheduler=sched,
+                                                    add_watermarker=False)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -131,7 +181,8 @@ def measure(fn, device: torch.device):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
-    ap.add_argument("--full-sd", action="store_true", help="random model with SD1.5's full channel counts")
+    ap.add_argument("--full-sd", action="store_true", help="random model with the real channel counts")
+    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="fp32 / fp16 / bf16 (default fp16 on cuda, fp32 on cpu)")
     ap.add_argument("--size", type=int, default=256, help="square input size in pixels")
@@ -151,15 +202,20 @@ def main(argv=None) -> int:
     dtype = parse_dtype(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
-            lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=device)
+            lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, backbone=args.backbone)
         else:
-            lp = LimePipeline(sd15_like_pipeline(args.full_sd, tmp).to(device, dtype))
+            build = sdxl_like_pipeline if args.backbone == "sdxl-ip2p" else sd15_like_pipeline
+            lp = LimePipeline(build(args.full_sd, tmp).to(device, dtype), backbone=args.backbone)
     lp.pipe.set_progress_bar_config(disable=True)
     rng = np.random.RandomState(0)
     image = Image.fromarray((rng.rand(args.size, args.size, 3) * 255).astype(np.uint8))
     prompt = "make the red circle blue"
     common = dict(num_inference_steps=args.steps, seed=0)
-    configs = {"two_pass": LimeConfig(), "fast": LimeConfig.fast(), "single_pass": LimeConfig(schedule="single_pass")}
+    base = lp.config                                          # the family's defaults
+    fast = LimeConfig.fast()
+    configs = {"two_pass": base, "fast": base.replace(localization_steps=fast.localization_steps,
+                                                      capture_at=fast.capture_at),
+               "single_pass": base.replace(schedule="single_pass")}
 
     lp.edit(image, prompt, mask=None, num_inference_steps=2)       # warm-up
     lp.edit(image, prompt, num_inference_steps=3, capture_at=0.34)
@@ -172,12 +228,14 @@ def main(argv=None) -> int:
         t, m, a = min((measure(lambda: lp.edit(image, prompt, **common), device) for _ in range(args.repeats)),
                       key=lambda r: r[0])
         rows.append((f"lime_{name}", t, m, a))
-    lp.config = LimeConfig()
+    lp.config = base
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    arch = "SDXL" if args.backbone == "sdxl-ip2p" else "SD1.5"
     print(f"# {machine}; torch {torch.__version__}; {dtype}; {args.size}x{args.size}; {args.steps} steps; "
-          f"model: {args.model or ('random SD1.5 (full)' if args.full_sd else 'random SD1.5-shaped, scaled down')}")
+          f"backbone {lp.backbone.name}; model: "
+          f"{args.model or (f'random {arch} (full)' if args.full_sd else f'random {arch}-shaped, scaled down')}")
     print(f"{'method':<18}{'seconds':>9}{'x plain':>9}{'peak MiB':>10}{'x plain':>9}{'above model MiB':>17}")
     out = []
     for name, t, m, a in rows:
@@ -187,6 +245,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "torch": torch.__version__, "dtype": str(dtype), "size": args.size,
+                       "backbone": lp.backbone.name,
                        "steps": args.steps, "argv": sys.argv[1:], "rows": out}, f, indent=2)
     return 0
 
