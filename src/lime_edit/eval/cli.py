@@ -60,7 +60,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``eval`` and ``score`` to the ``lime-edit`` argparse tree."""
-    from ..cli import _add_setting_args  # light: argparse + LimeConfig only
+    from ..cli import _add_setting_args, add_family_args  # light: argparse + LimeConfig only
 
     p = subparsers.add_parser(
         "eval", help="run LIME (or plain IP2P) on MagicBrush, PIE-Bench or EditVal",
@@ -78,6 +78,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
                    help="weights dtype (default float16 on CUDA, float32 otherwise)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
+    add_family_args(p)
     p.add_argument("--lossless", action="store_true",
                    help="PIE-Bench: write <name>.png instead of the .jpg name their scripts use (PIL's default "
                         "JPEG quality); the scorer reads either")

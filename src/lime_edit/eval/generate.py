@@ -221,13 +221,34 @@ def _load_pipeline(args, device):
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
     else:
         dtype = getattr(torch, args.dtype)
+    from ..cli import family_load_kwargs
+
     lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=str(device),
                                       allow_pickle=bool(getattr(args, "allow_pickle", False)),
-                                      local_files_only=True if getattr(args, "local_files_only", False) else None)
+                                      local_files_only=True if getattr(args, "local_files_only", False) else None,
+                                      **family_load_kwargs(args))
     pipe = getattr(lp, "pipe", None)
     if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return lp
+
+
+def _family_sampler(editor, overrides: dict[str, Any], user: dict[str, Any],
+                    sampler: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark protocols fix IP2P's guidance; another family runs with its own guidance
+    where the user set none (the steps stay the benchmark's).  Updates ``overrides`` in place
+    and returns where each sampler value came from, for the manifest."""
+    family = getattr(editor, "backbone", None)
+    if family is None:
+        return sampler
+    sampler = {**sampler, "backbone": {"value": family.name, "from": "model"}}
+    if family.name == "ip2p":
+        return sampler
+    for k in ("guidance_scale", "image_guidance_scale", "localization_guidance_scale"):
+        if k not in user and k in family.sampler_defaults:
+            overrides[k] = family.sampler_defaults[k]
+            sampler[k] = {"value": overrides[k], "from": f"{family.name} defaults"}
+    return sampler
 
 
 def _versions() -> dict[str, str]:
@@ -247,6 +268,7 @@ def _versions() -> dict[str, str]:
 
 def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     sig = {"benchmark": args.benchmark, "model": args.model, "lime": not args.no_lime, "seed": seed,
+           "backbone": getattr(args, "backbone", None),
            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
     if getattr(args, "lossless", False):
         sig["lossless"] = True
@@ -276,8 +298,8 @@ def run_eval(args) -> int:
     if bench != "magicbrush" and args.protocol not in (None, "single"):
         raise LimeEditError("--protocol applies to magicbrush only")
     protocol = (args.protocol or "single") if bench == "magicbrush" else None
-    overrides = dict(PROTOCOL_SETTINGS[bench])
-    overrides.update(collect_overrides(args))
+    user = collect_overrides(args)
+    overrides = {**PROTOCOL_SETTINGS[bench], **user}
     seed = DEFAULT_SEED[bench] if args.seed is None else int(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,8 +333,11 @@ def run_eval(args) -> int:
     todo = [u for u in mine if args.overwrite or not all(p.is_file() for p in u.outputs)
             or records.get(u.key) is None]
     failed = 0
+    sampler = {k: {"value": v, "from": "user" if k in user else "protocol"} for k, v in overrides.items()
+               if k in PROTOCOL_SETTINGS[bench]}
     if todo:
         editor = _load_pipeline(args, device)
+        sampler = _family_sampler(editor, ctx.overrides, user, sampler)
         try:
             from tqdm import tqdm
 
@@ -349,7 +374,7 @@ def run_eval(args) -> int:
         samples[u.key] = r
         if r.get("error"):
             failures.append({"sample": u.key, **r["error"]})
-    manifest = {**base, "status": "complete" if not failures else "incomplete",
+    manifest = {**base, "sampler": sampler, "status": "complete" if not failures else "incomplete",
                 "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "n_samples": len(units) + len(problems), "n_done": len(samples) - sum(
                     1 for r in samples.values() if r.get("error")),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import add_family_args, family_load_kwargs  # light: argparse only
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model to load: 'demo' (bundled, offline; default), a Hub id, a local "
                         "diffusers folder or a .safetensors file")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: auto)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
+    add_family_args(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; "
                         "0.0.0.0 serves everyone who can reach it)")
@@ -108,7 +112,8 @@ def serve(args: argparse.Namespace) -> int:
     from .app import build_app, launch
 
     try:
-        pipelines = [LimePipeline.from_pretrained(args.model, device=args.device)
+        pipelines = [LimePipeline.from_pretrained(args.model, device=args.device, allow_pickle=args.allow_pickle,
+                                                  **family_load_kwargs(args))
                      for _ in range(args.concurrency)]
     except LimeEditError as e:
         print(f"error: {e}", file=sys.stderr)
