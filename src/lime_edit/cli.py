@@ -381,7 +381,7 @@ def family_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "backbone", None):
         kw["backbone"] = args.backbone
     if getattr(args, "model_config", None):
-        kw["config"] = args.model_config
+        kw["model_config"] = args.model_config
     if getattr(args, "no_prompt_suffix", False):
         kw["prompt_suffix"] = ""
     return kw

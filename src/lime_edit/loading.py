@@ -124,6 +124,12 @@ def read_model_settings(folder: Path) -> dict:
         raise ModelLoadError(f"{f}: unreadable ({' '.join(str(err).split())[:120]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("lime_config", {}), dict):
         raise ModelLoadError(f"{f}: expected {{\"backbone\": NAME, \"lime_config\": {{...}}}}")
+    from .config import LimeConfig
+
+    try:
+        LimeConfig(**data.get("lime_config", {}))
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{f}: lime_config: {' '.join(str(err).split())}") from None
     return data
 
 
@@ -141,15 +147,17 @@ def _family_of_index(index: dict, where: str) -> str:
 
 def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
                   torch_dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-                  allow_pickle: bool = False, local_files_only: bool | None = None, config: str | None = None,
-                  variant: str | None = None, **backbone_options):
+                  allow_pickle: bool = False, local_files_only: bool | None = None,
+                  model_config: str | None = None, variant: str | None = None, **backbone_options):
     """Load ``model`` and return ``(backbone, recommended_settings)``.
 
     The family is ``backbone`` if given, else recognised: a folder's ``lime_edit.json``
     or its ``model_index.json`` class, a Hub id's ``model_index.json``, a single
     file's keys (then its name: "hive", "instructdiffusion"/"adaption-task").  The
     pipeline is on ``device`` (default: CUDA, then MPS, then CPU) in ``torch_dtype``
-    (default: float16 on CUDA, float32 elsewhere).  ``backbone_options`` go to the
+    (default: float16 on CUDA, float32 elsewhere).  ``model_config``: for a single file,
+    a diffusers folder or Hub id with the same architecture to take configs from
+    (default: the family's choice, see the backbones).  ``backbone_options`` go to the
     backbone (e.g. ``prompt_suffix`` for HIVE)."""
     from .backbones import get_family
 
@@ -171,7 +179,7 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
             shapes = checkpoint_shapes(path, allow_pickle)
             name = backbone or detect_family(path, shapes)[0]
             family = get_family(name)
-            pipe = _load_single_file(family, path, shapes, kwargs, config, local_files_only)
+            pipe = _load_single_file(family, path, shapes, kwargs, model_config, local_files_only)
             options = dict(family.default_options(str(path)))
         elif path.is_dir():
             if not (path / "model_index.json").is_file():

@@ -1,0 +1,157 @@
+"""Loading and recognising every family from the files users have (tiny models, offline).
+
+Each tiny model is written in the release's format (original-LDM single file, or a diffusers
+folder) and loaded through ``LimePipeline.from_pretrained``: the real ``from_single_file``
+conversion runs, with a local ``config=`` folder instead of the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lime_edit import LimePipeline, ModelLoadError
+from lime_edit.backbones import HIVE_CONDITION
+from lime_edit.testing_ldm import write_config_folder, write_ldm_checkpoint
+
+PIPE = {"sd1": "StableDiffusionInstructPix2PixPipeline", "sd2": "StableDiffusionInstructPix2PixPipeline",
+        "sdxl": "StableDiffusionXLInstructPix2PixPipeline"}
+
+
+def _components(layout, tok_dir, **kw):
+    if layout == "sd1":
+        from lime_edit.testing import tiny_components
+
+        comps = tiny_components(tok_dir)
+        for name in ("unet", "vae", "text_encoder"):
+            comps[name].eval()
+        return comps
+    from lime_edit.testing_ldm import tiny_sd2_ip2p_components, tiny_sdxl_ip2p_components
+
+    return tiny_sd2_ip2p_components(tok_dir) if layout == "sd2" else tiny_sdxl_ip2p_components(tok_dir, **kw)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    cache = {}
+
+    def get(layout, name, **kw):
+        key = (layout, name, tuple(sorted(kw.items())))
+        if key not in cache:
+            root = tmp_path_factory.mktemp(f"ld-{layout}")
+            comps = _components(layout, root / "tok", **kw)
+            folder = write_config_folder(comps, root / "config", PIPE[layout])
+            cache[key] = comps, folder, write_ldm_checkpoint(comps, root / name, "sdxl" if layout == "sdxl" else layout)
+        return cache[key]
+    return get
+
+
+def _load(path, folder, **kw):
+    lp = LimePipeline.from_pretrained(str(path), model_config=str(folder), device="cpu", local_files_only=True, **kw)
+    lp.pipe.set_progress_bar_config(disable=True)
+    return lp
+
+
+@pytest.mark.parametrize("layout,name,family", [
+    ("sd1", "MagicBrush-epoch-52-step-4999.safetensors", "ip2p"),
+    ("sd1", "hive_rw_condition.safetensors", "hive"),
+    ("sd1", "v1-5-pruned-emaonly-adaption-task.safetensors", "instructdiffusion"),
+    ("sd2", "hive_v2_rw.safetensors", "hive"),
+    ("sdxl", "sdxl-ip2p.safetensors", "sdxl-ip2p"),
+])
+def test_single_files_are_recognised_and_load(written, layout, name, family, scene):
+    comps, folder, path = written(layout, name)
+    lp = _load(path, folder)
+    assert lp.backbone.name == family
+    res = lp.edit(scene, "make the red square blue", num_inference_steps=2, capture_at=0.5)
+    assert res.lime_applied and res.settings["backbone"] == family
+    if family == "hive":                                              # on for "condition" checkpoints only
+        assert lp.backbone.prompt_suffix == (HIVE_CONDITION if "condition" in name else "")
+    if family in ("hive", "instructdiffusion"):
+        assert type(lp.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+        assert lp.config.num_inference_steps == 100                   # the family's own sampler
+
+
+def test_loaded_single_file_edits_like_the_original(written, scene):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    comps, folder, path = written("sd1", "hive_rw.safetensors")
+    lp = _load(path, folder)
+    assert lp.backbone.name == "hive" and lp.backbone.prompt_suffix == ""   # no "condition": no suffix
+    orig = LimePipeline(StableDiffusionInstructPix2PixPipeline(**comps), backbone="hive",
+                        config=lp.config)
+    orig.pipe.set_progress_bar_config(disable=True)
+    a = lp.edit(scene, "make the red square blue", mask=None, num_inference_steps=2, seed=3)
+    b = orig.edit(scene, "make the red square blue", mask=None, num_inference_steps=2, seed=3)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_cosxl_is_recognised_with_its_scheduler(written):
+    comps, folder, path = written("sdxl", "cosxl_edit.safetensors")
+    lp = _load(path, folder)
+    assert lp.backbone.name == "sdxl-ip2p"
+    assert lp.pipe.is_cosxl_edit is True
+    sched = lp.pipe.scheduler
+    assert type(sched).__name__ == "EDMEulerScheduler" and sched.config.prediction_type == "v_prediction"
+
+
+def test_backbone_name_overrides_detection_and_suffix_switch(written):
+    comps, folder, path = written("sd1", "hive_rw_condition.safetensors")
+    lp = _load(path, folder, backbone="instructdiffusion")
+    assert lp.backbone.name == "instructdiffusion"
+    lp = _load(path, folder, prompt_suffix="")
+    assert lp.backbone.name == "hive" and lp.backbone.prompt_suffix == ""
+
+
+def test_pickle_checkpoints_need_allow_pickle(written, tmp_path):
+    comps, folder, _ = written("sd1", "hive_rw.safetensors")
+    ckpt = write_ldm_checkpoint(comps, tmp_path / "hive_rw.ckpt", "sd1")
+    with pytest.raises(ModelLoadError, match="pickle checkpoint.*--allow-pickle"):
+        _load(ckpt, folder)
+    assert _load(ckpt, folder, allow_pickle=True).backbone.name == "hive"
+
+
+def test_non_editor_checkpoint_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "sd15.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(path))
+    with pytest.raises(ModelLoadError) as err:
+        LimePipeline.from_pretrained(str(path), device="cpu")
+    msg = str(err.value)
+    assert "takes 4 input channels" in msg and "ip2p, hive, instructdiffusion, sdxl-ip2p" in msg
+    assert "\n" not in msg
+    save_file({"foo": torch.zeros(1)}, str(path))
+    with pytest.raises(ModelLoadError, match="not a Stable Diffusion U-Net checkpoint"):
+        LimePipeline.from_pretrained(str(path), device="cpu")
+
+
+def test_folder_settings_file_picks_family_and_defaults(tiny_model_dir, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "lime_edit.json").write_text(json.dumps(
+        {"backbone": "instructdiffusion", "lime_config": {"num_clusters": 4, "guidance_scale": 3.0}}))
+    lp = LimePipeline.from_pretrained(str(folder), device="cpu")
+    assert lp.backbone.name == "instructdiffusion"
+    assert lp.config.num_clusters == 4 and lp.config.guidance_scale == 3.0
+    assert lp.config.num_inference_steps == 100                       # the rest: the family's
+    (folder / "lime_edit.json").write_text(json.dumps({"lime_config": {"num_clusterz": 4}}))
+    with pytest.raises(ModelLoadError, match="num_clusterz"):
+        LimePipeline.from_pretrained(str(folder), device="cpu")
+    (folder / "lime_edit.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="lime_edit.json: unreadable"):
+        LimePipeline.from_pretrained(str(folder), device="cpu")
+
+
+def test_diffusers_folder_of_sdxl_is_recognised(tmp_path):
+    from lime_edit.testing_ldm import tiny_sdxl_ip2p_pipeline
+
+    pipe = tiny_sdxl_ip2p_pipeline(tmp_path / "tok")
+    pipe.save_pretrained(str(tmp_path / "xl"))
+    lp = LimePipeline.from_pretrained(str(tmp_path / "xl"), device="cpu")
+    assert lp.backbone.name == "sdxl-ip2p" and lp.config.out_scale is None
+    assert lp.backbone.resolve(lp.config).out_scale == 1
