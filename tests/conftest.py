@@ -37,3 +37,13 @@ def scene():
     arr[36:58, 34:60] = (30, 40, 220)
     arr = np.clip(arr.astype(int) + rng.randint(-8, 8, arr.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(arr)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests (real checkpoints, GPU) run only with LIME_EDIT_SLOW=1."""
+    if os.environ.get("LIME_EDIT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set LIME_EDIT_SLOW=1 (and LIME_EDIT_CHECKPOINTS) to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -155,3 +155,22 @@ def test_diffusers_folder_of_sdxl_is_recognised(tmp_path):
     lp = LimePipeline.from_pretrained(str(tmp_path / "xl"), device="cpu")
     assert lp.backbone.name == "sdxl-ip2p" and lp.config.out_scale is None
     assert lp.backbone.resolve(lp.config).out_scale == 1
+
+
+def test_cli_edits_with_a_single_file_of_another_family(written, tmp_path, scene):
+    from lime_edit.cli import main
+
+    comps, folder, path = written("sd1", "v1-5-pruned-emaonly-adaption-task.safetensors")
+    scene.save(tmp_path / "x.png")
+    code = main(["edit", str(tmp_path / "x.png"), "-i", "make the red square blue", "--model", str(path),
+                 "--model-config", str(folder), "--local-files-only", "--device", "cpu", "--steps", "2",
+                 "--out", str(tmp_path / "out"), "-q"])
+    assert code == 0
+    rec = json.loads((tmp_path / "out" / "x.json").read_text())
+    assert rec["lime_applied"] and rec["settings"]["backbone"] == "instructdiffusion"
+    assert rec["settings"]["guidance_scale"] == 5.0          # the family's default, not IP2P's
+    assert (tmp_path / "out" / "x_edited.png").is_file()
+    code = main(["edit", str(tmp_path / "x.png"), "-i", "make it red", "--model", str(path),
+                 "--model-config", str(folder), "--local-files-only", "--device", "cpu",
+                 "--backbone", "nonsense", "--out", str(tmp_path / "out2")])
+    assert code == 2

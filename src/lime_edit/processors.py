@@ -163,7 +163,7 @@ class LimeAttnProcessor:
         h, w = st.latent_hw[0] // level, st.latent_hw[1] // level
         if part.ndim == 3:                                   # (B, N, C) -> (B, C, h, w)
             part = part.transpose(1, 2).reshape(part.shape[0], -1, h, w)
-        st.features.append((self.name, level, part.float()))
+        st.features.append((self.name, level, part))  # model dtype: fp16 halves capture memory on GPU
 
     def _attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                 level: int, capture: bool, regularize: bool) -> torch.Tensor:
