@@ -6,7 +6,8 @@ modules are imported inside the command functions.
     lime-edit eval {magicbrush,piebench,editval} --data DIR --out RUN_DIR [--model ID|PATH]
         [--no-lime] [--protocol single|multi] [--limit N] [--seed S] [LIME settings ...]
     lime-edit score {magicbrush,piebench,editval} --data DIR --outputs RUN_DIR
-        [--protocol single|multi] [--metrics LIST] [--report FILE] [--clip-model ...]
+        [--protocol single|multi] [--metrics LIST] [--report FILE] [--structure-antialias]
+        [--clip-model ...]
 
 Both run unchanged under ``accelerate launch [--num_processes N] -m lime_edit.cli ...``
 (or ``accelerate launch $(which lime-edit) ...``): samples are sharded, the main
@@ -102,6 +103,10 @@ def register(subparsers) -> None:
     s.add_argument("--report", default=None, metavar="FILE", help="JSON report path (default SCORES/report.json)")
     s.add_argument("--scores-dir", default=None, metavar="DIR",
                    help="per-sample rows and rows.csv (default RUN_DIR/scores/<benchmark>[-<protocol>])")
+    s.add_argument("--structure-antialias", action="store_true",
+                   help="PIE-Bench: resize for the structure distance with antialias, as torchvision >= 0.17 does "
+                        "(default: without, as torchvision 0.13.1, which PnP-Inversion pins and its published "
+                        "numbers used); the report records which")
     g = s.add_argument_group("metric backbones (Hub id or local folder)")
     g.add_argument("--clip-model", default=None, help="CLIP ViT-B/32 for MagicBrush (openai/clip-vit-base-patch32)")
     g.add_argument("--clip-large-model", default=None,

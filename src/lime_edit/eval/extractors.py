@@ -15,18 +15,37 @@ ClipEncoder         openai/clip-vit-base-patch32 (MB)       resize short side 22
 DinoEncoder         facebook/dino-vits16 (MB)               resize 256 bicubic, centre crop 224,
                                                             ImageNet mean/std; CLS after final LN
 DinoKeyEncoder      facebook/dino-vitb8 (PIE structure)     QUIRK: pixels in [0, 255] (not /255), resize
-                                                            short side 224 (long side <= 480), ImageNet
+                                                            short side 224 (long side <= 480) bilinear
+                                                            WITHOUT antialias (torchvision 0.13.1, see
+                                                            :func:`structure_resize`), ImageNet
                                                             mean/std; keys of the last block
 OwlVitDetector      google/owlvit-base-patch32 (EditVal)    the model's own OwlViT processor
 ==================  ======================================  =========================================
 
 Sizes scale with the model's ``image_size`` (224 for the real ones), so tiny test
 models with 32 px inputs use the same code.
+
+Captions longer than CLIP's 77 tokens are handled per benchmark (``long_text`` of
+:meth:`ClipEncoder.encode_text`), each as that benchmark's own scorer would:
+
+- ``"keep_end"`` (MagicBrush CLIP-T): OpenAI ``clip.tokenize(text, truncate=True)``:
+  the first 76 tokens, then the end token at position 76, whose state is the
+  embedding. MagicBrush's script calls ``clip.tokenize(text)`` (``truncate=False``),
+  which raises on such a caption, so its published numbers contain none; we score
+  the turn (rather than stop) and warn.
+- ``"drop_end"`` (PIE-Bench CLIP similarity): torchmetrics' ``CLIPScore`` (>= 1.1,
+  still in 1.9) slices the token ids to the first 77, dropping the end token. The
+  CLIP text model pools at ``input_ids.argmax`` (OpenAI's rule; transformers keeps
+  it for configs with the legacy ``eos_token_id`` 2, and its newer first-end-token
+  rule also lands on position 0 when no end token is left): the highest id left is
+  the START token at position 0, so every such caption gets the same,
+  text-independent embedding. Matched (that is what the published numbers did),
+  warned.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +122,21 @@ def _first_tensor(out) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- CLIP
+#: how a caption longer than the context is cut, per benchmark (warning text of each)
+LONG_TEXT = {
+    "keep_end": "truncated to the first {ctx} keeping the end token, as clip.tokenize(truncate=True) "
+                "(MagicBrush's own script stops with an error on such a caption)",
+    "drop_end": "cut to the first {ctx} as torchmetrics' CLIPScore does (end token dropped, so the "
+                "embedding is the start token's, the same for every such caption), as PIE-Bench's scorer",
+}
+
+
+class TextEncoding(NamedTuple):
+    features: torch.Tensor          # (D,) projected, not normalised
+    n_tokens: int                   # before any cut, start and end tokens included
+    warning: str | None             # set when the caption was cut
+
+
 class ClipEncoder:
     """CLIP image and text embeddings (projected, not normalised)."""
 
@@ -129,17 +163,85 @@ class ClipEncoder:
         x = torch.stack([self.preprocess(im) for im in images]).to(self.device)     # (B, 3, S, S)
         return _first_tensor(self.model.get_image_features(pixel_values=x)).float().cpu()  # (B, D)
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the text model takes, start and end tokens included (77 for CLIP)."""
+        return min(int(getattr(self.tokenizer, "model_max_length", 77) or 77),
+                   int(self.model.config.text_config.max_position_embeddings))
+
+    def token_ids(self, text: str, long_text: str = "keep_end") -> tuple[list[int], int]:
+        """The ids the text model gets for ``text`` and the full count before any cut
+        (start and end tokens included); see the module docstring for ``long_text``."""
+        if long_text not in LONG_TEXT:
+            raise ValueError(f"long_text must be one of {', '.join(LONG_TEXT)}, not {long_text!r}")
+        ids = list(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])
+        n, ctx = len(ids), self.context_length
+        if n > ctx:
+            ids = ids[:ctx]
+            if long_text == "keep_end":
+                ids[-1] = int(self.tokenizer.eos_token_id)
+        return ids, n
+
     @torch.no_grad()
-    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
-        max_len = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77),
-                      int(self.model.config.text_config.max_position_embeddings))
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len,
-                             return_tensors="pt").to(self.device)
-        return _first_tensor(self.model.get_text_features(
-            input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask"))).float().cpu()  # (B, D)
+    def encode_text(self, text: str, long_text: str = "keep_end") -> "TextEncoding":
+        """Projected text embedding ``(D,)`` of one caption, pooled at the highest token
+        id (OpenAI CLIP's rule: the end token, unless a cut removed it), and a warning
+        when the caption was longer than the context."""
+        ids, n = self.token_ids(text, long_text)
+        x = torch.tensor([ids], device=self.device)                                # (1, T)
+        hidden = self.model.text_model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
+        pooled = hidden[0, int(x[0].argmax())]                                      # (W,) after final LN
+        features = self.model.text_projection(pooled).float().cpu()                 # (D,)
+        warning = None
+        if n > self.context_length:
+            warning = (f"caption has {n} tokens, more than CLIP's {self.context_length}: "
+                       + LONG_TEXT[long_text].format(ctx=self.context_length))
+        return TextEncoding(features, n, warning)
+
+    def text_features(self, texts: Sequence[str], long_text: str = "keep_end") -> torch.Tensor:
+        """``(B, D)`` projected text embeddings (see :meth:`encode_text`)."""
+        return torch.stack([self.encode_text(t, long_text).features for t in texts])
 
 
 # --------------------------------------------------------------------------- DINO
+#: what each ``antialias`` setting of the structure-distance resize reproduces (recorded in reports)
+STRUCTURE_RESIZE = {
+    False: "bilinear without antialias (torchvision 0.13.1 tensor Resize, pinned by PnP-Inversion; "
+           "their published numbers)",
+    True: "bilinear with antialias (torchvision >= 0.17 tensor Resize default)",
+}
+
+
+def structure_resize(t: torch.Tensor, size: int, max_size: int | None = None,
+                     antialias: bool = False) -> torch.Tensor:
+    """torchvision ``Resize(size, max_size=max_size)`` of a float ``(C, H, W)`` tensor.
+
+    Short side -> ``size``, long side ``int(size * long / short)``; if that exceeds
+    ``max_size``, long -> ``max_size`` and short ``int(max_size * size / long)``;
+    unchanged size returns the input. Bilinear, half-pixel centres
+    (``align_corners=False``), no rounding or clamping of the float result.
+
+    ``antialias=False`` (default) is torchvision 0.13.1's tensor path, where
+    ``antialias=None`` means off: the version PnP-Inversion's README pins and the one
+    PIE-Bench's published structure distances were computed with. ``antialias=True``
+    is torchvision >= 0.17's default for tensors (issue 13 found 1.8-3.1% per sample
+    between the two with the official scorer).
+    """
+    h, w = int(t.shape[-2]), int(t.shape[-1])
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = int(size), int(size * long / short)
+    if max_size is not None:
+        if max_size <= size:
+            raise ValueError(f"max_size ({max_size}) must be greater than size ({size})")
+        if new_long > max_size:
+            new_short, new_long = int(max_size * new_short / new_long), int(max_size)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return t
+    return F.interpolate(t[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                         antialias=bool(antialias))[0]
+
+
 def _load_vit(source: str, local_files_only: bool | None, layer_norm_eps: float | None):
     from transformers import ViTModel
 
@@ -182,10 +284,12 @@ class DinoKeyEncoder:
     In transformers the key projection of the last layer outputs exactly the
     concatenated per-head keys of DINO's fused ``qkv`` layer (same head order)."""
 
-    def __init__(self, model, source: str, device: str | torch.device = "cpu", max_size: int = 480):
+    def __init__(self, model, source: str, device: str | torch.device = "cpu", max_size: int = 480,
+                 antialias: bool = False):
         self.model, self.source, self.device = model.eval().to(device), source, torch.device(device)
         self.image_size = int(model.config.image_size)
-        self.max_size = max(int(round(max_size * self.image_size / 224)), self.image_size)
+        self.max_size = max(int(round(max_size * self.image_size / 224)), self.image_size + 1)
+        self.antialias = bool(antialias)
         # named_modules() walks the layers in order: the last key projection is the last block's
         # ("encoder.layer.N.attention.attention.key" in transformers 4, "layers.N.attention.k_proj" in 5).
         keys = [m for n, m in model.named_modules() if n.split(".")[-1] in ("k_proj", "key")]
@@ -195,23 +299,16 @@ class DinoKeyEncoder:
 
     @classmethod
     def load(cls, source: str = DINO_B8, device: str | torch.device = "cpu",
-             local_files_only: bool | None = None, layer_norm_eps: float | None = 1e-6) -> "DinoKeyEncoder":
-        return cls(_load_vit(source, local_files_only, layer_norm_eps), source, device)
+             local_files_only: bool | None = None, layer_norm_eps: float | None = 1e-6,
+             antialias: bool = False) -> "DinoKeyEncoder":
+        return cls(_load_vit(source, local_files_only, layer_norm_eps), source, device, antialias=antialias)
 
     def preprocess(self, image: Image.Image | np.ndarray) -> torch.Tensor:
-        """QUIRK (PIE-Bench): ``Normalize(ImageNet)`` applied to pixel values in [0, 255].
-        torchvision ``Resize(224, max_size=480)`` on a float tensor: bilinear; antialias
-        on (torchvision >= 0.17 default for tensors)."""
+        """QUIRK (PIE-Bench): ``Normalize(ImageNet)`` applied to pixel values in [0, 255],
+        after :func:`structure_resize` (no antialias unless ``antialias=True``)."""
         arr = np.asarray(_as_pil(image), dtype=np.float32)
         t = torch.from_numpy(arr.copy()).permute(2, 0, 1)                           # (3, H, W) in [0, 255]
-        h, w = t.shape[1:]
-        short, long = (h, w) if h <= w else (w, h)
-        new_short, new_long = self.image_size, int(self.image_size * long / short)
-        if new_long > self.max_size:
-            new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
-        size = (new_short, new_long) if h <= w else (new_long, new_short)
-        if size != (h, w):
-            t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        t = structure_resize(t, self.image_size, self.max_size, antialias=self.antialias)
         return _normalize(t, IMAGENET_MEAN, IMAGENET_STD)
 
     @torch.no_grad()

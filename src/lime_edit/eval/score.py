@@ -17,6 +17,18 @@ Per sample a row is stored atomically under ``SCORES/rows/`` (resumable; under
 ``SCORES/rows.csv`` and the JSON report are written and the table is printed with
 the paper's rows marked as quoted. A missing or unreadable output is a failed row
 (named, counted in the report), never a crash.
+
+Two protocol choices (see :mod:`lime_edit.eval.extractors`):
+
+- PIE-Bench structure distance resizes without antialias by default, as torchvision
+  0.13.1 (pinned by PnP-Inversion) did for their published numbers;
+  ``structure_antialias=True`` (``--structure-antialias``) gives torchvision >= 0.17's
+  antialiased resize. The report's ``structure_resize`` records which was used, and a
+  row computed with the other setting is recomputed.
+- A caption longer than CLIP's 77 tokens is cut as each benchmark's scorer would
+  (MagicBrush: end token kept; PIE-Bench: torchmetrics' cut, end token dropped). It
+  is warned once per sample on stderr and kept in the row (``warnings``), the CSV and
+  the report.
 """
 
 from __future__ import annotations
@@ -43,6 +55,8 @@ METRICS: dict[str, tuple[str, ...]] = {
 #: backbone each metric needs (pixel metrics need none)
 NEEDS = {"clip_i": "clip", "clip_t": "clip", "dino": "dino", "structure_distance": "dino_structure",
          "lpips": "lpips", "clip_whole": "clip_large", "clip_edited": "clip_large", "owlvit": "owlvit"}
+#: how each CLIP cuts a caption over 77 tokens (its benchmark's scorer; see extractors.LONG_TEXT)
+LONG_TEXT_RULE = {"clip": "keep_end", "clip_large": "drop_end"}
 BACKBONE_FLAGS = {"clip": "clip_model", "clip_large": "clip_large_model", "dino": "dino_model",
                   "dino_structure": "dino_structure_model", "owlvit": "owlvit_model", "lpips": "lpips_model"}
 
@@ -55,15 +69,31 @@ def default_sources() -> dict[str, str | None]:
 
 
 class Backbones:
-    """Loads each metric backbone on first use, from its Hub id or local folder."""
+    """Loads each metric backbone on first use, from its Hub id or local folder.
 
-    def __init__(self, sources: dict[str, str | None], device="cpu", local_files_only: bool | None = None):
+    ``structure_antialias``: PIE-Bench structure distance resizes with antialias
+    (torchvision >= 0.17) instead of without (torchvision 0.13.1, the default)."""
+
+    def __init__(self, sources: dict[str, str | None], device="cpu", local_files_only: bool | None = None,
+                 structure_antialias: bool = False):
         self.sources, self.device, self.local_files_only = dict(sources), device, local_files_only
+        self.structure_antialias = bool(structure_antialias)
         self._cache: dict[str, Any] = {}
 
     def source_id(self, name: str) -> str:
         src = self.sources.get(name)
         return "default" if src is None else str(src)
+
+    def row_id(self, name: str) -> str:
+        """What a row records as having produced a metric: the source, plus the resize
+        setting of the structure backbone and the long-caption rule of the CLIPs (rows
+        from before these were recorded, or with the other resize, are recomputed)."""
+        if name == "dino_structure":
+            return self.source_id(name) + (" | resize antialias" if self.structure_antialias
+                                           else " | resize no-antialias")
+        if name in LONG_TEXT_RULE:
+            return f"{self.source_id(name)} | long text {LONG_TEXT_RULE[name]}"
+        return self.source_id(name)
 
     def get(self, name: str):
         if name not in self._cache:
@@ -76,7 +106,7 @@ class Backbones:
             elif name == "dino":
                 self._cache[name] = ex.DinoEncoder.load(src, **kw)
             elif name == "dino_structure":
-                self._cache[name] = ex.DinoKeyEncoder.load(src, **kw)
+                self._cache[name] = ex.DinoKeyEncoder.load(src, antialias=self.structure_antialias, **kw)
             elif name == "owlvit":
                 self._cache[name] = ex.OwlVitDetector.load(src, **kw)
             elif name == "lpips":
@@ -120,13 +150,22 @@ def _with_twins(p: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- units
+#: ``warn(metric, message)``: a per-sample warning about how a metric was computed
+Warn = Callable[[str, str], None]
+
+
+def _no_warn(metric: str, message: str) -> None:
+    pass
+
+
 @dataclass
 class Unit:
-    """One scored sample: its key, what to read, and descriptive columns."""
+    """One scored sample: its key, what to read, and descriptive columns.
+    ``compute(backbones, metrics, warn)`` returns the metrics' values."""
 
     key: str
     info: dict[str, Any]
-    compute: Callable[["Backbones", set[str]], dict[str, float]] = field(repr=False)
+    compute: Callable[..., dict[str, float]] = field(repr=False)
 
 
 def magicbrush_units(data, outputs: Path, protocol: str, limit: int | None):
@@ -152,7 +191,7 @@ def magicbrush_units(data, outputs: Path, protocol: str, limit: int | None):
 
 
 def _mb_compute(gen_path: Path, gt_path: Path, caption: str | None):
-    def compute(bb: Backbones, want: set[str]) -> dict[str, float]:
+    def compute(bb: Backbones, want: set[str], warn: Warn = _no_warn) -> dict[str, float]:
         from . import metrics as M
 
         gen, gt = read_rgb(gen_path), read_rgb(gt_path)
@@ -170,7 +209,11 @@ def _mb_compute(gen_path: Path, gt_path: Path, caption: str | None):
                 if caption is None:
                     out["clip_t"] = out["clip_t_gt"] = math.nan
                 else:
-                    t = clip.text_features([caption])[0]
+                    # a caption over 77 tokens: clip.tokenize(truncate=True)'s cut (theirs raises)
+                    enc = clip.encode_text(caption, long_text=LONG_TEXT_RULE["clip"])
+                    if enc.warning:
+                        warn("clip_t", f"CLIP-T: local description of {gt_path.name}: {enc.warning}")
+                    t = enc.features
                     out["clip_t"], out["clip_t_gt"] = M.cosine(f[0], t), M.cosine(f[1], t)
         if "dino" in want:
             f = bb.get("dino").image_features([gen, gt])
@@ -195,7 +238,7 @@ def piebench_units(data, outputs: Path, protocol: str | None, limit: int | None,
 
 
 def _pie_compute(item, gen_path: Path):
-    def compute(bb: Backbones, want: set[str]) -> dict[str, float]:
+    def compute(bb: Backbones, want: set[str], warn: Warn = _no_warn) -> dict[str, float]:
         import numpy as np
 
         from . import metrics as M
@@ -226,7 +269,13 @@ def _pie_compute(item, gen_path: Path):
                                             which=bg))
         if "clip_whole" in want or "clip_edited" in want:
             clip = bb.get("clip_large")
-            text = clip.text_features([item.clean_editing_prompt])[0]
+            # a prompt over 77 tokens: torchmetrics CLIPScore's cut, as their scorer
+            enc = clip.encode_text(item.clean_editing_prompt, long_text=LONG_TEXT_RULE["clip_large"])
+            if enc.warning:
+                for m in ("clip_whole", "clip_edited"):
+                    if m in want:
+                        warn(m, f"CLIP score: editing prompt: {enc.warning}")
+            text = enc.features
             if "clip_whole" in want:
                 out["clip_whole"] = M.clip_score(clip.image_features([tgt])[0], text)
             if "clip_edited" in want:
@@ -251,7 +300,7 @@ def editval_units(data, outputs: Path, protocol: str | None, limit: int | None,
 
 
 def _editval_compute(edit, gen_path: Path):
-    def compute(bb: Backbones, want: set[str]) -> dict[str, float]:
+    def compute(bb: Backbones, want: set[str], warn: Warn = _no_warn) -> dict[str, float]:
         from . import editval as R
 
         det = bb.get("owlvit")
@@ -307,12 +356,14 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
         row = store.get(u.key) or {}
         have = dict(row.get("metrics") or {}) if not row.get("error") else {}
         models = dict(row.get("models") or {}) if not row.get("error") else {}
+        notes = dict(row.get("warnings") or {}) if not row.get("error") else {}
         need = {m for m in want
-                if m not in have or (m in NEEDS and models.get(NEEDS[m]) != backbones.source_id(NEEDS[m]))}
+                if m not in have or (m in NEEDS and models.get(NEEDS[m]) != backbones.row_id(NEEDS[m]))}
         if not need:
             continue
+        new_notes: dict[str, str] = {}
         try:
-            new = u.compute(backbones, need)
+            new = u.compute(backbones, need, new_notes.__setitem__)
         except SampleError as err:
             store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
                               "error": {"file": err.file, "message": err.message}})
@@ -331,11 +382,23 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
         have.update(json_safe(new))
         for m in need:
             if m in NEEDS:
-                models[NEEDS[m]] = backbones.source_id(NEEDS[m])
-        store.put(u.key, {"info": u.info, "metrics": have, "models": models, "error": None,
-                          "process": shard.index})
+                models[NEEDS[m]] = backbones.row_id(NEEDS[m])
+            notes.pop(m, None)
+        notes.update(new_notes)
+        for message in dict.fromkeys(new_notes.values()):  # once per sample, even if shared by metrics
+            print(f"warning: {u.key}: {message}", file=sys.stderr)
+        row = {"info": u.info, "metrics": have, "models": models, "error": None, "process": shard.index}
+        if notes:
+            row["warnings"] = notes
+        store.put(u.key, row)
         done += 1
     return done
+
+
+def _row_warnings(row: dict | None, want: Sequence[str]) -> list[str]:
+    """The distinct warnings of a scored row about the metrics asked for."""
+    notes = (row or {}).get("warnings") or {}
+    return list(dict.fromkeys(notes[m] for m in want if m in notes))
 
 
 # --------------------------------------------------------------------------- report
@@ -397,6 +460,13 @@ def make_report(benchmark: str, protocol: str | None, units: Sequence[Unit], row
     report["n_expected"] = len(units) + len(problems)
     report["n_failed"] = len(failures)
     report["failures"] = failures
+    report["warnings"] = [{"sample": u.key, "message": msg} for u in units if u.key in ok
+                          for msg in _row_warnings(ok[u.key], want)]
+    if benchmark == "piebench" and "structure_distance" in want:
+        from .extractors import STRUCTURE_RESIZE
+
+        aa = bool(backbones.structure_antialias) if backbones is not None else False
+        report["structure_resize"] = {"antialias": aa, "as": STRUCTURE_RESIZE[aa]}
     if any(nan_counts.values()):
         report["nan_counts"] = {k: v for k, v in nan_counts.items() if v}
     report.update(extra)
@@ -431,6 +501,11 @@ def format_table(report: dict[str, Any]) -> str:
     for name, row in report.get("reference_rows_quoted", {}).items():
         lines.append(f"{('[quoted] ' + name)[:w - 1]:<{w}}" + "".join(fmt(row.get(c)) for c in cols))
     lines.append("[quoted] rows are the published numbers, copied from the papers, not computed here.")
+    if report.get("structure_resize"):
+        lines.append(f"structure distance resize: {report['structure_resize']['as']}")
+    if report.get("warnings"):
+        n = len({w["sample"] for w in report["warnings"]})
+        lines.append(f"{n} sample(s) scored with warnings (listed under 'warnings' in the report)")
     if report.get("n_failed"):
         lines.append(f"{report['n_failed']} sample(s) failed or missing (listed under 'failures' in the report)")
     return "\n".join(lines)
@@ -443,18 +518,19 @@ def write_csv(path: Path, units: Sequence[Unit], rows: dict[str, dict | None], w
     metric_cols = list(want) + (["clip_t_gt"] if "clip_t" in want else [])
     buf = _io.StringIO()
     wr = csv.writer(buf)
-    wr.writerow(["key", "status", *info_cols, *metric_cols, "file", "message"])
+    wr.writerow(["key", "status", *info_cols, *metric_cols, "file", "message", "warnings"])
     for u in units:
         r = rows.get(u.key)
         if r is None:
             wr.writerow([u.key, "missing", *[u.info.get(c, "") for c in info_cols], *[""] * len(metric_cols),
-                         "", "not scored"])
+                         "", "not scored", ""])
         elif r.get("error"):
             wr.writerow([u.key, "failed", *[u.info.get(c, "") for c in info_cols], *[""] * len(metric_cols),
-                         r["error"]["file"], r["error"]["message"]])
+                         r["error"]["file"], r["error"]["message"], ""])
         else:
             wr.writerow([u.key, "ok", *[u.info.get(c, "") for c in info_cols],
-                         *[r["metrics"].get(m, "") for m in metric_cols], "", ""])
+                         *[r["metrics"].get(m, "") for m in metric_cols], "", "",
+                         " | ".join(_row_warnings(r, want))])
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
@@ -483,6 +559,9 @@ def run_score(args) -> int:
     protocol = args.protocol if bench == "magicbrush" else None
     if bench != "magicbrush" and args.protocol not in (None, "single"):
         raise LimeEditError("--protocol applies to magicbrush only")
+    structure_antialias = bool(getattr(args, "structure_antialias", False))
+    if structure_antialias and bench != "piebench":
+        raise LimeEditError("--structure-antialias applies to piebench only")
     want = parse_metrics(bench, args.metrics)
     outputs = Path(args.outputs)
     if not outputs.is_dir():
@@ -501,7 +580,8 @@ def run_score(args) -> int:
                                   coco_dir=args.coco_dir,
                                   edit_types=set(args.edit_types.split(",")) if args.edit_types else None)
     store = RowStore(scores_dir / "rows")
-    backbones = Backbones(sources, device=device, local_files_only=True if args.local_files_only else None)
+    backbones = Backbones(sources, device=device, local_files_only=True if args.local_files_only else None,
+                          structure_antialias=structure_antialias)
     score_units(units, want, store, backbones, shard, progress=not args.quiet and sys.stderr.isatty())
     shard.barrier()
     if not shard.is_main:
