@@ -137,6 +137,7 @@ def tiny_sd2_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", timestep_spacing="linspace", steps_offset=1)
+    _eval(unet, vae, text_encoder)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
@@ -214,6 +215,7 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
         interpolation_type="linear", use_karras_sigmas=False)
+    _eval(unet, vae, text_encoder, text_encoder_2)
     return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok,
                 tokenizer_2=tok_2, unet=unet, scheduler=scheduler,
                 force_zeros_for_empty_prompt=True, add_watermarker=False, is_cosxl_edit=False)
@@ -235,6 +237,13 @@ def tiny_sd2_ip2p_pipeline(tokenizer_dir: str | os.PathLike, seed: int = 0, **kw
     pipe = StableDiffusionInstructPix2PixPipeline(**tiny_sd2_ip2p_components(tokenizer_dir, seed, **kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _eval(*models) -> None:
+    # Loaders return eval-mode models; a pipeline built from train-mode modules gives outputs
+    # ~1e-6 away from the same weights loaded (measured on CPU), so match the loaded state.
+    for m in models:
+        m.eval()
 
 
 def _tiny_vae(blocks: tuple[int, ...], *, scaling_factor: float, force_upcast: bool):
