@@ -156,19 +156,26 @@ def test_ckpt_is_a_lightning_style_pickle_and_instructdiffusion_style_has_only_s
     _assert_same_weights(comps["unet"], pipe.unet, "unet")
 
 
-def test_training_checkpoint_ema_weights_load_with_extract_ema(family, tmp_path):
-    """IP2P / HIVE training checkpoints (use_ema: true) carry LitEma copies the authors sample
-    with; diffusers takes them with ``extract_ema=True`` and the raw weights otherwise."""
-    from diffusers import UNet2DConditionModel
+@pytest.mark.parametrize("layout", ["sd1", "sd2"])
+def test_training_checkpoint_with_ema_and_buffers_loads(family, layout, tmp_path):
+    """IP2P / MagicBrush / HIVE training checkpoints (use_ema: true) carry LitEma copies the
+    authors sample with, DDPM schedule buffers and CLIP position ids; diffusers skips the extras
+    and takes the EMA U-Net with ``extract_ema=True``, the raw one otherwise."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    comps, folder, _ = family("sd1")
+    comps, folder, _ = family(layout)
     torch.manual_seed(123)
     ema = UNet2DConditionModel.from_config(comps["unet"].config)
-    path = write_ldm_checkpoint(comps, tmp_path / "train.ckpt", "sd1", ema_unet=ema, global_step=22000)
+    path = write_ldm_checkpoint(comps, tmp_path / "train.ckpt", layout, ema_unet=ema,
+                                training_extras=True, global_step=22000)
     sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert "model_ema.diffusion_modelinput_blocks00weight" in sd
-    _assert_same_weights(comps["unet"], _load("sd1", path, folder).unet, "raw unet")
-    _assert_same_weights(ema, _load("sd1", path, folder, extract_ema=True).unet, "ema unet")
+    reference = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    torch.testing.assert_close(sd["alphas_cumprod"], reference.alphas_cumprod)
+    raw = _load(layout, path, folder)
+    for name in ("unet", "vae", "text_encoder"):
+        _assert_same_weights(comps[name], getattr(raw, name), name)
+    _assert_same_weights(ema, _load(layout, path, folder, extract_ema=True).unet, "ema unet")
 
 
 def test_writer_refuses_what_it_cannot_name(family, tmp_path):
@@ -179,6 +186,8 @@ def test_writer_refuses_what_it_cannot_name(family, tmp_path):
         write_ldm_checkpoint(comps, tmp_path / "model.ckpt", "sd3")
     with pytest.raises(ValueError, match="text_encoder_2"):
         write_ldm_checkpoint(comps, tmp_path / "model.ckpt", "sdxl")
+    with pytest.raises(ValueError, match="training_extras"):
+        write_ldm_checkpoint(family("sdxl")[0], tmp_path / "model.ckpt", "sdxl", training_extras=True)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
     from diffusers import UNet2DConditionModel

@@ -460,13 +460,17 @@ def openclip_state_dict_to_ldm(text_encoder) -> dict:
     return out
 
 
-def ldm_state_dict(components: dict, layout: str, *, ema_unet=None) -> dict:
+def ldm_state_dict(components: dict, layout: str, *, ema_unet=None, training_extras: bool = False) -> dict:
     """The whole pipeline's weights under the original single-file names for ``layout``.
 
     ``ema_unet``: an optional second U-Net (same config) whose weights are added the way a
     training checkpoint with ``use_ema: true`` stores its ``LitEma``: ``model_ema.`` + the
     ``diffusion_model.*`` name with the dots removed, plus ``model_ema.decay`` and
     ``model_ema.num_updates`` (diffusers loads these with ``extract_ema=True``).
+
+    ``training_extras``: also write what an LDM ``LatentDiffusion.state_dict()`` holds besides the
+    weights diffusers converts (see :func:`_training_extras`), as IP2P/MagicBrush/HIVE training
+    checkpoints do; InstructDiffusion's release has none of it.
     """
     import torch
 
@@ -491,12 +495,62 @@ def ldm_state_dict(components: dict, layout: str, *, ema_unet=None) -> dict:
             sd["model_ema." + ("diffusion_model." + k).replace(".", "")] = v
         sd["model_ema.decay"] = torch.tensor(0.9999)
         sd["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
+    if training_extras:
+        sd.update(_training_extras(components, layout))
     # Own, contiguous storage per tensor (safetensors refuses shared memory).
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
 
 
+def _training_extras(components: dict, layout: str) -> dict:
+    """The non-weight entries of an LDM training state dict, which loaders skip.
+
+    - ``DDPM.register_schedule``'s buffers for the scheduler's scaled-linear betas:
+      ``betas``, ``alphas_cumprod``, ``alphas_cumprod_prev``, ``sqrt_alphas_cumprod``,
+      ``sqrt_one_minus_alphas_cumprod``, ``log_one_minus_alphas_cumprod``,
+      ``sqrt_recip_alphas_cumprod``, ``sqrt_recipm1_alphas_cumprod``, ``posterior_variance``,
+      ``posterior_log_variance_clipped``, ``posterior_mean_coef1/2`` (float32, computed in float64);
+    - ``...transformer.text_model.embeddings.position_ids`` of each transformers CLIP embedder;
+    - OpenCLIP's ``logit_scale`` and, for SD2 (whose pipelines do not use it), a square
+      ``text_projection`` (values from a fixed seed).
+    """
+    import torch
+
+    if layout not in ("sd1", "sd2"):
+        raise ValueError(f"training_extras: only the LDM layouts (sd1, sd2) are modelled, not {layout!r} "
+                         "(SGM's DiffusionEngine holds other buffers)")
+    cfg = components["scheduler"].config
+    if cfg.beta_schedule != "scaled_linear":
+        raise ValueError(f"training_extras: beta_schedule {cfg.beta_schedule!r} is not LDM's 'linear'")
+    n = cfg.num_train_timesteps
+    betas = torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, n, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas
+    acp = torch.cumprod(alphas, 0)
+    acp_prev = torch.cat([torch.ones(1, dtype=torch.float64), acp[:-1]])
+    post_var = betas * (1.0 - acp_prev) / (1.0 - acp)
+    buffers = {
+        "betas": betas, "alphas_cumprod": acp, "alphas_cumprod_prev": acp_prev,
+        "sqrt_alphas_cumprod": acp.sqrt(), "sqrt_one_minus_alphas_cumprod": (1.0 - acp).sqrt(),
+        "log_one_minus_alphas_cumprod": (1.0 - acp).log(), "sqrt_recip_alphas_cumprod": (1.0 / acp).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1.0 / acp - 1.0).sqrt(), "posterior_variance": post_var,
+        "posterior_log_variance_clipped": post_var.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * acp_prev.sqrt() / (1.0 - acp),
+        "posterior_mean_coef2": (1.0 - acp_prev) * alphas.sqrt() / (1.0 - acp),
+    }
+    out = {k: v.float() for k, v in buffers.items()}
+    gen = torch.Generator().manual_seed(0)
+    for name, prefix, kind in _TEXT_PREFIXES[layout]:
+        cfg_t = components[name].config
+        if kind == "hf":
+            out[prefix + "text_model.embeddings.position_ids"] = torch.arange(cfg_t.max_position_embeddings)[None]
+        else:
+            out[prefix + "logit_scale"] = torch.tensor(4.6052)  # ln(100), a trained CLIP's value
+            out[prefix + "text_projection"] = torch.randn(cfg_t.hidden_size, cfg_t.hidden_size, generator=gen)
+    return out
+
+
 def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str, *,
-                         ema_unet=None, global_step: int | None = 0) -> Path:
+                         ema_unet=None, training_extras: bool = False,
+                         global_step: int | None = 0) -> Path:
     """Write ``components`` as one original-LDM checkpoint; returns the path.
 
     ``layout``: ``"sd1"`` (CLIP text encoder at ``cond_stage_model.transformer.``), ``"sd2"``
@@ -505,7 +559,8 @@ def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str,
     ``first_stage_model.``. The suffix picks the format: ``.safetensors`` is the flat dict,
     ``.ckpt`` a pickle of ``{"state_dict": ..., "global_step": global_step}`` as PyTorch Lightning
     saves it (``global_step=None``: only ``"state_dict"``, as InstructDiffusion's converted
-    release). Written to a temporary name and renamed, so a failed write leaves no file.
+    release). ``ema_unet`` / ``training_extras``: see :func:`ldm_state_dict`. Written to a
+    temporary name and renamed, so a failed write leaves no file.
     """
     import torch
 
@@ -513,7 +568,7 @@ def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str,
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".ckpt"):
         raise ValueError(f"{path}: the suffix must be .safetensors or .ckpt")
-    sd = ldm_state_dict(components, layout, ema_unet=ema_unet)
+    sd = ldm_state_dict(components, layout, ema_unet=ema_unet, training_extras=training_extras)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
