@@ -13,8 +13,10 @@ from lime_edit.testing_ldm import (tiny_sd2_ip2p_components, tiny_sdxl_ip2p_comp
 
 PIPELINES = {"sd1": "StableDiffusionInstructPix2PixPipeline",
              "sd2": "StableDiffusionInstructPix2PixPipeline",
-             "sdxl": "StableDiffusionXLInstructPix2PixPipeline"}
-MODEL_TYPES = {"sd1": "instruct-pix2pix", "sd2": "v2", "sdxl": "xl_base"}
+             "sdxl": "StableDiffusionXLInstructPix2PixPipeline",
+             "cosxl": "StableDiffusionXLInstructPix2PixPipeline"}
+LAYOUT = {"sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl", "cosxl": "sdxl"}
+MODEL_TYPES = {"sd1": "instruct-pix2pix", "sd2": "v2", "sdxl": "xl_base", "cosxl": "xl_base"}
 WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
@@ -29,12 +31,12 @@ def _components(layout, tok_dir):
         return comps
     if layout == "sd2":
         return tiny_sd2_ip2p_components(tok_dir)
-    return tiny_sdxl_ip2p_components(tok_dir)
+    return tiny_sdxl_ip2p_components(tok_dir, cosxl=layout == "cosxl")
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    """layout -> (components, config folder, {suffix: checkpoint path}), built once per module."""
+    """family -> (components, config folder, {suffix: checkpoint path}), built once per module."""
     cache = {}
 
     def get(layout):
@@ -42,7 +44,7 @@ def family(tmp_path_factory):
             root = tmp_path_factory.mktemp(f"ldm-{layout}")
             comps = _components(layout, root / "tok")
             folder = write_config_folder(comps, root / "config", PIPELINES[layout])
-            files = {s: write_ldm_checkpoint(comps, root / f"model{s}", layout)
+            files = {s: write_ldm_checkpoint(comps, root / f"model{s}", LAYOUT[layout])
                      for s in (".safetensors", ".ckpt")}
             cache[layout] = comps, folder, files
         return cache[layout]
@@ -98,7 +100,7 @@ def test_single_file_round_trips_every_weight(family, layout, suffix):
         assert pipe.tokenizer.pad_token_id != 0
 
 
-@pytest.mark.parametrize("layout", ["sd1", "sd2", "sdxl"])
+@pytest.mark.parametrize("layout", ["sd1", "sd2", "sdxl", "cosxl"])
 def test_loaded_single_file_edits_like_the_original(family, layout, scene):
     comps, folder, files = family(layout)
     expected = _edit(_pipeline(layout, comps), scene)
@@ -107,13 +109,25 @@ def test_loaded_single_file_edits_like_the_original(family, layout, scene):
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("layout", ["sd1", "sd2", "sdxl"])
+@pytest.mark.parametrize("layout", ["sd1", "sd2", "sdxl", "cosxl"])
 def test_diffusers_recognises_the_family(family, layout):
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
     _, _, files = family(layout)
     for path in files.values():
-        assert infer_diffusers_model_type(load_single_file_checkpoint(str(path))) == MODEL_TYPES[layout]
+        sd = load_single_file_checkpoint(str(path))
+        assert infer_diffusers_model_type(sd) == MODEL_TYPES[layout]
+        # CosXL's only mark in the file: EDM v-prediction scalars at the top level
+        assert ("edm_vpred.sigma_max" in sd) == (layout == "cosxl")
+
+
+def test_cosxl_settings_come_from_the_config_folder(family):
+    comps, folder, files = family("cosxl")
+    pipe = _load("cosxl", files[".safetensors"], folder)
+    assert pipe.is_cosxl_edit is True
+    assert type(pipe.scheduler).__name__ == "EDMEulerScheduler"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.sigma_max == 120.0
 
 
 def test_ldm_key_layout_matches_the_original_names(family):

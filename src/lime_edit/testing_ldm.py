@@ -103,7 +103,7 @@ def tiny_sd2_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
     factor 2 the 64-wide, 2-layer first level costs ~5x the SD1 tiny model's U-Net.)
     """
     import torch
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if any(c % 64 for c in block_out_channels):
@@ -151,6 +151,7 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
                               projection_dim: int = 48,
                               addition_time_embed_dim: int = 8,
                               vae_blocks: tuple[int, ...] = (16, 32),
+                              cosxl: bool = False,
                               words: Iterable[str] = DEFAULT_WORDS) -> dict:
     """Components for ``StableDiffusionXLInstructPix2PixPipeline(**components)`` in SDXL's layout.
 
@@ -166,10 +167,15 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
     configured in sdxl-instructpix2pix-768. ``add_watermarker=False`` so outputs do not depend on
     whether invisible-watermark is installed. VAE scale factor 2 by default: a 64x64 image has a
     32x32 latent, attention at 16 and 8 (and 8 in the mid block).
+
+    ``cosxl=True``: CosXL Edit's settings instead: ``is_cosxl_edit=True`` (image latents scaled by
+    the VAE factor) and ``EDMEulerScheduler(sigma_min=0.002, sigma_max=120, sigma_data=1,
+    prediction_type="v_prediction", sigma_schedule="exponential")``, the schedule published
+    CosXL-Edit pipelines set by hand (diffusers does not read it from the file).
     """
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection)
+    from diffusers import EDMEulerScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     h1, h2 = text_hidden_sizes
     if h1 == h2:
@@ -211,14 +217,18 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
         hidden_size=h2, intermediate_size=2 * h2, num_hidden_layers=text_layers[1],
         num_attention_heads=4, hidden_act="gelu", pad_token_id=tok_2.pad_token_id,
         projection_dim=projection_dim, **common))
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
-        interpolation_type="linear", use_karras_sigmas=False)
+    if cosxl:
+        scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=120.0, sigma_data=1.0,
+                                      prediction_type="v_prediction", sigma_schedule="exponential")
+    else:
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
+            interpolation_type="linear", use_karras_sigmas=False)
     _eval(unet, vae, text_encoder, text_encoder_2)
     return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok,
                 tokenizer_2=tok_2, unet=unet, scheduler=scheduler,
-                force_zeros_for_empty_prompt=True, add_watermarker=False, is_cosxl_edit=False)
+                force_zeros_for_empty_prompt=True, add_watermarker=False, is_cosxl_edit=cosxl)
 
 
 def tiny_sdxl_ip2p_pipeline(tokenizer_dir: str | os.PathLike, seed: int = 0, **kwargs):
@@ -497,6 +507,12 @@ def ldm_state_dict(components: dict, layout: str, *, ema_unet=None, training_ext
         sd["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
     if training_extras:
         sd.update(_training_extras(components, layout))
+    sched = components.get("scheduler")
+    if (layout == "sdxl" and sched is not None and type(sched).__name__.startswith("EDM")
+            and sched.config.prediction_type == "v_prediction"):
+        # CosXL's files mark EDM v-prediction with these two top-level scalars.
+        sd["edm_vpred.sigma_max"] = torch.tensor(float(sched.config.sigma_max))
+        sd["edm_vpred.sigma_min"] = torch.tensor(float(sched.config.sigma_min))
     # Own, contiguous storage per tensor (safetensors refuses shared memory).
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
 
