@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lime_edit.testing_ldm import (tiny_sd2_ip2p_components, tiny_sdxl_ip2p_components,
+from lime_edit.testing_ldm import (RELEASES, tiny_sd2_ip2p_components, tiny_sdxl_ip2p_components,
                                    tiny_sdxl_ip2p_pipeline, unet_state_dict_to_ldm,
-                                   write_config_folder, write_ldm_checkpoint)
+                                   write_config_folder, write_ldm_checkpoint, write_release_lookalike)
 
 PIPELINES = {"sd1": "StableDiffusionInstructPix2PixPipeline",
              "sd2": "StableDiffusionInstructPix2PixPipeline",
@@ -256,3 +256,25 @@ def test_tiny_sdxl_pipeline_edits(tmp_path, scene):
     assert pipe.watermark is None
     out = _edit(pipe, scene)
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+def test_release_lookalikes_have_each_release_format(family, tmp_path):
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
+
+    family_of = {"sd1": "sd1", "sd2": "sd2", "sdxl": "cosxl"}
+    names = [n for n in RELEASES if n != "hive_v2_rw.ckpt"]  # one SD2 file is enough (~70 MB each)
+    for name in names:
+        spec = RELEASES[name]
+        fam = family_of[spec["layout"]]
+        path = write_release_lookalike(name, family(fam)[0], tmp_path)
+        assert path.name == name
+        sd = load_single_file_checkpoint(str(path))
+        assert infer_diffusers_model_type(sd) == MODEL_TYPES[fam], name
+        assert any(k.startswith("model_ema.") for k in sd) == spec["training"], name
+        assert ("alphas_cumprod" in sd) == spec["training"], name
+        if path.suffix == ".ckpt":
+            top = torch.load(path, map_location="cpu", weights_only=True)
+            assert set(top) == ({"state_dict", "global_step"} if spec["training"] else {"state_dict"}), name
+        path.unlink()
+    with pytest.raises(ValueError, match="CosXL"):
+        write_release_lookalike("cosxl_edit.safetensors", family("sdxl")[0], tmp_path)

@@ -604,6 +604,54 @@ def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str,
     return path
 
 
+# --------------------------------------------------------------------------- release look-alikes
+
+# The single files of the editors in the LIME paper (and CosXL Edit), by their released file
+# names, with the file format each one's own code writes. Read from the public code, not from
+# the files (none was downloaded): IP2P, MagicBrush and HIVE train a Lightning
+# ``LatentDiffusion`` with ``use_ema: true`` (configs/train.yaml, finetune.yaml), so their
+# checkpoints hold ``model_ema.*`` and the module's buffers and the authors sample inside
+# ``ema_scope()`` (IP2P/HIVE ``edit_cli.py``); InstructDiffusion's ``scripts/convert_ckpt.py``
+# saves ``{"state_dict": ...}`` with the EMA U-Net already in place and only parameters.
+RELEASES = {
+    "instruct-pix2pix-00-22000.ckpt": dict(layout="sd1", training=True, global_step=22000),
+    "MagicBrush-epoch-52-step-4999.ckpt": dict(layout="sd1", training=True, global_step=4999),
+    "hive_rw.ckpt": dict(layout="sd1", training=True, global_step=0),
+    "hive_rw_condition.ckpt": dict(layout="sd1", training=True, global_step=0),
+    "hive_v2_rw.ckpt": dict(layout="sd2", training=True, global_step=0),
+    "hive_v2_rw_condition.ckpt": dict(layout="sd2", training=True, global_step=0),
+    "v1-5-pruned-emaonly-adaption-task.ckpt": dict(layout="sd1", training=False, global_step=None),
+    "v1-5-pruned-emaonly-adaption-task-humanalign.ckpt": dict(layout="sd1", training=False, global_step=None),
+    "cosxl_edit.safetensors": dict(layout="sdxl", training=False, global_step=None),
+}
+
+
+def write_release_lookalike(file_name: str, components: dict, folder: str | os.PathLike, *,
+                            ema_unet=None) -> Path:
+    """Write ``components`` as ``folder/file_name``, in that release's layout and file format.
+
+    ``file_name`` is a key of :data:`RELEASES`; ``components`` must be of its layout (SD1 tiny
+    model for the IP2P/MagicBrush/HIVE-v1/InstructDiffusion names, :func:`tiny_sd2_ip2p_components`
+    for ``hive_v2_*``, ``tiny_sdxl_ip2p_components(cosxl=True)`` for ``cosxl_edit``). Training
+    checkpoints get ``model_ema.*`` (``ema_unet``, default: a copy of the U-Net, so either choice of
+    ``extract_ema`` gives the same pipeline) and the training extras. Nothing in these files but
+    the name tells IP2P, MagicBrush and HIVE v1 (with or without "condition") apart; that is
+    true of the real releases too.
+    """
+    import copy
+
+    if file_name not in RELEASES:
+        raise ValueError(f"unknown release {file_name!r}; known: {', '.join(RELEASES)}")
+    spec = RELEASES[file_name]
+    if file_name.startswith("cosxl") and not components.get("is_cosxl_edit"):
+        raise ValueError(f"{file_name}: needs CosXL components (tiny_sdxl_ip2p_components(cosxl=True))")
+    if spec["training"] and ema_unet is None:
+        ema_unet = copy.deepcopy(components["unet"])
+    return write_ldm_checkpoint(components, Path(folder) / file_name, spec["layout"],
+                                ema_unet=ema_unet if spec["training"] else None,
+                                training_extras=spec["training"], global_step=spec["global_step"])
+
+
 # --------------------------------------------------------------------------- config folder
 
 def write_config_folder(components: dict, folder: str | os.PathLike, pipeline_class_name: str) -> Path:
