@@ -34,9 +34,10 @@ Facts the tiny models copy from the real releases (read from their public config
   prediction_type="epsilon")`` on SD's scaled-linear betas mirrors (diffusers interpolates
   sigma linearly between integer timesteps, k-diffusion log-sigma: the two differ slightly at
   non-integer timesteps).
-- SDXL-InstructPix2Pix (``diffusers/sdxl-instructpix2pix-768``) samples with
-  ``EulerDiscreteScheduler`` in SDXL-base's configuration (epsilon, ``"leading"`` spacing,
-  ``steps_offset=1``); SDXL's U-Net has ``transformer_layers_per_block`` ``(1, 2, 10)``
+- SDXL-InstructPix2Pix (``diffusers/sdxl-instructpix2pix-768``, fine-tuned from SDXL base):
+  the tiny model uses SDXL base's published ``EulerDiscreteScheduler`` config (epsilon,
+  ``"leading"`` spacing, ``steps_offset=1``); the 768 model's own scheduler_config.json was
+  not available offline to check. SDXL's U-Net has ``transformer_layers_per_block`` ``(1, 2, 10)``
   (the first level has no attention), 64-d heads, ``addition_time_embed_dim=256`` and
   ``projection_class_embeddings_input_dim = 6 * 256 + 1280`` (six time ids, and the pooled
   projection of the second text encoder).
@@ -164,7 +165,7 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
     ``CLIPTextModelWithProjection`` (GELU, at least 10 layers, projection to ``projection_dim``),
     hidden sizes summing to ``cross_attention_dim``; ``tokenizer`` pads with its end token,
     ``tokenizer_2`` with ``"!"`` (id 0), as SDXL's do. Scheduler: ``EulerDiscreteScheduler`` as
-    configured in sdxl-instructpix2pix-768. ``add_watermarker=False`` so outputs do not depend on
+    configured for SDXL base (see the module docstring). ``add_watermarker=False`` so outputs do not depend on
     whether invisible-watermark is installed. VAE scale factor 2 by default: a 64x64 image has a
     32x32 latent, attention at 16 and 8 (and 8 in the mid block).
 
