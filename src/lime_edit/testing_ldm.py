@@ -34,9 +34,10 @@ Facts the tiny models copy from the real releases (read from their public config
   prediction_type="epsilon")`` on SD's scaled-linear betas mirrors (diffusers interpolates
   sigma linearly between integer timesteps, k-diffusion log-sigma: the two differ slightly at
   non-integer timesteps).
-- SDXL-InstructPix2Pix (``diffusers/sdxl-instructpix2pix-768``) samples with
-  ``EulerDiscreteScheduler`` in SDXL-base's configuration (epsilon, ``"leading"`` spacing,
-  ``steps_offset=1``); SDXL's U-Net has ``transformer_layers_per_block`` ``(1, 2, 10)``
+- SDXL-InstructPix2Pix (``diffusers/sdxl-instructpix2pix-768``, fine-tuned from SDXL base):
+  the tiny model uses SDXL base's published ``EulerDiscreteScheduler`` config (epsilon,
+  ``"leading"`` spacing, ``steps_offset=1``); the 768 model's own scheduler_config.json was
+  not available offline to check. SDXL's U-Net has ``transformer_layers_per_block`` ``(1, 2, 10)``
   (the first level has no attention), 64-d heads, ``addition_time_embed_dim=256`` and
   ``projection_class_embeddings_input_dim = 6 * 256 + 1280`` (six time ids, and the pooled
   projection of the second text encoder).
@@ -103,7 +104,7 @@ def tiny_sd2_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
     factor 2 the 64-wide, 2-layer first level costs ~5x the SD1 tiny model's U-Net.)
     """
     import torch
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if any(c % 64 for c in block_out_channels):
@@ -137,6 +138,7 @@ def tiny_sd2_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", timestep_spacing="linspace", steps_offset=1)
+    _eval(unet, vae, text_encoder)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
@@ -150,6 +152,7 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
                               projection_dim: int = 48,
                               addition_time_embed_dim: int = 8,
                               vae_blocks: tuple[int, ...] = (16, 32),
+                              cosxl: bool = False,
                               words: Iterable[str] = DEFAULT_WORDS) -> dict:
     """Components for ``StableDiffusionXLInstructPix2PixPipeline(**components)`` in SDXL's layout.
 
@@ -162,13 +165,18 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
     ``CLIPTextModelWithProjection`` (GELU, at least 10 layers, projection to ``projection_dim``),
     hidden sizes summing to ``cross_attention_dim``; ``tokenizer`` pads with its end token,
     ``tokenizer_2`` with ``"!"`` (id 0), as SDXL's do. Scheduler: ``EulerDiscreteScheduler`` as
-    configured in sdxl-instructpix2pix-768. ``add_watermarker=False`` so outputs do not depend on
+    configured for SDXL base (see the module docstring). ``add_watermarker=False`` so outputs do not depend on
     whether invisible-watermark is installed. VAE scale factor 2 by default: a 64x64 image has a
     32x32 latent, attention at 16 and 8 (and 8 in the mid block).
+
+    ``cosxl=True``: CosXL Edit's settings instead: ``is_cosxl_edit=True`` (image latents scaled by
+    the VAE factor) and ``EDMEulerScheduler(sigma_min=0.002, sigma_max=120, sigma_data=1,
+    prediction_type="v_prediction", sigma_schedule="exponential")``, the schedule published
+    CosXL-Edit pipelines set by hand (diffusers does not read it from the file).
     """
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection)
+    from diffusers import EDMEulerScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     h1, h2 = text_hidden_sizes
     if h1 == h2:
@@ -210,13 +218,18 @@ def tiny_sdxl_ip2p_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *
         hidden_size=h2, intermediate_size=2 * h2, num_hidden_layers=text_layers[1],
         num_attention_heads=4, hidden_act="gelu", pad_token_id=tok_2.pad_token_id,
         projection_dim=projection_dim, **common))
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
-        interpolation_type="linear", use_karras_sigmas=False)
+    if cosxl:
+        scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=120.0, sigma_data=1.0,
+                                      prediction_type="v_prediction", sigma_schedule="exponential")
+    else:
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            prediction_type="epsilon", timestep_spacing="leading", steps_offset=1,
+            interpolation_type="linear", use_karras_sigmas=False)
+    _eval(unet, vae, text_encoder, text_encoder_2)
     return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok,
                 tokenizer_2=tok_2, unet=unet, scheduler=scheduler,
-                force_zeros_for_empty_prompt=True, add_watermarker=False, is_cosxl_edit=False)
+                force_zeros_for_empty_prompt=True, add_watermarker=False, is_cosxl_edit=cosxl)
 
 
 def tiny_sdxl_ip2p_pipeline(tokenizer_dir: str | os.PathLike, seed: int = 0, **kwargs):
@@ -235,6 +248,13 @@ def tiny_sd2_ip2p_pipeline(tokenizer_dir: str | os.PathLike, seed: int = 0, **kw
     pipe = StableDiffusionInstructPix2PixPipeline(**tiny_sd2_ip2p_components(tokenizer_dir, seed, **kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _eval(*models) -> None:
+    # Loaders return eval-mode models; a pipeline built from train-mode modules gives outputs
+    # ~1e-6 away from the same weights loaded (measured on CPU), so match the loaded state.
+    for m in models:
+        m.eval()
 
 
 def _tiny_vae(blocks: tuple[int, ...], *, scaling_factor: float, force_upcast: bool):
@@ -451,13 +471,17 @@ def openclip_state_dict_to_ldm(text_encoder) -> dict:
     return out
 
 
-def ldm_state_dict(components: dict, layout: str, *, ema_unet=None) -> dict:
+def ldm_state_dict(components: dict, layout: str, *, ema_unet=None, training_extras: bool = False) -> dict:
     """The whole pipeline's weights under the original single-file names for ``layout``.
 
     ``ema_unet``: an optional second U-Net (same config) whose weights are added the way a
     training checkpoint with ``use_ema: true`` stores its ``LitEma``: ``model_ema.`` + the
     ``diffusion_model.*`` name with the dots removed, plus ``model_ema.decay`` and
     ``model_ema.num_updates`` (diffusers loads these with ``extract_ema=True``).
+
+    ``training_extras``: also write what an LDM ``LatentDiffusion.state_dict()`` holds besides the
+    weights diffusers converts (see :func:`_training_extras`), as IP2P/MagicBrush/HIVE training
+    checkpoints do; InstructDiffusion's release has none of it.
     """
     import torch
 
@@ -482,12 +506,68 @@ def ldm_state_dict(components: dict, layout: str, *, ema_unet=None) -> dict:
             sd["model_ema." + ("diffusion_model." + k).replace(".", "")] = v
         sd["model_ema.decay"] = torch.tensor(0.9999)
         sd["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
+    if training_extras:
+        sd.update(_training_extras(components, layout))
+    sched = components.get("scheduler")
+    if (layout == "sdxl" and sched is not None and type(sched).__name__.startswith("EDM")
+            and sched.config.prediction_type == "v_prediction"):
+        # CosXL's files mark EDM v-prediction with these two top-level scalars.
+        sd["edm_vpred.sigma_max"] = torch.tensor(float(sched.config.sigma_max))
+        sd["edm_vpred.sigma_min"] = torch.tensor(float(sched.config.sigma_min))
     # Own, contiguous storage per tensor (safetensors refuses shared memory).
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
 
 
+def _training_extras(components: dict, layout: str) -> dict:
+    """The non-weight entries of an LDM training state dict, which loaders skip.
+
+    - ``DDPM.register_schedule``'s buffers for the scheduler's scaled-linear betas:
+      ``betas``, ``alphas_cumprod``, ``alphas_cumprod_prev``, ``sqrt_alphas_cumprod``,
+      ``sqrt_one_minus_alphas_cumprod``, ``log_one_minus_alphas_cumprod``,
+      ``sqrt_recip_alphas_cumprod``, ``sqrt_recipm1_alphas_cumprod``, ``posterior_variance``,
+      ``posterior_log_variance_clipped``, ``posterior_mean_coef1/2`` (float32, computed in float64);
+    - ``...transformer.text_model.embeddings.position_ids`` of each transformers CLIP embedder;
+    - OpenCLIP's ``logit_scale`` and, for SD2 (whose pipelines do not use it), a square
+      ``text_projection`` (values from a fixed seed).
+    """
+    import torch
+
+    if layout not in ("sd1", "sd2"):
+        raise ValueError(f"training_extras: only the LDM layouts (sd1, sd2) are modelled, not {layout!r} "
+                         "(SGM's DiffusionEngine holds other buffers)")
+    cfg = components["scheduler"].config
+    if cfg.beta_schedule != "scaled_linear":
+        raise ValueError(f"training_extras: beta_schedule {cfg.beta_schedule!r} is not LDM's 'linear'")
+    n = cfg.num_train_timesteps
+    betas = torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, n, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas
+    acp = torch.cumprod(alphas, 0)
+    acp_prev = torch.cat([torch.ones(1, dtype=torch.float64), acp[:-1]])
+    post_var = betas * (1.0 - acp_prev) / (1.0 - acp)
+    buffers = {
+        "betas": betas, "alphas_cumprod": acp, "alphas_cumprod_prev": acp_prev,
+        "sqrt_alphas_cumprod": acp.sqrt(), "sqrt_one_minus_alphas_cumprod": (1.0 - acp).sqrt(),
+        "log_one_minus_alphas_cumprod": (1.0 - acp).log(), "sqrt_recip_alphas_cumprod": (1.0 / acp).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1.0 / acp - 1.0).sqrt(), "posterior_variance": post_var,
+        "posterior_log_variance_clipped": post_var.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * acp_prev.sqrt() / (1.0 - acp),
+        "posterior_mean_coef2": (1.0 - acp_prev) * alphas.sqrt() / (1.0 - acp),
+    }
+    out = {k: v.float() for k, v in buffers.items()}
+    gen = torch.Generator().manual_seed(0)
+    for name, prefix, kind in _TEXT_PREFIXES[layout]:
+        cfg_t = components[name].config
+        if kind == "hf":
+            out[prefix + "text_model.embeddings.position_ids"] = torch.arange(cfg_t.max_position_embeddings)[None]
+        else:
+            out[prefix + "logit_scale"] = torch.tensor(4.6052)  # ln(100), a trained CLIP's value
+            out[prefix + "text_projection"] = torch.randn(cfg_t.hidden_size, cfg_t.hidden_size, generator=gen)
+    return out
+
+
 def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str, *,
-                         ema_unet=None, global_step: int | None = 0) -> Path:
+                         ema_unet=None, training_extras: bool = False,
+                         global_step: int | None = 0) -> Path:
     """Write ``components`` as one original-LDM checkpoint; returns the path.
 
     ``layout``: ``"sd1"`` (CLIP text encoder at ``cond_stage_model.transformer.``), ``"sd2"``
@@ -496,7 +576,8 @@ def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str,
     ``first_stage_model.``. The suffix picks the format: ``.safetensors`` is the flat dict,
     ``.ckpt`` a pickle of ``{"state_dict": ..., "global_step": global_step}`` as PyTorch Lightning
     saves it (``global_step=None``: only ``"state_dict"``, as InstructDiffusion's converted
-    release). Written to a temporary name and renamed, so a failed write leaves no file.
+    release). ``ema_unet`` / ``training_extras``: see :func:`ldm_state_dict`. Written to a
+    temporary name and renamed, so a failed write leaves no file.
     """
     import torch
 
@@ -504,7 +585,7 @@ def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str,
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".ckpt"):
         raise ValueError(f"{path}: the suffix must be .safetensors or .ckpt")
-    sd = ldm_state_dict(components, layout, ema_unet=ema_unet)
+    sd = ldm_state_dict(components, layout, ema_unet=ema_unet, training_extras=training_extras)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -522,6 +603,54 @@ def write_ldm_checkpoint(components: dict, path: str | os.PathLike, layout: str,
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# --------------------------------------------------------------------------- release look-alikes
+
+# The single files of the editors in the LIME paper (and CosXL Edit), by their released file
+# names, with the file format each one's own code writes. Read from the public code, not from
+# the files (none was downloaded): IP2P, MagicBrush and HIVE train a Lightning
+# ``LatentDiffusion`` with ``use_ema: true`` (configs/train.yaml, finetune.yaml), so their
+# checkpoints hold ``model_ema.*`` and the module's buffers and the authors sample inside
+# ``ema_scope()`` (IP2P/HIVE ``edit_cli.py``); InstructDiffusion's ``scripts/convert_ckpt.py``
+# saves ``{"state_dict": ...}`` with the EMA U-Net already in place and only parameters.
+RELEASES = {
+    "instruct-pix2pix-00-22000.ckpt": dict(layout="sd1", training=True, global_step=22000),
+    "MagicBrush-epoch-52-step-4999.ckpt": dict(layout="sd1", training=True, global_step=4999),
+    "hive_rw.ckpt": dict(layout="sd1", training=True, global_step=0),
+    "hive_rw_condition.ckpt": dict(layout="sd1", training=True, global_step=0),
+    "hive_v2_rw.ckpt": dict(layout="sd2", training=True, global_step=0),
+    "hive_v2_rw_condition.ckpt": dict(layout="sd2", training=True, global_step=0),
+    "v1-5-pruned-emaonly-adaption-task.ckpt": dict(layout="sd1", training=False, global_step=None),
+    "v1-5-pruned-emaonly-adaption-task-humanalign.ckpt": dict(layout="sd1", training=False, global_step=None),
+    "cosxl_edit.safetensors": dict(layout="sdxl", training=False, global_step=None),
+}
+
+
+def write_release_lookalike(file_name: str, components: dict, folder: str | os.PathLike, *,
+                            ema_unet=None) -> Path:
+    """Write ``components`` as ``folder/file_name``, in that release's layout and file format.
+
+    ``file_name`` is a key of :data:`RELEASES`; ``components`` must be of its layout (SD1 tiny
+    model for the IP2P/MagicBrush/HIVE-v1/InstructDiffusion names, :func:`tiny_sd2_ip2p_components`
+    for ``hive_v2_*``, ``tiny_sdxl_ip2p_components(cosxl=True)`` for ``cosxl_edit``). Training
+    checkpoints get ``model_ema.*`` (``ema_unet``, default: a copy of the U-Net, so either choice of
+    ``extract_ema`` gives the same pipeline) and the training extras. Nothing in these files but
+    the name tells IP2P, MagicBrush and HIVE v1 (with or without "condition") apart; that is
+    true of the real releases too.
+    """
+    import copy
+
+    if file_name not in RELEASES:
+        raise ValueError(f"unknown release {file_name!r}; known: {', '.join(RELEASES)}")
+    spec = RELEASES[file_name]
+    if file_name.startswith("cosxl") and not components.get("is_cosxl_edit"):
+        raise ValueError(f"{file_name}: needs CosXL components (tiny_sdxl_ip2p_components(cosxl=True))")
+    if spec["training"] and ema_unet is None:
+        ema_unet = copy.deepcopy(components["unet"])
+    return write_ldm_checkpoint(components, Path(folder) / file_name, spec["layout"],
+                                ema_unet=ema_unet if spec["training"] else None,
+                                training_extras=spec["training"], global_step=spec["global_step"])
 
 
 # --------------------------------------------------------------------------- config folder
