@@ -174,3 +174,50 @@ def test_cli_edits_with_a_single_file_of_another_family(written, tmp_path, scene
                  "--model-config", str(folder), "--local-files-only", "--device", "cpu",
                  "--backbone", "nonsense", "--out", str(tmp_path / "out2")])
     assert code == 2
+
+
+EXPECTED = {"instruct-pix2pix-00-22000.ckpt": "ip2p", "MagicBrush-epoch-52-step-4999.ckpt": "ip2p",
+            "hive_rw.ckpt": "hive", "hive_rw_condition.ckpt": "hive", "hive_v2_rw.ckpt": "hive",
+            "hive_v2_rw_condition.ckpt": "hive", "v1-5-pruned-emaonly-adaption-task.ckpt": "instructdiffusion",
+            "v1-5-pruned-emaonly-adaption-task-humanalign.ckpt": "instructdiffusion",
+            "cosxl_edit.safetensors": "sdxl-ip2p"}
+
+
+@pytest.fixture(scope="module")
+def release_dir(tmp_path_factory):
+    """Every release as a tiny look-alike in its own format and name, with a config folder per layout."""
+    from lime_edit.testing_ldm import RELEASES, tiny_sdxl_ip2p_components, write_release_lookalike
+
+    root = tmp_path_factory.mktemp("releases")
+    comps = {"sd1": _components("sd1", root / "tok1"), "sd2": _components("sd2", root / "tok2"),
+             "sdxl": tiny_sdxl_ip2p_components(root / "tokxl", cosxl=True)}
+    folders = {k: write_config_folder(c, root / f"config-{k}", PIPE[k]) for k, c in comps.items()}
+    for name, spec in RELEASES.items():
+        write_release_lookalike(name, comps[spec["layout"]], root / "files")
+    return root / "files", folders, comps
+
+
+def test_every_release_name_is_recognised(release_dir):
+    from lime_edit.testing_ldm import RELEASES
+
+    files, folders, _ = release_dir
+    assert set(RELEASES) == set(EXPECTED)
+    for name, family in EXPECTED.items():
+        lp = _load(files / name, folders[RELEASES[name]["layout"]], allow_pickle=True)
+        assert lp.backbone.name == family, name
+
+
+def test_training_checkpoints_are_loaded_with_their_ema_weights(release_dir, tmp_path):
+    import copy
+
+    from lime_edit.testing_ldm import write_release_lookalike
+
+    _, folders, comps = release_dir
+    ema = copy.deepcopy(comps["sd1"]["unet"])
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.01)
+    path = write_release_lookalike("MagicBrush-epoch-52-step-4999.ckpt", comps["sd1"], tmp_path, ema_unet=ema)
+    lp = _load(path, folders["sd1"], allow_pickle=True)
+    got = lp.pipe.unet.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in ema.state_dict().items())

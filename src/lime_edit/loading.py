@@ -243,6 +243,8 @@ def _load_single_file(family, path: Path, shapes: dict, kwargs: dict, config: st
     if local_files_only is not None:
         single["local_files_only"] = local_files_only
     extra = family.single_file_kwargs(path, shapes, config)
+    if family.extract_ema(shapes):
+        single["extract_ema"] = True
     if config:
         single["config"] = config
     single.update(extra.pop("pipeline", {}))

@@ -143,13 +143,20 @@ class Backbone:
         return {}
 
     @classmethod
+    def extract_ema(cls, shapes: dict[str, tuple[int, ...]]) -> bool:
+        """Training checkpoints that carry EMA weights (``model_ema.*``: IP2P, MagicBrush, HIVE)
+        are sampled with them by their authors' scripts, so the EMA U-Net is loaded."""
+        return any(k.startswith("model_ema.") for k in shapes)
+
+    @classmethod
     def single_file_scheduler(cls, current, path, shapes):
         """The scheduler to run a single-file checkpoint with (None: keep the config's)."""
         if cls.scheduler == "euler_ancestral":
+            # k-diffusion's Euler ancestral over timesteps spaced evenly from 999 to 0, as the
+            # HIVE and InstructDiffusion edit scripts sample
             from diffusers import EulerAncestralDiscreteScheduler
 
-            if not isinstance(current, EulerAncestralDiscreteScheduler):
-                return EulerAncestralDiscreteScheduler.from_config(current.config)
+            return EulerAncestralDiscreteScheduler.from_config(current.config, timestep_spacing="linspace")
         return None
 
     def __init__(self, pipe, *, prompt_suffix: str | None = None, **options: Any):
