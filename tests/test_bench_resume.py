@@ -41,6 +41,7 @@ def test_bad_counts_are_usage_errors(tmp_path, capsys, no_model_load, argv, flag
 
 def _bench(out, *extra):
     return lime_cli.main(["bench", "synthetic", "--n", "1", "--out", str(out), "--no-progress", "--examples", "0",
+                          "--threads", "0",  # leave torch's global thread count alone
                           *extra])
 
 
