@@ -92,6 +92,8 @@ def test_piebench_paths_out_of_the_run_folder_are_refused(tmp_path, monkeypatch,
     ed = use_editor(monkeypatch)
     for extra in ([], ["--overwrite"]):
         assert main(["eval", "piebench", "--data", str(pie), "--out", str(out), "-q", *extra]) == 1
+        err = capsys.readouterr().err.splitlines()  # one line per refused record, even with -q
+        assert len(err) == 3 and all(e.startswith("error: evil_") and "image_path" in e for e in err), err
         assert snapshot(tmp_path, out) == before    # nothing outside the run folder changed or appeared
         man = read_json(out / "manifest.json")
         assert man["n_done"] == 2 and man["n_failed"] == 3

@@ -388,6 +388,9 @@ def run_eval(args) -> int:
 
     mine = shard.split(units)
     failed = 0
+    if shard.is_main:  # records the readers refused (malformed, unsafe paths, missing files): reported now
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
     for u in mine:  # paths that leave the run folder or enter the dataset: refused, counted, no model work
         if u.key in refused:
             failed += 1
