@@ -243,3 +243,11 @@ def test_interrupted_magicbrush_session_resumes_with_full_turn_records(tmp_path,
     assert len(ed.calls) == 3
     first = read_json(out / "manifest-multi.json")["samples"]["303"]["turns"][0]
     assert first["turn"] == 1 and first["instruction"] and "skipped" not in first
+
+
+def test_run_folder_next_to_the_benchmark_root_is_fine(tmp_path, monkeypatch):
+    # --data DATA with the MagicBrush split in DATA/test: DATA/runs holds no dataset file
+    mb = write_magicbrush_fixture(tmp_path / "mb")
+    use_editor(monkeypatch)
+    assert main(["eval", "magicbrush", "--data", str(mb), "--out", str(mb / "runs"), "-q"]) == 0
+    assert main(["eval", "magicbrush", "--data", str(mb), "--out", str(mb / "test" / "runs"), "-q"]) == 2

@@ -34,9 +34,10 @@ sharded across processes.
 
 Writes stay in the run folder: every output path (built from dataset fields) is
 resolved, symlinks followed, and must lie inside ``RUN_DIR`` and outside the
-dataset's folders (``--data``, ``--coco-dir`` and every folder holding a source
-image); a sample whose path does not is refused with a one-line error, counted as
-failed, and the run goes on. A ``RUN_DIR`` inside the dataset folder is refused.
+dataset's folders (the benchmark's root, the one holding its JSON file, plus
+``--coco-dir`` and every folder holding a source image); a sample whose path does
+not is refused with a one-line error, counted as failed, and the run goes on. A
+``RUN_DIR`` inside the dataset's root folder is refused.
 """
 
 from __future__ import annotations
@@ -340,7 +341,10 @@ def run_eval(args) -> int:
     overrides.update(collect_overrides(args))
     seed = DEFAULT_SEED[bench] if args.seed is None else int(args.seed)
     out = Path(args.out)
-    guard = OutputGuard(out, [args.data] + ([args.coco_dir] if getattr(args, "coco_dir", None) else []))
+    from .datasets import editval_root, magicbrush_root, piebench_root
+
+    root = {"magicbrush": magicbrush_root, "piebench": piebench_root, "editval": editval_root}[bench](args.data)
+    guard = OutputGuard(out, [root] + ([args.coco_dir] if getattr(args, "coco_dir", None) else []))
     for d in guard.data_dirs:  # before anything is created
         if guard.run_dir.is_relative_to(d):
             raise LimeEditError(f"--out {str(out)!r} is inside the dataset folder {str(d)!r}; eval never writes "
