@@ -237,12 +237,95 @@ def test_existing_outputs_need_overwrite(tmp_path, imgs, fake, capsys):
     assert code == 0 and json.loads((out / "a.json").read_text())["instruction"] == "other"
 
 
-def test_existing_heatmaps_count_with_explain(tmp_path, imgs, fake, capsys):
+def test_leftover_heatmaps_without_a_record_are_replaced(tmp_path, imgs, fake, capsys):
+    # a heatmap without its input's JSON record is what an interrupted --explain run
+    # leaves: the input is redone and the stale heatmap removed; files that may belong
+    # to another input's complete set are left alone
     out = tmp_path / "out"
     out.mkdir()
     (out / "a_attn_00_old.png").write_bytes(b"old")
+    (out / "a_attn_00_x_edited.png").write_bytes(b"other input's")
+    (out / "a_attn_00_x.json").write_text("{}")
     code, _, err = run(["localize", imgs / "a.png", "-i", "x y", "--out", out, "--explain"], capsys)
-    assert code == 1 and "a_attn_00_old.png" in err and fake.loads == 0
+    assert code == 0 and "a_attn_00_old.png" in err and "redoing" in err and fake.loads == 1
+    rec = json.loads((out / "a.json").read_text())
+    assert [h["file"] for h in rec["heatmaps"]] == ["a_attn_00_red.png", "a_attn_01_car.png"]
+    assert not (out / "a_attn_00_old.png").exists()
+    assert (out / "a_attn_00_x_edited.png").read_bytes() == b"other input's"
+
+
+def test_rerun_after_an_interruption_skips_finished_inputs_and_redoes_the_rest(tmp_path, imgs, fake, capsys):
+    _img(40, 40, 2).save(imgs / "c.png")
+    out = tmp_path / "out"
+    cmd = ["edit", imgs, "-i", "make the car red", "--out", out]
+    code, stdout, _ = run(cmd, capsys)
+    assert code == 0 and len(stdout.splitlines()) == 3
+    finished = {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in _outputs(out) if n[0] == "a"}
+    # as an interruption leaves it: b's files without its record, c's edited picture only
+    (out / "b.json").unlink()
+    for n in _outputs(out):
+        if n.startswith("c"):
+            (out / n).unlink()
+    (out / "c_edited.png").write_bytes(b"partial")
+    n_calls = len(fake.calls)
+    code, stdout, err = run(cmd, capsys)
+    assert code == 0, err
+    assert "skipped: " in err and "a.png" in err and "--overwrite" in err
+    assert err.count("redoing") == 2 and "error" not in err
+    assert len(fake.calls) == n_calls + 2 and {c["size"] for c in fake.calls[n_calls:]} == {(70, 45), (40, 40)}
+    assert {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in finished} == finished
+    assert json.loads((out / "c.json").read_text())["outputs"]["edited"] == "c_edited.png"
+    assert Image.open(out / "c_edited.png").size == (40, 40)  # the partial file was replaced
+    assert sorted(Path(p).name for p in stdout.split()) == ["a_edited.png", "b_edited.png", "c_edited.png"]
+    assert _no_temp_files(out)
+    # everything done: nothing loaded, exit 0
+    loads = fake.loads
+    code, _, err = run(cmd, capsys)
+    assert code == 0 and fake.loads == loads and err.count("skipped: ") == 3
+    # a record whose files are not all there is redone too
+    (out / "a_mask.png").unlink()
+    code, _, err = run(cmd, capsys)
+    assert code == 0 and "a_mask.png is missing" in err and (out / "a_mask.png").is_file()
+    # another request (seed) is not "done": refused as before; --overwrite redoes everything
+    code, _, err = run(cmd + ["--seed", "3"], capsys)
+    assert code == 1 and err.count("output exists") == 3 and "seed" in err
+    n_calls = len(fake.calls)
+    code, _, err = run(cmd + ["--seed", "3", "--overwrite"], capsys)
+    assert code == 0 and len(fake.calls) == n_calls + 3 and "skipped" not in err
+    assert json.loads((out / "a.json").read_text())["seed"] == 3
+
+
+def test_interrupted_publish_never_leaves_a_complete_looking_mix(tmp_path, imgs, fake, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out], capsys)[0] == 0
+    old_inode = (out / "a_edited.png").stat().st_ino
+    real, renamed = lio.os.replace, []
+
+    def stop_after_two(src, dst):
+        if len(renamed) == 2:
+            raise KeyboardInterrupt
+        renamed.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(lio.os, "replace", stop_after_two)
+    code, _, _ = run(["edit", imgs / "a.png", "-i", "other", "--out", out, "--overwrite"], capsys)
+    monkeypatch.setattr(lio.os, "replace", real)
+    assert code == 130 and len(renamed) == 2
+    # two new files are in place next to old ones: the old record is gone, so the set is incomplete
+    assert not (out / "a.json").exists() and (out / "a_edited.png").stat().st_ino != old_inode
+    assert _no_temp_files(out)
+    code, _, err = run(["edit", imgs / "a.png", "-i", "other", "--out", out], capsys)
+    assert code == 0 and "redoing" in err
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["instruction"] == "other" and all((out / n).is_file() for n in rec["outputs"].values())
+
+
+def test_replaced_set_drops_files_the_new_record_does_not_name(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "out"
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--explain"], capsys)[0] == 0
+    assert (out / "a_attn_00_red.png").is_file() and (out / "a_segments.png").is_file()
+    code, _, _ = run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--no-lime", "--overwrite"], capsys)
+    assert code == 0 and _outputs(out) == ["a.json", "a_edited.png"]
 
 
 def test_output_folder_that_is_a_file(tmp_path, imgs, fake, capsys):

@@ -6,10 +6,18 @@ This module only parses arguments, reads and writes files, and calls the public
 API (:class:`lime_edit.pipeline.LimePipeline`); importing it imports nothing
 heavy, so ``lime-edit --help`` is instant.
 
-Exit codes: 0 every input succeeded; 1 some inputs failed (each reported as one
-line ``error: <file>: <message>``, the others still processed); 2 usage error,
-unusable model or output folder; 130 interrupted (no half-written file is left:
-every output is written atomically).
+Exit codes: 0 every input succeeded (or was done already); 1 some inputs failed
+(each reported as one line ``error: <file>: <message>``, the others still
+processed); 2 usage error, unusable model or output folder; 130 interrupted (no
+half-written file is left: every output is written atomically).
+
+Outputs per input are all-or-nothing: all files go to temporary names first, and
+the JSON record is renamed into place last, so an input's set is complete iff its
+JSON exists (and then names its files). Rerunning the same command after an
+interruption skips complete inputs (with a notice), redoes incomplete ones
+(replacing their partial files) and exits 0 once everything is done; outputs made
+by another command (other input file, instruction, model, seed, settings) are
+refused unless ``--overwrite``, which redoes every input.
 """
 
 from __future__ import annotations
@@ -182,8 +190,10 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
     o = p.add_argument_group("input/output")
     o.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default ./{DEFAULT_OUT})")
     o.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs (without it, inputs whose outputs exist are skipped "
-                        "and reported, before any model work)")
+                   help="redo every input, replacing its outputs. Without it, a rerun skips inputs whose "
+                        "outputs are complete and were made by the same command, redoes incomplete ones "
+                        "(an interrupted run) and refuses outputs made by another command, all before "
+                        "any model work")
     o.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="refuse inputs above N pixels (default 4096*4096; 0 = no limit)")
     o.add_argument("--explain", action="store_true", help="also write one attention heatmap per related token")
@@ -204,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         "edit", help="edit images with an instruction (LIME localization + attention regularization)",
         description="Edit each input with its instruction. Writes, per input STEM: STEM_edited.png "
                     "(input size), STEM_mask.png, STEM_overlay.png, STEM_segments.png, "
-                    "STEM_attn_NN_TOKEN.png (--explain) and STEM.json (settings, seed, model, "
-                    "timings, warnings).")
+                    "STEM_attn_NN_TOKEN.png (--explain) and, last, STEM.json (settings, seed, model, "
+                    "timings, warnings); rerunning the same command resumes an interrupted batch.")
     _add_common_args(edit, "edit")
     g = edit.add_mutually_exclusive_group()
     g.add_argument("--mask", action="append", default=None, metavar="FILE",
@@ -266,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _sigterm_as_interrupt():
             return int(func(args))
     except KeyboardInterrupt:
-        _err("interrupted (no partial output files were left)")
+        _err("interrupted (no half-written file was left; rerun the same command to finish: "
+             "finished inputs are skipped)")
         return EXIT_INTERRUPTED
     except (LimeEditError, OSError) as err:
         _err(f"error: {_one_line(err)}")
@@ -437,17 +448,36 @@ def _run(args: argparse.Namespace, task: str) -> int:
         kinds = ["edited", "mask", "overlay", "segments", "record"]
     plans = lio.plan_outputs(files, out_dir, kinds, explain=args.explain)
 
-    # Refuse to overwrite before any expensive work, per input.
-    todo = []
+    # Before any expensive work, per input: a complete output set made by this same
+    # request is skipped (a rerun after an interruption), an incomplete one redone,
+    # one made by another request refused unless --overwrite.
+    todo, skipped = [], 0
+    requests = [_request(args, task, plan, instr_for[i], mask_for[i], overrides, no_lime)
+                for i, plan in enumerate(plans)]
     for i, plan in enumerate(plans):
-        if plan.existing and not args.overwrite:
-            shown = ", ".join(str(p) for p in plan.existing[:2]) + (" ..." if len(plan.existing) > 2 else "")
-            _err(f"error: {plan.source}: output exists ({shown}); use --overwrite to replace it")
+        if args.overwrite:
+            todo.append(i)
+            continue
+        state, detail = plan.state(requests[i])
+        if state == "done":
+            skipped += 1
+            if not args.quiet:
+                _err(f"skipped: {plan.source}: done already ({detail}); --overwrite redoes it")
+            record = lio.read_record(plan.paths["record"]) or {}
+            main_out = next((plan.out_dir / record["outputs"][k] for k in ("edited", "mask", "record")
+                             if k in record.get("outputs", {})), plan.paths["record"])
+            print(main_out, flush=True)  # stdout lists every input's main output, done now or before
+        elif state == "conflict":
+            _err(f"error: {plan.source}: output exists ({detail}); use --overwrite to replace it")
             failed += 1
         else:
+            if state == "redo" and not args.quiet:
+                _err(f"note: {plan.source}: {detail}; redoing it")
             todo.append(i)
     if not todo:
-        return EXIT_SOME_FAILED
+        if not args.quiet and skipped and len(plans) > 1:
+            _err(f"{task}: 0 done, {skipped} done already, {failed} failed; outputs in {out_dir}")
+        return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
     # One mask for every input: read it once, before loading the model.
     shared_mask = None
@@ -457,11 +487,34 @@ def _run(args: argparse.Namespace, task: str) -> int:
     show_bars = not args.quiet and sys.stderr.isatty()
     with _library_output(args.verbose, show_bars):
         return _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides,
-                          max_pixels, show_bars, failed, out_dir, t_start)
+                          max_pixels, show_bars, failed, out_dir, t_start, requests, skipped)
+
+
+def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """A file as a rerun sees it: absolute path, size and modification time."""
+    out: dict[str, Any] = {"path": os.path.abspath(path)}
+    try:
+        st = os.stat(path)
+        out.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    except OSError:
+        pass
+    return out
+
+
+def _request(args, task: str, plan, instruction: str, mask_file, overrides: dict[str, Any],
+             no_lime: bool) -> dict[str, Any]:
+    """What identifies one input's job; stored in its JSON record, and a rerun skips
+    the input only if its record holds the same request (see OutputPlan.state)."""
+    model = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
+    return {"command": task, "input": _file_identity(plan.source), "instruction": instruction,
+            "mask": _file_identity(mask_file) if mask_file else None, "no_lime": bool(no_lime),
+            "model": model, "device": args.device, "dtype": args.dtype, "seed": args.seed,
+            "explain": bool(args.explain),
+            "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
 
 
 def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides, max_pixels,
-               show_bars, failed, out_dir, t_start) -> int:
+               show_bars, failed, out_dir, t_start, requests=None, skipped=0) -> int:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -484,7 +537,9 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
         plan, instruction = plans[i], instr_for[i]
         try:
             written, warnings = _process_one(lp, args, task, plan, instruction, mask_for[i], shared_mask,
-                                             overrides, max_pixels, load_s)
+                                             overrides, max_pixels, load_s,
+                                             requests[i] if requests is not None else None,
+                                             [p.stem for p in plans])
         except KeyboardInterrupt:
             raise
         except (LimeEditError, OSError) as err:
@@ -507,13 +562,17 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
         bar.refresh()
     bar.close()
     if not args.quiet and len(plans) > 1:
-        _err(f"{task}: {done} done, {failed} failed, {time.perf_counter() - t_start:.1f}s; outputs in {out_dir}")
+        again = f", {skipped} done already" if skipped else ""
+        _err(f"{task}: {done} done{again}, {failed} failed, {time.perf_counter() - t_start:.1f}s; "
+             f"outputs in {out_dir}")
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 
 def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | None, shared_mask,
-                 overrides: dict[str, Any], max_pixels: int | None, load_s: float):
-    """Run one input and write its outputs; returns ``(written kind -> path, warnings)``."""
+                 overrides: dict[str, Any], max_pixels: int | None, load_s: float,
+                 request: dict[str, Any] | None = None, batch_stems: Sequence[str] = ()):
+    """Run one input and publish its outputs (all-or-nothing, JSON record last);
+    returns ``(written kind -> path, warnings)``."""
     from . import io as lio
     from . import viz
 
@@ -603,16 +662,28 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
                     "write": None},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _lib_versions(),
+        "request": request if request is not None else _request(args, task, plan, instruction, mask_file,
+                                                                  overrides, task == "edit" and args.no_lime),
     }
     record["timings"]["write"] = round(time.perf_counter() - t2, 4)
-    files[plan.paths["record"]] = lio.to_json_bytes(record)
-    written["record"] = plan.paths["record"]
+    record_path = plan.paths["record"]
+    written["record"] = record_path
 
     if not args.overwrite:  # another process may have written there since planning
-        clash = [p for p in files if p.exists()]
+        before = set(plan.existing)
+        clash = [p for p in [*files, record_path] if (p.exists() or p.is_symlink()) and p not in before]
         if clash:
             raise LimeEditError(f"output appeared while running ({clash[0]}); use --overwrite to replace it")
-    lio.atomic_write_many(files)  # record last; all-or-nothing per input
+    old = lio.read_record(record_path)
+    # files of the replaced set that the new one lacks: those its record named, or
+    # heatmaps an interrupted run left without a record
+    stale = [plan.out_dir / n for n in plan.recorded_files(old) or []] if old is not None else \
+        plan.leftover_heatmaps(batch_stems)
+    lio.publish_outputs(files, record_path, lio.to_json_bytes(record))  # record last; all-or-nothing
+    for path in stale:
+        if path not in files and path != record_path:
+            with contextlib.suppress(OSError):
+                path.unlink()
     return written, warnings
 
 

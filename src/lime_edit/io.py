@@ -19,6 +19,7 @@ import glob
 import io as _io
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -363,6 +364,113 @@ class OutputPlan:
             found += sorted(self.out_dir.glob(glob.escape(self.stem) + HEATMAP_GLOB))
         return found
 
+    def leftover_heatmaps(self, batch_stems: Iterable[str] = ()) -> list[Path]:
+        """Heatmaps of this input left by an interrupted run (named like
+        ``<stem>_attn_NN_<token>.png``), excluding any file whose name could also
+        belong to another input's outputs (one in ``batch_stems`` or with a JSON
+        record in the folder): those are never touched."""
+        if not self.out_dir.is_dir():
+            return []
+        own = re.compile(re.escape(self.stem) + r"_attn_\d\d_[A-Za-z0-9._-]+\.png")
+        others = {s.lower() for s in batch_stems} - {self.stem.lower()}
+        found = []
+        for p in sorted(self.out_dir.glob(glob.escape(self.stem) + HEATMAP_GLOB)):
+            if not own.fullmatch(p.name) or not p.is_file():
+                continue
+            owners = {p.name[:-len(suf)] for suf in OUTPUT_SUFFIXES.values() if p.name.endswith(suf)}
+            owners |= {p.name[:m.start()] for m in re.finditer(r"_attn_\d\d_", p.name)}
+            owners.discard(self.stem)
+            if any(o.lower() in others or (self.out_dir / f"{o}.json").exists() for o in owners):
+                continue
+            found.append(p)
+        return found
+
+    def recorded_files(self, record: dict[str, Any]) -> list[str] | None:
+        """The file names a record of this input names (outputs, then heatmaps);
+        ``None`` when it names anything but plain names of this input's outputs."""
+        outputs, heatmaps = record.get("outputs"), record.get("heatmaps") or []
+        if not isinstance(outputs, dict) or not isinstance(heatmaps, list):
+            return None
+        names = list(outputs.values()) + [h.get("file") if isinstance(h, dict) else None for h in heatmaps]
+        ok = all(isinstance(n, str) and n.startswith(self.stem) and Path(n).name == n and n not in (".", "..")
+                 for n in names)
+        return names if ok else None
+
+    def state(self, request: dict[str, Any]) -> tuple[str, str]:
+        """Where this input's output set stands, for a rerun with ``request`` (what
+        identifies the job: input, instruction, model, settings ...). Returns
+        ``(state, detail)``:
+
+        - ``"new"``: none of its outputs exist;
+        - ``"done"``: complete: its JSON record exists (it is written last), was
+          made for the same ``request`` and every file it names exists;
+        - ``"redo"``: incomplete (outputs without a record, i.e. an interrupted
+          run, or a record of the same request whose files are not all there);
+        - ``"conflict"``: a record made for another request, or a file named like
+          the record that is not a lime-edit record.
+        """
+        rec_path = self.paths["record"]
+        if not (rec_path.exists() or rec_path.is_symlink()):
+            if self.existing:
+                return "redo", "incomplete outputs of an earlier run (" + ", ".join(p.name for p in self.existing[:3]) \
+                    + (" ..." if len(self.existing) > 3 else "") + ")"
+            return "new", ""
+        record = read_record(rec_path)
+        names = self.recorded_files(record) if record is not None else None
+        if names is None:
+            return "conflict", f"{rec_path}, not a lime-edit record"
+        old, new = record.get("request"), json.loads(to_json_bytes(request))
+        if not isinstance(old, dict):
+            return "conflict", f"{rec_path}, made by an older lime-edit"
+        if old != new:
+            diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            return "conflict", f"{rec_path}, made with another {', '.join(diff)}"
+        missing = [n for n in names if not (self.out_dir / n).is_file()]
+        if missing:
+            return "redo", f"incomplete outputs: {missing[0]} is missing"
+        return "done", str(rec_path)
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The lime-edit JSON record at ``path`` (an object with ``lime_edit_version``
+    and ``outputs``), or ``None`` if it is missing, unreadable or something else."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(16 * 2 ** 20 + 1)
+        record = json.loads(data.decode("utf-8")) if len(data) <= 16 * 2 ** 20 else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(record, dict) and "lime_edit_version" in record and isinstance(record.get("outputs"), dict):
+        return record
+    return None
+
+
+def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes) -> list[Path]:
+    """Publish the output set of one input, all-or-nothing: every file (``files``
+    and the record) is first written to a temporary file; then an existing record
+    at ``record_path`` is removed (from here on the old set counts as incomplete),
+    the files are renamed into place, and the record is renamed LAST. So a set is
+    complete iff its record exists, and then it names files of this set only; an
+    interrupted publish leaves an incomplete set that a rerun redoes. An error or
+    interrupt before the renames leaves the destinations untouched and no
+    temporary file behind."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in [*files.items(), (record_path, record)]:
+            staged.append((_write_temp(Path(path), data), Path(path)))
+        if record_path.exists() or record_path.is_symlink():
+            record_path.unlink()
+        for tmp, path in staged:  # the record is the last one
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    for folder in {p.parent for _, p in staged}:
+        _fsync_dir(Path(folder))
+    return [p for _, p in staged]
+
 
 def safe_name(text: str, max_len: int = 40) -> str:
     """A file-name-safe version of ``text`` (letters, digits, ``-``, ``_``, ``.``)."""
@@ -422,4 +530,5 @@ __all__ = [
     "load_image", "load_mask", "mask_coverage",
     "atomic_write_bytes", "atomic_save_image", "atomic_write_json", "atomic_write_many",
     "encode_image", "to_json_bytes", "expand_inputs", "plan_outputs", "check_out_dir", "safe_name",
+    "read_record", "publish_outputs",
 ]

@@ -26,15 +26,25 @@ call divided by its batch size, on whatever machine ran it (shared CPUs give
 noisy timings).
 
 Per-sample results are appended to ``DIR/samples.jsonl``; a rerun skips the
-(method, scene) pairs already there, so an interrupted run resumes.
+(method, scene) pairs already there, so an interrupted run resumes.  Resuming is
+only allowed with the same results-changing settings: ``DIR/signature.json``
+(written before the first row) holds the model's identity (a SHA-256 of its
+files for a local folder or file, the name for a Hub id), the device, the
+batch size, the lime-edit version and each method's mask kind and effective
+``LimeConfig`` (steps included).  A rerun that differs is refused with a
+one-line message naming what changed (``--overwrite`` starts the folder afresh);
+methods and scenes may be added (``--methods``, a larger ``--n``), since each row
+is one (method, scene seed) pair whose result does not depend on the others.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,6 +161,106 @@ def _examples_grid(out: Path, samples, methods: list[str], k: int) -> None:
     save_png(canvas, out / "examples.png")
 
 
+def check_counts(args, minimums: dict[str, int]) -> None:
+    """Usage errors (``lime_edit.cli.UsageError``, exit 2) for integer options
+    below their minimum; ``None`` (unset) is left to the defaults."""
+    from ..cli import UsageError
+
+    for name, low in minimums.items():
+        value = getattr(args, name, None)
+        if value is not None and int(value) < low:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least {low}")
+
+
+def model_identity(model: str) -> dict[str, Any]:
+    """What identifies a model's weights: for a local folder or file, the SHA-256 of
+    its (non-hidden) files' relative names, sizes and contents, so a moved copy
+    matches and a retrained one does not; for a Hub id, the id."""
+    path = Path(model)
+    if not path.exists():
+        return {"hub_id": str(model)}
+    if path.is_file():
+        files, base = [path], path.parent
+    else:
+        base = path
+        files = sorted((f for f in path.rglob("*") if f.is_file()
+                        and not any(part.startswith(".") for part in f.relative_to(path).parts)),
+                       key=lambda f: f.relative_to(path).as_posix())
+    digest, total = hashlib.sha256(), 0
+    for f in files:
+        size = f.stat().st_size
+        total += size
+        digest.update(f"{f.relative_to(base).as_posix()}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return {"sha256": digest.hexdigest(), "files": len(files), "bytes": total}
+
+
+def make_signature(model: str, device: str, batch: int, methods: list[str], steps: int | None
+                   ) -> dict[str, Any]:
+    """Everything that changes a row of ``samples.jsonl`` (see the module docstring)."""
+    from .. import LimeConfig
+    from ..cli import _version
+
+    table = method_table()
+    extra = {"num_inference_steps": steps} if steps is not None else {}
+    return {"format": 1, "lime_edit": _version(), "model": model_identity(model), "device": str(device),
+            "batch": int(batch),
+            "methods": {m: {"mask": table[m][0],
+                            "settings": LimeConfig().replace(**table[m][1], **extra).to_dict()}
+                        for m in methods}}
+
+
+def _signature_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    diff = [k for k in sorted(set(old) | set(new)) if k != "methods" and old.get(k) != new.get(k)]
+    old_m, new_m = old.get("methods") or {}, new.get("methods") or {}
+    changed: list[str] = []
+    for m in sorted(set(old_m) & set(new_m)):
+        a, b = old_m[m], new_m[m]
+        if a.get("mask") != b.get("mask") and "mask kind" not in changed:
+            changed.append("mask kind")
+        sa, sb = a.get("settings") or {}, b.get("settings") or {}
+        changed += [k for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k) and k not in changed]
+    return diff + changed
+
+
+#: Files ``bench synthetic`` owns in its folder (removed by ``--overwrite``).
+_OWN_FILES = ("samples.jsonl", "results.json", "results.md", "examples.png", "signature.json")
+
+
+def prepare_folder(out: Path, sig: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """Check (or with ``overwrite`` reset) the results in ``out`` against ``sig``;
+    return the signature to store: ``sig`` plus the methods of earlier runs."""
+    from ..errors import LimeEditError
+
+    sig_path, samples_path = out / "signature.json", out / "samples.jsonl"
+    if overwrite:
+        for name in _OWN_FILES:
+            (out / name).unlink(missing_ok=True)
+        images = out / "images"
+        if images.is_dir():
+            for p in images.glob("[0-9][0-9][0-9][0-9][0-9]_*.png"):
+                p.unlink(missing_ok=True)
+        return sig
+    if not sig_path.is_file():
+        if samples_path.is_file() and samples_path.stat().st_size:
+            raise LimeEditError(f"{samples_path}: results without {sig_path.name} (made by an older lime-edit), "
+                                "so their settings are unknown; use a new --out, or --overwrite to start afresh")
+        return sig
+    try:
+        old = json.loads(sig_path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        raise LimeEditError(f"{sig_path}: unreadable; use a new --out, or --overwrite to start afresh") from None
+    diff = _signature_diff(old, sig)
+    if diff:
+        raise LimeEditError(f"{out}: holds results made with other {', '.join(diff)}; "
+                            "use a new --out, or --overwrite to start afresh")
+    return {**sig, "methods": {**(old.get("methods") or {}), **sig["methods"]}}
+
+
 def _quiet_loading() -> None:
     """No per-component loading bars from diffusers/transformers in our commands."""
     try:
@@ -167,40 +277,45 @@ def _quiet_loading() -> None:
 def run_bench(args) -> int:
     from tqdm.auto import tqdm
 
-    from .. import LimePipeline
+    from .. import LimeConfig, LimePipeline
     from ..errors import LimeEditError
     from . import bundled_model_path
     from .metrics import all_metrics, iou, to_float
     from .scenes import make_edit
 
+    check_counts(args, {"n": 1, "steps": 1, "batch": 1, "examples": 0, "threads": 0})
     if getattr(args, "threads", 0):
         import torch
 
         torch.set_num_threads(int(args.threads))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table = method_table()
     methods = list(table) if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in table]
     if unknown:
         raise LimeEditError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(table)}")
     n = int(args.n)
-    if n < 1:
-        raise LimeEditError("--n must be >= 1")
     model = args.model or str(bundled_model_path())
+    model = str(bundled_model_path()) if model == "demo" else model
+    device = getattr(args, "device", "cpu")
+    batch = int(args.batch)
+    steps = args.steps if args.steps is not None else LimeConfig().num_inference_steps
+    out.mkdir(parents=True, exist_ok=True)
+    sig = prepare_folder(out, make_signature(model, device, batch, methods, steps),
+                         bool(getattr(args, "overwrite", False)))
     _quiet_loading()
-    lp = LimePipeline.from_pretrained(model, device=getattr(args, "device", "cpu"))
+    lp = LimePipeline.from_pretrained(model, device=device)
     try:
         lp.pipe.set_progress_bar_config(disable=True)
     except Exception:  # noqa: BLE001
         pass
-    extra = {"num_inference_steps": args.steps} if args.steps else {}
+    extra = {"num_inference_steps": steps}
+    _write_atomic_text(out / "signature.json", json.dumps(sig, indent=2) + "\n")  # before any row
     samples_path = out / "samples.jsonl"
     done = load_done(samples_path)
     samples = [make_edit(s, "test") for s in range(n)]
     todo = sum(1 for m in methods for s in range(n) if (m, s) not in done)
     bar = tqdm(total=todo, desc="bench synthetic", unit="edit", disable=args.no_progress or todo == 0)
-    batch = max(1, int(args.batch))
     with open(samples_path, "a", buffering=1) as f:
         for start in range(0, n, batch):
             chunk = samples[start:start + batch]
@@ -237,17 +352,17 @@ def run_bench(args) -> int:
                         save_png(r.image, out / "images" / f"{e.seed:05d}_{m}.png")
                 bar.update(len(items))
             rows = aggregate(done, methods, n)
-            _write_results(out, rows, n, args, model)
+            _write_results(out, rows, n, args, model, steps, batch, sig)
     bar.close()
     rows = aggregate(done, methods, n)
-    _write_results(out, rows, n, args, model)
+    _write_results(out, rows, n, args, model, steps, batch, sig)
     _examples_grid(out, samples, methods, args.examples)
     print(markdown(rows, n, f"## Synthetic benchmark (n = {n})"))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'examples.png'}")
     return 0
 
 
-def _write_results(out: Path, rows, n, args, model) -> None:
+def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig: dict) -> None:
     cmd = "lime-edit bench synthetic " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else \
         f"lime-edit bench synthetic --n {n} --out {args.out}"
     import platform
@@ -257,8 +372,8 @@ def _write_results(out: Path, rows, n, args, model) -> None:
     dev = getattr(args, "device", "cpu")
     machine = (torch.cuda.get_device_name(0) if str(dev).startswith("cuda") and torch.cuda.is_available()
                else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
-    payload = {"n": n, "rows": rows, "model": str(model), "steps": args.steps, "command": cmd,
-               "device": str(dev), "machine": machine, "torch": torch.__version__}
+    payload = {"n": n, "rows": rows, "model": str(model), "steps": steps, "batch": batch, "command": cmd,
+               "device": str(dev), "machine": machine, "torch": torch.__version__, "signature": sig}
     _write_atomic_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     _write_atomic_text(out / "results.md", markdown(rows, n, f"## Synthetic benchmark (n = {n})\n\n"
                                                              f"`{cmd}` on {machine}, torch {torch.__version__}"))

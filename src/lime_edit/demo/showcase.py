@@ -40,9 +40,10 @@ def run_demo(args) -> int:
     from .. import LimePipeline
     from ..viz import overlay, segment_map
     from . import bundled_model_path
-    from .bench import _quiet_loading, save_png
+    from .bench import _quiet_loading, check_counts, save_png
     from .scenes import make_edit
 
+    check_counts(args, {"steps": 1, "threads": 0})
     if getattr(args, "threads", 0):
         import torch
 
@@ -60,7 +61,7 @@ def run_demo(args) -> int:
         lp.pipe.set_progress_bar_config(disable=True)
     except Exception:  # noqa: BLE001
         pass
-    extra = {"num_inference_steps": args.steps} if args.steps else {}
+    extra = {"num_inference_steps": args.steps} if args.steps is not None else {}
     plain = lp.edit(e.image, instruction, mask=None, seed=args.seed, guidance_scale=7.5, **extra)
     lime = lp.edit(e.image, instruction, mask="auto", seed=args.seed, **extra)
     big = e.image.resize((TILE, TILE), Image.NEAREST)

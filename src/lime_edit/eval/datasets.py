@@ -19,6 +19,13 @@ PIE-Bench (``data/`` of the PnP-Inversion release)::
 
 EditVal: ``object.json`` ``{class: {coco_image_id: {edit_type: {"from": [...], "to": [...]}}}}``
 plus the COCO train2017 originals (see :func:`find_coco_image`).
+
+Fields that become parts of file paths are checked here, since ``eval`` writes its
+outputs under the same names: a MagicBrush ``img_id`` and an EditVal ``image_id``
+or ``edit_type`` must be one plain file-name component, and a PIE-Bench
+``image_path`` or a MagicBrush turn file a relative path that stays inside its
+folder (no absolute path, drive or ``..``). A record that breaks this is a
+:class:`Problem`, like any other malformed record.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -106,8 +113,8 @@ def read_magicbrush(data: str | os.PathLike, check_files: bool = True
     sessions, problems = [], []
     for img_id in sorted(raw, key=_natural_key):
         turns_raw = raw[img_id]
-        folder = root / "images" / str(img_id)
         try:
+            folder = root / "images" / path_component(img_id, "img_id", str(sessions_json))
             if not isinstance(turns_raw, list) or not turns_raw:
                 raise _Bad(str(sessions_json), "expected a non-empty list of turns")
             turns = []
@@ -117,8 +124,10 @@ def read_magicbrush(data: str | os.PathLike, check_files: bool = True
                 missing = [f for f in ("input", "output", "instruction") if not t.get(f)]
                 if missing:
                     raise _Bad(str(sessions_json), f"turn {k} lacks {', '.join(missing)}")
-                inp, out = folder / str(t["input"]), folder / str(t["output"])
-                mask = folder / str(t["mask"]) if t.get("mask") else None
+                inp = folder / relative_path(t["input"], f"turn {k} input", str(sessions_json))
+                out = folder / relative_path(t["output"], f"turn {k} output", str(sessions_json))
+                mask = folder / relative_path(t["mask"], f"turn {k} mask", str(sessions_json)) \
+                    if t.get("mask") else None
                 if check_files:
                     for f in (inp, out) if k == 1 else (out,):
                         if not f.is_file():
@@ -190,7 +199,7 @@ def read_piebench(data: str | os.PathLike, check_files: bool = True,
                 continue
             rle = rec["mask"]
             _check_rle(rle)
-            image = root / "annotation_images" / str(rec["image_path"])
+            image = root / "annotation_images" / relative_path(rec["image_path"], "image_path", str(mapping))
             if check_files and not image.is_file():
                 raise _Bad(str(image), "no such file")
             items.append(PieItem(str(key), image, str(rec["image_path"]), str(rec.get("original_prompt", "")),
@@ -326,12 +335,22 @@ def read_editval(data: str | os.PathLike, coco_dir: str | os.PathLike | None = N
             if not isinstance(types, dict):
                 problems.append(Problem(f"{cls}/{image_id}", str(obj), "image entry is not an object"))
                 continue
+            try:
+                path_component(image_id, "image_id", str(obj))
+            except _Bad as bad:
+                problems.append(Problem(f"{cls}/{image_id}", bad.file, bad.message))
+                continue
             image = find_coco_image(str(image_id), roots)
             for edit_type in sorted(types):
                 if "all" not in wanted and edit_type not in wanted:
                     continue
                 spec = types[edit_type]
                 key0 = f"{edit_type}/{image_id}"
+                try:
+                    path_component(edit_type, "edit_type", str(obj))
+                except _Bad as bad:
+                    problems.append(Problem(key0, bad.file, bad.message))
+                    continue
                 if not isinstance(spec, dict) or not isinstance(spec.get("to"), list):
                     problems.append(Problem(key0, str(obj), "expected {\"from\": [...], \"to\": [...]}"))
                     continue
@@ -357,6 +376,27 @@ class _Bad(Exception):
     def __init__(self, file: str, message: str):
         super().__init__(message)
         self.file, self.message = file, message
+
+
+def path_component(value: Any, what: str, file: str) -> str:
+    """``value`` as one plain file-name component (no separator, not ``.``/``..``,
+    no NUL), or ``_Bad`` naming the field."""
+    text = str(value)
+    if not text or text in (".", "..") or any(c in text for c in "/\\\x00"):
+        raise _Bad(file, f"{what} {text!r} is not a plain file name (refused: outputs are named after it)")
+    return text
+
+
+def relative_path(value: Any, what: str, file: str) -> str:
+    """``value`` as a relative path that stays inside its folder (no absolute path,
+    drive or ``..`` component, ``/`` or ``\\`` separators), or ``_Bad`` naming the field."""
+    text = str(value)
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if (not text or "\x00" in text or text.startswith(("/", "\\")) or PureWindowsPath(text).drive
+            or ".." in parts or not parts):
+        raise _Bad(file, f"{what} {text!r} is not a relative path inside the dataset folder "
+                         "(refused: outputs are written under the same name)")
+    return text
 
 
 def _natural_key(s: Any) -> tuple:

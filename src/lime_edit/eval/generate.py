@@ -22,13 +22,22 @@ PIE-Bench and EditVal: 50 steps; text guidance 7.5, image guidance 1.5; PIE-Benc
 seed 1234 before each image) for LIME and plain runs alike; any LIME setting flag
 overrides them. Every sample gets the same ``--seed``.
 
-Resumable: every image is written atomically as soon as it is done, a per-sample
-record (seed, timings, warnings) lands in ``RUN_DIR/.records/``, and a rerun of the
-same command skips finished outputs (a multi-turn session continues from its last
-written turn). ``RUN_DIR/manifest[-<protocol>].json`` holds the settings, model,
+Resumable: every image is written atomically as soon as it is done, then its
+record (instruction, seed, timings, warnings) lands in ``RUN_DIR/.records/``; a
+rerun of the same command skips the outputs whose image *and* record are there (a
+multi-turn session continues from its last recorded turn) and regenerates an image
+left without its record (a kill between the two), so every manifest entry is a
+full record. ``RUN_DIR/manifest[-<protocol>].json`` holds the settings, model,
 library versions and the merged per-sample records; a rerun with different settings
 is refused unless ``--overwrite``. Under ``accelerate launch`` the samples are
 sharded across processes.
+
+Writes stay in the run folder: every output path (built from dataset fields) is
+resolved, symlinks followed, and must lie inside ``RUN_DIR`` and outside the
+dataset's folders (the benchmark's root, the one holding its JSON file, plus
+``--coco-dir`` and every folder holding a source image); a sample whose path does
+not is refused with a one-line error, counted as failed, and the run goes on. A
+``RUN_DIR`` inside the dataset's root folder is refused.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,11 +98,45 @@ def magicbrush_resize(image, resolution: int = 512):
 
 @dataclass
 class GenUnit:
-    """One sample to generate: ``run(editor, ctx) -> record``; ``outputs`` for skipping."""
+    """One sample to generate: ``run(editor, ctx) -> record``; ``outputs`` for skipping,
+    ``sources`` (the dataset files it reads) for :class:`OutputGuard`."""
 
     key: str
     outputs: list[Path]
     run: Callable[[Any, "Ctx"], dict[str, Any]]
+    sources: list[Path] = field(default_factory=list)
+
+
+class OutputGuard:
+    """Where ``eval`` may write: inside ``run_dir`` and outside every dataset folder,
+    both compared after resolving symlinks (``os.path.realpath``)."""
+
+    def __init__(self, run_dir: str | os.PathLike, data_dirs: list[str | os.PathLike] = ()):
+        self.run_dir = Path(os.path.realpath(run_dir))
+        self.data_dirs: list[Path] = []
+        for d in data_dirs:
+            self.add_data_dir(d)
+
+    def add_data_dir(self, folder: str | os.PathLike) -> None:
+        real = Path(os.path.realpath(folder))
+        if real not in self.data_dirs:
+            self.data_dirs.append(real)
+
+    def problem(self, path: str | os.PathLike) -> str | None:
+        """Why ``path`` may not be written (one line), or ``None``."""
+        real = Path(os.path.realpath(path))
+        for d in self.data_dirs:
+            if real.is_relative_to(d):
+                return f"output {str(path)!r} resolves to {str(real)!r}, inside the dataset folder {str(d)!r}"
+        if real == self.run_dir or not real.is_relative_to(self.run_dir):
+            return f"output {str(path)!r} resolves to {str(real)!r}, outside the run folder {str(self.run_dir)!r}"
+        return None
+
+    def check(self, path: str | os.PathLike) -> Path:
+        msg = self.problem(path)
+        if msg:
+            raise LimeEditError(msg)
+        return Path(path)
 
 
 @dataclass
@@ -102,6 +145,26 @@ class Ctx:
     seed: int
     overrides: dict[str, Any]
     overwrite: bool
+    guard: OutputGuard | None = None
+    turns: RowStore | None = None   # per-output records of multi-output samples (MagicBrush turns)
+
+    def save(self, path: Path, image) -> None:
+        """Write an edited image (atomically), after the guard allowed its path."""
+        from ..io import atomic_save_image
+
+        if self.guard is not None:
+            self.guard.check(path)
+        atomic_save_image(path, image.convert("RGB"))
+
+    def put_turn(self, key: str, row: dict[str, Any]) -> None:
+        if self.turns is not None:
+            if self.guard is not None:
+                self.guard.check(self.turns.path(key))
+            self.turns.put(key, row)
+
+    def get_turn(self, key: str) -> dict[str, Any] | None:
+        row = self.turns.get(key) if self.turns is not None else None
+        return None if row is None else {k: v for k, v in row.items() if k != "key"}
 
 
 def _edit(editor, image, instruction: str, ctx: Ctx):
@@ -111,12 +174,6 @@ def _edit(editor, image, instruction: str, ctx: Ctx):
     timings.setdefault("total", round(time.perf_counter() - t0, 4))
     return res, {"instruction": instruction, "seed": ctx.seed, "lime_applied": bool(getattr(res, "lime_applied", False)),
                  "warnings": list(getattr(res, "warnings", []) or []), "timings": timings}
-
-
-def _save(path: Path, image) -> None:
-    from ..io import atomic_save_image
-
-    atomic_save_image(path, image.convert("RGB"))
 
 
 def _load_input(path: Path):
@@ -137,7 +194,8 @@ def magicbrush_units(data, out: Path, protocol: str, limit: int | None):
         names = [f"{s.img_id}_1.png"] + [f"{s.img_id}_{'inde' if protocol == 'single' else 'iter'}_{t.index}.png"
                                          for t in s.turns[1:]]
         paths = [folder / n for n in names]
-        units.append(GenUnit(s.img_id, paths, _mb_run(s, paths, protocol)))
+        sources = [t.input for t in s.turns if t.index == 1 or protocol == "single"]
+        units.append(GenUnit(s.img_id, paths, _mb_run(s, paths, protocol), sources))
     return units, problems
 
 
@@ -146,8 +204,10 @@ def _mb_run(session, paths: list[Path], protocol: str):
         turns = []
         prev = None
         for turn, path in zip(session.turns, paths):
-            if path.is_file() and not ctx.overwrite:
-                turns.append({"turn": turn.index, "output": path.name, "skipped": True})
+            turn_key = f"{session.img_id}/{path.name}"  # turn 1 is shared by both protocols
+            old = None if ctx.overwrite or not path.is_file() else ctx.get_turn(turn_key)
+            if old is not None:                      # image and record both there: done
+                turns.append(old)
                 prev = path
                 continue
             if turn.index == 1 or protocol == "single":
@@ -156,9 +216,11 @@ def _mb_run(session, paths: list[Path], protocol: str):
                 src = prev                           # the model's own previous output
             image = magicbrush_resize(_load_input(src))
             res, rec = _edit(editor, image, turn.instruction, ctx)
-            _save(path, res.image)
+            ctx.save(path, res.image)
             prev = path
-            turns.append({"turn": turn.index, "output": path.name, "input": src.name, **rec})
+            rec = {"turn": turn.index, "output": path.name, "input": src.name, **rec}
+            ctx.put_turn(turn_key, rec)
+            turns.append(rec)
         return {"turns": turns}
 
     return run
@@ -177,14 +239,15 @@ def piebench_units(data, out: Path, limit: int | None, categories: set[str] | No
             path = path.with_suffix(".png")
 
         def run(editor, ctx: Ctx, it=it, path=path) -> dict[str, Any]:
-            if path.is_file() and not ctx.overwrite:
-                return {"output": str(path.relative_to(out)), "category": it.editing_type_id, "skipped": True}
+            # Called when the image or its record is missing (or --overwrite): an image
+            # without its record (killed between the two) is regenerated, never
+            # recorded as a bare "skipped" entry.
             res, rec = _edit(editor, _load_input(it.image), it.editing_instruction, ctx)
             # Saved like PnP-Inversion's scripts: same relative name, PIL defaults for the format.
-            _save(path, res.image)
+            ctx.save(path, res.image)
             return {"output": str(path.relative_to(out)), "category": it.editing_type_id, **rec}
 
-        units.append(GenUnit(it.key, [path], run))
+        units.append(GenUnit(it.key, [path], run, [it.image]))
     return units, problems
 
 
@@ -200,13 +263,11 @@ def editval_units(data, out: Path, limit: int | None, coco_dir=None, edit_types:
         instruction = template.format(to=e.to, cls=e.class_name)
 
         def run(editor, ctx: Ctx, e=e, path=path, instruction=instruction) -> dict[str, Any]:
-            if path.is_file() and not ctx.overwrite:
-                return {"output": str(path.relative_to(out)), "edit_type": e.edit_type, "skipped": True}
-            res, rec = _edit(editor, _load_input(e.image), instruction, ctx)
-            _save(path, res.image)
+            res, rec = _edit(editor, _load_input(e.image), instruction, ctx)  # record missing: (re)do it
+            ctx.save(path, res.image)
             return {"output": str(path.relative_to(out)), "edit_type": e.edit_type, **rec}
 
-        units.append(GenUnit(e.key, [path], run))
+        units.append(GenUnit(e.key, [path], run, [e.image]))
     return units, problems
 
 
@@ -302,6 +363,14 @@ def run_eval(args) -> int:
     overrides = {**PROTOCOL_SETTINGS[bench], **user}
     seed = DEFAULT_SEED[bench] if args.seed is None else int(args.seed)
     out = Path(args.out)
+    from .datasets import editval_root, magicbrush_root, piebench_root
+
+    root = {"magicbrush": magicbrush_root, "piebench": piebench_root, "editval": editval_root}[bench](args.data)
+    guard = OutputGuard(out, [root] + ([args.coco_dir] if getattr(args, "coco_dir", None) else []))
+    for d in guard.data_dirs:  # before anything is created
+        if guard.run_dir.is_relative_to(d):
+            raise LimeEditError(f"--out {str(out)!r} is inside the dataset folder {str(d)!r}; eval never writes "
+                                "there: choose a run folder outside it")
     out.mkdir(parents=True, exist_ok=True)
     shard = get_shard(cpu=args.device == "cpu")
     device = args.device or shard.device
@@ -315,9 +384,17 @@ def run_eval(args) -> int:
     else:
         types = None if not args.edit_types else set(args.edit_types.split(","))
         units, problems = editval_units(args.data, out, args.limit, coco_dir=args.coco_dir, edit_types=types)
+    for u in units:  # every folder a source image lies in is dataset too
+        for src in u.sources:
+            guard.add_data_dir(Path(src).parent)
+    refused = {}
+    for u in units:
+        msg = next((m for m in map(guard.problem, u.outputs) if m), None)
+        if msg:
+            refused[u.key] = msg
 
     sig = _signature(args, overrides, seed)
-    manifest_path = out / (f"manifest-{protocol}.json" if protocol else "manifest.json")
+    manifest_path = guard.check(out / (f"manifest-{protocol}.json" if protocol else "manifest.json"))
     if not args.overwrite:
         _check_signature(out, sig)
     shard.barrier()  # every process checked before the main one writes
@@ -328,13 +405,28 @@ def run_eval(args) -> int:
         atomic_write_json(manifest_path, {**base, "status": "running"})
 
     records = RowStore(out / ".records" / (protocol or bench))
-    ctx = Ctx(mask=None if args.no_lime else "auto", seed=seed, overrides=overrides, overwrite=args.overwrite)
+    ctx = Ctx(mask=None if args.no_lime else "auto", seed=seed, overrides=overrides, overwrite=args.overwrite,
+              guard=guard, turns=RowStore(out / ".records" / f"{bench}-outputs") if bench == "magicbrush" else None)
+
+    def put_record(key: str, row: dict[str, Any]) -> None:
+        guard.check(records.path(key))
+        records.put(key, row)
+
     mine = shard.split(units)
-    todo = [u for u in mine if args.overwrite or not all(p.is_file() for p in u.outputs)
-            or records.get(u.key) is None]
     failed = 0
     sampler = {k: {"value": v, "from": "user" if k in user else "protocol"} for k, v in overrides.items()
                if k in PROTOCOL_SETTINGS[bench]}
+    if shard.is_main:  # records the readers refused (malformed, unsafe paths, missing files): reported now
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+    for u in mine:  # paths that leave the run folder or enter the dataset: refused, counted, no model work
+        if u.key in refused:
+            failed += 1
+            print(f"error: {u.key}: {refused[u.key]}", file=sys.stderr)
+            put_record(u.key, {"error": {"file": str(u.outputs[0]) if u.outputs else "", "message": refused[u.key]},
+                               "wall_s": 0.0})
+    todo = [u for u in mine if u.key not in refused and (args.overwrite or not all(p.is_file() for p in u.outputs)
+                                                         or records.get(u.key) is None)]
     if todo:
         editor = _load_pipeline(args, device)
         sampler = _family_sampler(editor, ctx.overrides, user, sampler)
@@ -361,7 +453,7 @@ def run_eval(args) -> int:
                                  if not isinstance(err, LimeEditError) else msg}}
                 print(f"error: {u.key}: {rec['error']['message']}", file=sys.stderr)
             rec["wall_s"] = round(time.perf_counter() - t0, 4)
-            records.put(u.key, rec)
+            put_record(u.key, rec)
     shard.barrier()
     if not shard.is_main:
         return 1 if failed else 0

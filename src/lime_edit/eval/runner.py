@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import urllib.parse
@@ -67,8 +68,15 @@ def get_shard(cpu: bool = False) -> Shard:
 
 
 def _file_name(key: str) -> str:
-    # Reversible, file-system-safe, keeps "/" out of names.
-    return urllib.parse.quote(key, safe="-_.,=+@ ") + ".json"
+    # File-system-safe and one name component ("/" is quoted, a leading "." too, so
+    # no key names a hidden file, "." or ".."); reversible unless the key is so long
+    # that its tail is replaced by a hash (file names are limited to 255 bytes).
+    name = urllib.parse.quote(key, safe="-_.,=+@ ", errors="surrogatepass")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) > 200:
+        name = name[:160] + "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return name + ".json"
 
 
 class RowStore:

@@ -1,0 +1,103 @@
+"""``bench synthetic`` / ``demo``: integer options are validated (usage errors, exit 2,
+before any model loads) and a resumed benchmark never mixes rows made with other
+results-changing settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lime_edit import cli as lime_cli
+from lime_edit.demo import bundled_model_path
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail loudly if a command gets as far as loading a model."""
+    from lime_edit import pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(pipeline.LimePipeline, "from_pretrained", classmethod(lambda cls, *a, **k: refuse()))
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["bench", "synthetic", "--steps", "0"], "--steps 0"),
+    (["bench", "synthetic", "--steps", "-4"], "--steps -4"),
+    (["bench", "synthetic", "--batch", "-3"], "--batch -3"),
+    (["bench", "synthetic", "--batch", "0"], "--batch 0"),
+    (["bench", "synthetic", "--n", "0"], "--n 0"),
+    (["demo", "--steps", "0"], "--steps 0"),
+])
+def test_bad_counts_are_usage_errors(tmp_path, capsys, no_model_load, argv, flag):
+    assert lime_cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and flag in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def _bench(out, *extra):
+    return lime_cli.main(["bench", "synthetic", "--n", "1", "--out", str(out), "--no-progress", "--examples", "0",
+                          "--threads", "0",  # leave torch's global thread count alone
+                          *extra])
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def test_results_record_the_steps_and_batch_used(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert _bench(out, "--methods", "ip2p") == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 30 and res["batch"] == 8  # the defaults actually used, never null
+    assert res["signature"]["methods"]["ip2p"]["settings"]["num_inference_steps"] == 30
+
+
+def test_resume_refuses_other_settings_and_overwrite_starts_afresh(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert _bench(out, "--methods", "ip2p", "--steps", "2") == 0
+    first = _rows(out)
+    capsys.readouterr()
+    # other steps: refused with one line naming what changed; nothing recomputed or relabelled
+    assert _bench(out, "--methods", "ip2p,lime", "--steps", "3", "--n", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num_inference_steps" in err[0] and "--overwrite" in err[0], err
+    assert _rows(out) == first
+    assert json.loads((out / "results.json").read_text())["steps"] == 2
+    # another model (a copy with one file changed) is refused; an identical copy elsewhere is not
+    copy = tmp_path / "model"
+    shutil.copytree(bundled_model_path(), copy)
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--model", str(copy)) == 0
+    assert _rows(out) == first
+    cfg = copy / "scheduler" / "scheduler_config.json"
+    cfg.write_text(cfg.read_text() + " ")
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--model", str(copy)) == 2
+    assert "model" in capsys.readouterr().err
+    # other device or batch size: refused too
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--batch", "4") == 2
+    assert "batch" in capsys.readouterr().err
+    # the same settings resume: new methods and scenes are added, old rows kept
+    assert _bench(out, "--methods", "ip2p,lime_k4", "--steps", "2", "--n", "2") == 0
+    rows = _rows(out)
+    assert rows[0] == first[0] and len(rows) == 4
+    assert {(r["method"], r["seed"]) for r in rows} == {("ip2p", 0), ("ip2p", 1), ("lime_k4", 0), ("lime_k4", 1)}
+    sig = json.loads((out / "signature.json").read_text())
+    assert set(sig["methods"]) == {"ip2p", "lime_k4"}
+    # --overwrite: a fresh folder at the new settings
+    assert _bench(out, "--methods", "ip2p", "--steps", "3", "--overwrite") == 0
+    assert [(r["method"], r["seed"]) for r in _rows(out)] == [("ip2p", 0)]
+    sig = json.loads((out / "signature.json").read_text())
+    assert set(sig["methods"]) == {"ip2p"} and sig["methods"]["ip2p"]["settings"]["num_inference_steps"] == 3
+    assert json.loads((out / "results.json").read_text())["steps"] == 3
+
+
+def test_results_without_a_signature_are_not_resumed(tmp_path, capsys, no_model_load):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "samples.jsonl").write_text(json.dumps({"method": "ip2p", "seed": 0}) + "\n")
+    assert _bench(out, "--methods", "ip2p") == 2
+    assert "signature.json" in capsys.readouterr().err
