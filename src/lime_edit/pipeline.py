@@ -18,6 +18,7 @@ processors are installed for one pass at a time and always restored.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from . import roi as roi_ops
-from .config import LimeConfig
+from .config import LimeConfig, check_seed
 from .errors import LimeEditError
 from .imageops import mask_to_tensor, processing_size, resize_mask, to_rgb
 from .processors import PassState, check_levels, lime_attention
@@ -90,7 +91,7 @@ class LimePipeline:
     def localize(self, image, instruction, seed: int | Sequence[int] = 0, **overrides):
         """Stage 1 only: returns a :class:`Localization` (a list for list input).
         An instruction with no related token gives an empty mask and no tokens."""
-        cfg = self.config.replace(**overrides)
+        cfg = self._config(overrides)
         items, single = self._items(image, instruction, "auto", seed)
         out: list[Localization | None] = [None] * len(items)
         for group in self._groups(items):
@@ -102,7 +103,7 @@ class LimePipeline:
         """Edit with LIME. ``mask``: ``"auto"`` (localize first, same seed), ``None``
         (plain IP2P), a :class:`Localization`, or a user mask (PIL image, array or
         tensor of any size, nonzero = region), or a list of these."""
-        cfg = self.config.replace(**overrides)
+        cfg = self._config(overrides)
         items, single = self._items(image, instruction, mask, seed)
         out: list[EditResult | None] = [None] * len(items)
         for group in self._groups(items):
@@ -113,6 +114,15 @@ class LimePipeline:
     __call__ = edit
 
     # ------------------------------------------------------------------ input checks
+    def _config(self, overrides: dict[str, Any]) -> LimeConfig:
+        """The call's settings; a bad override is a ``LimeEditError`` naming the field."""
+        try:
+            return self.config.replace(**overrides)
+        except LimeEditError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise LimeEditError(str(err)) from None
+
     def _items(self, image, instruction, mask, seed) -> tuple[list[_Item], bool]:
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
@@ -129,8 +139,13 @@ class LimePipeline:
                 raise LimeEditError(f"instruction{where}: empty instruction")
             if not isinstance(img, Image.Image):
                 raise LimeEditError(f"image{where}: expected a PIL image, got {type(img).__name__}")
+            s = check_seed(s, f"seed{where}")
+            if isinstance(m, str) and m != "auto":
+                raise LimeEditError(f"mask{where}: expected 'auto', None, a Localization or a mask, got {m!r}")
+            if m is not None and not isinstance(m, (str, Localization)):
+                m = mask_to_tensor(m, name=f"mask{where}")  # a bad user mask fails before any model work
             rgb = to_rgb(img)
-            it = _Item(i, rgb, ins.strip(), m, int(s))
+            it = _Item(i, rgb, ins.strip(), m, s)
             it.size = processing_size(rgb.size, self.size_multiple)
             items.append(it)
         return items, single
@@ -161,6 +176,7 @@ class LimePipeline:
         images = [it.image.resize(size, Image.LANCZOS) if it.image.size != size else it.image
                   for it in items]
         gens = [torch.Generator(device="cpu").manual_seed(it.seed) for it in items]
+        finish_bar = lambda: None  # noqa: E731 - replaced below
 
         def callback(pipe, i, t, kwargs):
             if state is not None:
@@ -171,21 +187,24 @@ class LimePipeline:
                     on_step(i)
                 state.step = i + 1
                 if stop_after is not None and i >= stop_after:
+                    finish_bar()
                     raise _StopPass
             return {}
 
         kwargs = dict(prompt=[it.instruction for it in items], image=images, num_inference_steps=steps,
                       guidance_scale=guidance, image_guidance_scale=cfg.image_guidance_scale,
                       generator=gens, output_type=output_type)
-        if state is None:
-            return self.pipe(**kwargs).images
-        try:
-            with lime_attention(self.pipe.unet, state, cfg.layers):
-                return self.pipe(callback_on_step_end=callback, **kwargs).images
-        except _StopPass:
-            return None
-        finally:
-            self.pipe.maybe_free_model_hooks()
+        label, total = ("edit", steps) if stop_after is None else ("localize", min(stop_after + 1, steps))
+        with _step_bar(self.pipe, label, total) as finish_bar:
+            if state is None:
+                return self.pipe(**kwargs).images
+            try:
+                with lime_attention(self.pipe.unet, state, cfg.layers):
+                    return self.pipe(callback_on_step_end=callback, **kwargs).images
+            except _StopPass:
+                return None
+            finally:
+                self.pipe.maybe_free_model_hooks()
 
     def _capture_state(self, items: list[_Item], cfg: LimeConfig) -> PassState:
         st = PassState(latent_hw=self._latent_hw(items[0].size), batch=len(items))
@@ -330,6 +349,47 @@ class LimePipeline:
         return results
 
 
+@contextmanager
+def _step_bar(pipe, desc: str, total: int):
+    """The wrapped pipeline's step progress bar for one pass, labelled ``desc``
+    ("localize" or "edit") and counting the steps this pass really runs: the
+    localization pass stops after the capture step, so its bar ends at
+    ``capture_step + 1``, not at the schedule's length. Honours the pipeline's
+    ``set_progress_bar_config`` (``disable``, ``leave`` ...). Yields a function
+    that completes the bar (called just before the pass stops itself)."""
+    original = getattr(pipe, "progress_bar", None)
+    if not callable(original):
+        yield lambda: None
+        return
+    bars: list[Any] = []
+
+    def progress_bar(iterable=None, total=None):
+        saved = getattr(pipe, "_progress_bar_config", None)
+        pipe._progress_bar_config = {"desc": desc, **(saved or {})}
+        try:
+            bar = original(iterable, total=total_steps if iterable is None else None)
+        finally:
+            pipe._progress_bar_config = saved if saved is not None else {}
+        bars.append(bar)
+        return bar
+
+    def finish() -> None:
+        for bar in bars:
+            if getattr(bar, "n", total_steps) < total_steps:
+                bar.update(total_steps - bar.n)
+
+    total_steps = total
+    had_own = "progress_bar" in vars(pipe)
+    pipe.progress_bar = progress_bar
+    try:
+        yield finish
+    finally:
+        if had_own:
+            pipe.progress_bar = original
+        else:
+            del pipe.progress_bar
+
+
 def _content(sel: TokenSelection) -> torch.Tensor:
     """Tokens rewarded in "reward" mode: the instruction's content words (verbs included)."""
     m = sel.keep.clone()
@@ -350,6 +410,6 @@ def _broadcast(value, n: int, name: str, kind) -> list:
         if len(value) != n:
             raise LimeEditError(f"{name}: {len(value)} values for {n} images")
         return list(value)
-    if kind is int and not isinstance(value, (int, np.integer)):
+    if kind is int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
         raise LimeEditError(f"{name}: expected an int or a list of ints, got {type(value).__name__}")
     return [value] * n
