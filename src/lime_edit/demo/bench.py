@@ -151,8 +151,11 @@ def _examples_grid(out: Path, samples, methods: list[str], k: int) -> None:
     save_png(canvas, out / "examples.png")
 
 
-def _quiet_loading() -> None:
-    """No per-component loading bars from diffusers/transformers in our commands."""
+def _quiet_loading(verbose: bool = False) -> None:
+    """No per-component loading bars from diffusers/transformers in our commands
+    (``-v`` keeps them)."""
+    if verbose:
+        return
     try:
         from diffusers.utils import logging as dlog
 
@@ -188,7 +191,7 @@ def run_bench(args) -> int:
     if n < 1:
         raise LimeEditError("--n must be >= 1")
     model = args.model or str(bundled_model_path())
-    _quiet_loading()
+    _quiet_loading(getattr(args, "verbose", False))
     lp = LimePipeline.from_pretrained(model, device=getattr(args, "device", "cpu"))
     try:
         lp.pipe.set_progress_bar_config(disable=True)

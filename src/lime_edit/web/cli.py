@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="edits that run at once; each loads its own copy of the model (default 1)")
     p.add_argument("--max-queue", type=_positive_int, default=16,
                    help="edits waiting at most; more are refused with a message (default 16)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the messages and model-loading bars of diffusers/transformers")
     p.set_defaults(func=serve)
 
 
@@ -104,12 +106,14 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 2
     from lime_edit import LimeEditError, LimePipeline
+    from lime_edit.cli import quiet_libraries
 
     from .app import build_app, launch
 
     try:
-        pipelines = [LimePipeline.from_pretrained(args.model, device=args.device)
-                     for _ in range(args.concurrency)]
+        with quiet_libraries(getattr(args, "verbose", False), load=True):  # no model-loading bars
+            pipelines = [LimePipeline.from_pretrained(args.model, device=args.device)
+                         for _ in range(args.concurrency)]
     except LimeEditError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
