@@ -662,3 +662,17 @@ def test_commands_print_only_their_own_output(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "" and proc.stdout.strip() == str(tmp_path / "panel.png")
+
+
+def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs, fake, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    bomb = imgs / "bomb.png"  # 20000 x 10000 = 200 M pixels in the header, no real data
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b""))
+    code, _, err = run(["edit", imgs, "-i", "x y", "-o", tmp_path / "o", "--max-pixels", "0"], capsys)
+    assert code == 1 and len(fake.calls) == 2
+    assert f"error: {bomb}: image is far above PIL's decompression-bomb limit" in err
