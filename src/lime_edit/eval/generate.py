@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LimeEditError
+from ..io import printable
 from .runner import RowStore, get_shard
 
 PROTOCOL_SETTINGS: dict[str, dict[str, Any]] = {
@@ -334,7 +335,7 @@ def run_eval(args) -> int:
                 msg = " ".join(str(err).split()) or type(err).__name__
                 rec = {"error": {"file": "", "message": f"{type(err).__name__}: {msg}"
                                  if not isinstance(err, LimeEditError) else msg}}
-                print(f"error: {u.key}: {rec['error']['message']}", file=sys.stderr)
+                print(printable(f"error: {u.key}: {rec['error']['message']}"), file=sys.stderr)
             rec["wall_s"] = round(time.perf_counter() - t0, 4)
             records.put(u.key, rec)
     shard.barrier()
@@ -359,5 +360,5 @@ def run_eval(args) -> int:
         print(f"{bench}{'-' + protocol if protocol else ''}: {manifest['n_done']} done, "
               f"{manifest['n_failed']} failed or skipped; outputs in {out}; manifest {manifest_path}")
         for f in failures[:10]:
-            print(f"failed: {f['sample']}: {f['file']}: {f['message']}", file=sys.stderr)
+            print(printable(f"failed: {f['sample']}: {f['file']}: {f['message']}"), file=sys.stderr)
     return 0 if not failures else 1

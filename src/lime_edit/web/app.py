@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -286,17 +287,16 @@ class LimeWebApp:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._prune_lock = threading.Lock()
         self._stop = threading.Event()
-        if self._own_workdir:
-            import atexit
-
-            atexit.register(self.close)
+        # removed at close(), when the app is garbage-collected, or at exit, whichever comes first
+        self._remove_workdir = (weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
+                                if self._own_workdir else None)
 
     def close(self) -> None:
         """Stop the janitor and remove the downloads folder if this app made it
         (``lime-edit serve`` also removes its Gradio cache folder)."""
         self._stop.set()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._remove_workdir is not None:
+            self._remove_workdir()
 
     def start_janitor(self, every_s: float = 30.0) -> threading.Thread:
         """Prune the files (age, disk cap) every ``every_s`` seconds in a daemon
