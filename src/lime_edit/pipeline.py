@@ -338,7 +338,8 @@ class LimePipeline:
         total = time.perf_counter() - t0
         results = []
         for j, it in enumerate(items):
-            img = Image.fromarray(np.clip(images[j] * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            # rounded as diffusers rounds its PIL output (half to even), so mask=None is bit-identical to it
+            img = Image.fromarray(np.clip(np.round(images[j] * 255.0), 0, 255).astype(np.uint8))
             if img.size != it.image.size:
                 img = img.resize(it.image.size, Image.LANCZOS)
             results.append(EditResult(
