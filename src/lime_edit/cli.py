@@ -167,6 +167,20 @@ def _set_parsers() -> dict[str, Callable[[str], Any]]:
     return parsers
 
 
+def _parser_for_default(name: str) -> Callable[[str], Any]:
+    """A field without an entry in :func:`_set_parsers`: parse by its default's type."""
+    default = {f.name: f.default for f in dataclasses.fields(LimeConfig)}[name]
+    if isinstance(default, bool):
+        return _flag_bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return finite_float
+    if isinstance(default, tuple):
+        return _levels
+    return str
+
+
 #: Fields that may be set to None (``--set NAME=none``).
 _NONE_OK = ("localization_steps", "layers")
 
@@ -181,7 +195,7 @@ def _parse_set(item: str) -> tuple[str, Any]:
         raise UsageError(f"--set {name}: unknown setting; known: {', '.join(sorted(fields))}")
     if text.lower() in ("none", "null") and name in _NONE_OK:
         return name, None
-    parser = _set_parsers()[name]
+    parser = _set_parsers().get(name) or _parser_for_default(name)
     try:
         return name, parser(text)
     except (ValueError, argparse.ArgumentTypeError) as err:
