@@ -622,3 +622,140 @@ def test_end_to_end_bad_model_folder(tmp_path, imgs, capsys):
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--model", tmp_path / "empty-model",
                         "--out", tmp_path / "o"], capsys)
     assert code == 2 and "model_index.json" in err and err.strip().count("\n") == 0
+
+
+# --------------------------------------------------------------------------- issue 12: validation, names, flags
+@pytest.mark.parametrize("bad", [["--guidance", "inf"], ["--image-guidance", "nan"],
+                                 ["--localization-guidance", "-inf"], ["--capture-at", "nan"],
+                                 ["--distance-threshold", "inf"], ["--regularize-until", "nan"],
+                                 ["--set", "guidance_scale=inf"], ["--set", "regularize_from=nan"],
+                                 ["--seed", str(2**64)], ["--seed", "-1"], ["--seed", "1.5"],
+                                 ["--set", "num_inference_steps=2.5"], ["--set", "drop_verbs=maybe"],
+                                 ["--set", "layers="], ["--set", "mode=sideways"]])
+def test_non_finite_numbers_and_bad_seeds_are_usage_errors(tmp_path, imgs, fake, capsys, bad):
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "-o", tmp_path / "o", *bad], capsys)
+    assert code == 2 and fake.loads == 0 and not (tmp_path / "o").exists()
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and (bad[1].split("=")[0] in last or bad[0] in last), err
+    if bad[0] == "--seed":
+        assert "0..2**64-1" in last
+
+
+def test_seed_range_ends_are_accepted(tmp_path, imgs, fake, capsys):
+    for seed in (0, 2**64 - 1, "0x10"):
+        assert run(["edit", imgs / "a.png", "-i", "x y", "-o", tmp_path / "o", "--overwrite", "--seed", seed],
+                   capsys)[0] == 0
+    assert [c["seed"] for c in fake.calls] == [0, 2**64 - 1, 16]
+
+
+def test_every_config_field_is_settable_with_set(tmp_path, imgs, fake, capsys):
+    import dataclasses
+
+    assert set(cli._set_parsers()) == {f.name for f in dataclasses.fields(LimeConfig)}
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "-o", tmp_path / "o",
+                        "--set", "layers=up_blocks.*attn2*, mid_block.*", "--set", "localization_steps=none",
+                        "--set", "schedule=single-pass", "--set", "guidance_scale=3", "--set", "drop_verbs=off",
+                        "--set", "feature_levels=2,4", "--set", "agglomerative_max_points=64",
+                        "--set", "clustering=agglomerative"], capsys)
+    assert code == 0, err
+    assert fake.calls[-1]["overrides"] == dict(
+        layers=("up_blocks.*attn2*", "mid_block.*"), localization_steps=None, schedule="single_pass",
+        guidance_scale=3.0, drop_verbs=False, feature_levels=(2, 4), agglomerative_max_points=64,
+        clustering="agglomerative")
+    assert run(["edit", imgs / "a.png", "-i", "x y", "-o", tmp_path / "o", "--overwrite",
+                "--set", "layers=none"], capsys)[0] == 0
+    assert fake.calls[-1]["overrides"] == dict(layers=None)
+
+
+def test_short_o_is_out_everywhere():
+    parser = cli.build_parser()
+    for argv in (["edit", "x.png", "-i", "t", "-o", "D"], ["localize", "x.png", "-i", "t", "-o", "D"],
+                 ["demo", "-o", "D"], ["bench", "synthetic", "-o", "D"], ["train-demo", "-o", "D"],
+                 ["eval", "piebench", "--data", "x", "-o", "D"]):
+        assert parser.parse_args(argv).out == "D", argv
+
+
+def test_max_pixels_help_says_pil_bomb_limit_stays(capsys):
+    assert cli.main(["edit", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0 = no limit of ours" in text and "decompression-bomb limit" in text
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_fifo_in_a_batch_is_reported_and_the_rest_goes_on(tmp_path, imgs, fake, capsys):
+    import os
+
+    os.mkfifo(imgs / "x.png")
+    code, out, err = run(["edit", imgs, "-i", "x y", "-o", tmp_path / "o"], capsys)
+    assert code == 1 and len(fake.calls) == 2
+    assert f"error: {imgs / 'x.png'}: is a named pipe (FIFO), not a regular file (not opened)" in err.splitlines()
+
+
+def test_file_names_are_printed_escaped(tmp_path, fake, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    evil = d / "a\nerror: forged\x1b[31m.png"
+    evil.write_text("not an image")
+    code, _, err = run(["edit", evil, "-i", "x y", "-o", tmp_path / "o"], capsys)
+    assert code == 1 and "\x1b" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert lines[0] == f"error: {d}/a\\nerror: forged\\x1b[31m.png: not an image file (or an unsupported format)"
+
+
+def test_model_errors_do_not_repeat_the_name(tmp_path, imgs, monkeypatch, capsys):
+    def load(args):
+        raise ModelLoadError(f"{args.model}: no such file or folder")
+
+    monkeypatch.setattr(cli, "_load_pipeline", load)
+    _, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--model", "./gone", "-o", tmp_path / "o"], capsys)
+    assert err.strip() == "error: model ./gone: no such file or folder"
+
+
+def test_quiet_libraries_hides_library_logs_and_bars_unless_verbose(monkeypatch):
+    import logging
+    import os
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    before = [(m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    with cli.quiet_libraries(verbose=False):
+        assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+        for m in (dlog, tlog):
+            assert m.get_verbosity() == logging.ERROR and not m.is_progress_bar_enabled()
+    assert [(m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)] == before
+    assert "TRANSFORMERS_VERBOSITY" not in os.environ
+    dlog.set_verbosity_warning()
+    with cli.quiet_libraries(verbose=True):
+        assert dlog.get_verbosity() == logging.WARNING and "TRANSFORMERS_VERBOSITY" not in os.environ
+    dlog.set_verbosity(before[0][0])
+
+
+def test_commands_print_only_their_own_output(tmp_path):
+    """A fresh process (library warnings fire once per process): no transformers
+    'requires torchvision' lines, no diffusers loading bars."""
+    import os
+    import subprocess
+
+    pytest.importorskip("lime_edit.demo")
+    env = dict(os.environ, PYTHONPATH=str(Path(cli.__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "lime_edit.cli", "demo", "--steps", "1", "-o", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "" and proc.stdout.strip() == str(tmp_path / "panel.png")
+
+
+def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs, fake, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    bomb = imgs / "bomb.png"  # 20000 x 10000 = 200 M pixels in the header, no real data
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b""))
+    code, _, err = run(["edit", imgs, "-i", "x y", "-o", tmp_path / "o", "--max-pixels", "0"], capsys)
+    assert code == 1 and len(fake.calls) == 2
+    assert f"error: {bomb}: image is far above PIL's decompression-bomb limit" in err

@@ -344,3 +344,75 @@ def test_check_out_dir(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(LimeEditError, match="not a folder"):
         lio.check_out_dir(tmp_path / "file")
+
+
+# --------------------------------------------------------------------------- non-regular files
+def _fifo_watchdog(fifo: Path, after_s: float = 5.0):
+    """If a reader blocks on ``fifo`` (the bug), release it after ``after_s``; the
+    returned list says whether a reader was found."""
+    import threading
+
+    found: list[bool] = []
+
+    def release():
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: nobody has it open
+        except OSError:
+            found.append(False)
+            return
+        found.append(True)
+        os.close(fd)
+
+    timer = threading.Timer(after_s, release)
+    timer.start()
+    return timer, found
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_named_like_an_image_is_reported_never_opened(tmp_path):
+    good = tmp_path / "in" / "a.png"
+    good.parent.mkdir()
+    _gradient(16, 16).save(good)
+    fifo = tmp_path / "in" / "x.png"
+    os.mkfifo(fifo)
+    timer, found = _fifo_watchdog(fifo)
+    try:
+        for spec, expected in ((good.parent, [good]), (fifo, []), (tmp_path / "in" / "*.png", [good])):
+            files, problems = lio.expand_inputs([str(spec)])
+            assert [p.spec for p in problems] == [str(fifo)] and files == expected
+            assert "named pipe (FIFO), not a regular file" in problems[0].message
+        for loader in (lio.load_image, lio.load_mask):
+            with pytest.raises(InputImageError, match="named pipe") as exc:
+                loader(fifo)
+            _one_line_naming(exc.value, fifo)
+    finally:
+        timer.cancel()
+    assert not found  # nothing ever opened the FIFO
+
+
+@pytest.mark.skipif(os.name != "posix" or not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_device_symlink_loop_and_dangling_link_are_reported(tmp_path):
+    (tmp_path / "dev.png").symlink_to("/dev/null")
+    (tmp_path / "loop1.png").symlink_to(tmp_path / "loop2.png")
+    (tmp_path / "loop2.png").symlink_to(tmp_path / "loop1.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    _gradient(16, 16).save(tmp_path / "ok.png")
+    files, problems = lio.expand_inputs([str(tmp_path)])
+    assert [p.name for p in files] == ["ok.png"]
+    assert {Path(p.spec).name: p.message for p in problems} == {
+        "dev.png": "is a character device, not a regular file (not opened)",
+        "gone.png": "symbolic link to a missing file",
+        "loop1.png": "symbolic link loop (not opened)",
+        "loop2.png": "symbolic link loop (not opened)"}
+    files, problems = lio.expand_inputs([str(tmp_path / "loop1.png")])
+    assert files == [] and problems[0].message == "symbolic link loop (not opened)"
+    with pytest.raises(InputImageError, match="character device"):
+        lio.load_image(tmp_path / "dev.png")
+
+
+def test_printable_escapes_control_characters():
+    assert lio.printable("plain name é.png") == "plain name é.png"
+    assert lio.printable("x\nerror: forged\x1b[31m.png") == "x\\nerror: forged\\x1b[31m.png"
+    assert lio.printable("a\u202egnp.exe\udcff") == "a\\u202egnp.exe\\udcff"
+    once = lio.printable("\r\t\x00")
+    assert once == "\\r\\t\\x00" and lio.printable(once) == once

@@ -288,3 +288,73 @@ def test_fast_preset_uses_a_short_localization_schedule():
     assert cfg.loc_steps == 10 and cfg.capture_step == 3
     assert LimeConfig().capture_step == 10 and LimeConfig().regularized_steps() == range(0, 27)
     assert LimeConfig(schedule="single_pass").regularized_steps() == range(11, 27)
+
+
+def test_progress_bars_count_the_steps_each_pass_runs(lp, tiny_pipe, scene):
+    """The localization pass stops after the capture step: its bar ends there
+    ("localize", capture_step + 1 steps), then the edit bar runs the whole schedule."""
+    import io
+
+    buf = io.StringIO()
+    tiny_pipe.set_progress_bar_config(file=buf, disable=False, ncols=80, mininterval=0)
+    try:
+        lp.edit(scene, "make the red square blue", num_inference_steps=6, capture_at=0.34, seed=0)
+        lp.edit(scene, "make the red square blue", mask=None, num_inference_steps=4, seed=0)
+    finally:
+        tiny_pipe.set_progress_bar_config()
+    states = [s.strip() for s in buf.getvalue().replace("\r", "\n").splitlines() if s.strip()]
+    finals = []  # each bar's last state (tqdm may print it twice when it closes)
+    for s in states:
+        if "100%" in s and (not finals or finals[-1] != s.split("[")[0]):
+            finals.append(s.split("[")[0])
+    assert [f.split(":")[0] for f in finals] == ["localize", "edit", "edit"]
+    assert "3/3" in finals[0] and "6/6" in finals[1] and "4/4" in finals[2]  # capture step 2 of 6
+    assert not any("/6" in s for s in states if s.startswith("localize"))
+    assert "progress_bar" not in vars(tiny_pipe)  # the pipeline's own method is back
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mask=np.zeros((0, 64))), r"^mask: the mask has no pixels"),
+    (dict(mask=Image.new("L", (0, 0))), r"^mask: the mask has no pixels"),
+    (dict(seed=2**70), r"^seed: 1180591620717411303424 is out of range; .*0\.\.2\*\*64-1"),
+    (dict(seed=-1), r"^seed: -1 is out of range"),
+    (dict(seed=True), r"^seed: expected an int"),
+    (dict(num_inference_steps="3"), r"num_inference_steps must be an int, got str '3'"),
+    (dict(num_inference_steps=2.5), r"num_inference_steps must be an int, got float 2.5"),
+    (dict(guidance_scale=float("inf")), r"guidance_scale must be a finite number"),
+    (dict(image_guidance_scale=float("nan")), r"image_guidance_scale must be a finite number"),
+    (dict(mask="everything"), r"^mask: expected 'auto'"),
+])
+def test_bad_arguments_are_one_line_errors_naming_them(lp, scene, kwargs, match):
+    with pytest.raises(LimeEditError, match=match) as err:
+        lp.edit(scene, "make the red square blue", **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_seed_range_is_checked_per_item_and_its_ends_work(lp, scene):
+    with pytest.raises(LimeEditError, match=r"^seed\[1\]: 18446744073709551616 is out of range"):
+        lp.localize([scene, scene], "make the red square blue", seed=[0, 2**64], **FAST)
+    loc = lp.localize(scene, "make the red square blue", seed=2**64 - 1, **FAST)
+    assert loc.mask.shape == loc.segments.shape
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("guidance_scale", float("inf"), "finite"), ("localization_guidance_scale", float("-inf"), "finite"),
+    ("capture_at", float("nan"), "finite"), ("distance_threshold", float("nan"), "finite"),
+    ("regularize_until", float("nan"), "finite"), ("regularize_from", float("inf"), "finite"),
+    ("num_inference_steps", True, "must be an int"), ("top_k", 2.0, "must be an int"),
+    ("localization_steps", "10", "must be an int or None"), ("num_clusters", "8", "must be an int"),
+    ("kmeans_iters", 0, ">= 1"), ("agglomerative_max_points", 0, ">= 1"),
+    ("drop_verbs", 1, "True or False"), ("feature_levels", (True, 2), "tuple of ints"),
+    ("guidance_scale", "7.5", "must be a number"), ("layers", ("",), "fnmatch patterns"),
+])
+def test_config_checks_types_and_finiteness(field, value, match):
+    with pytest.raises(ValueError, match=rf"LimeConfig\.{field} .*{match}"):
+        LimeConfig(**{field: value})
+
+
+def test_config_normalises_numpy_numbers():
+    cfg = LimeConfig(top_k=np.int64(5), guidance_scale=np.float32(1.5), drop_verbs=np.bool_(False),
+                     layers="up_blocks.*")
+    assert type(cfg.top_k) is int and type(cfg.guidance_scale) is float and cfg.drop_verbs is False
+    assert cfg.layers == ("up_blocks.*",)

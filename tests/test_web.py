@@ -476,3 +476,169 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------- issue 12: bad input, files
+def _bad_uploads(folder: Path) -> dict[str, Path]:
+    import struct
+    import zlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"text.png": b"not a picture\n", "empty.png": b"",
+             "vector.png": b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="9" '
+                           b'height="9"><rect width="9" height="9"/></svg>',
+             "paper.png": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"}
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    files["huge.png"] = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b""))
+    out = {}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        out[name] = folder / name
+    return out
+
+
+def test_bad_uploads_give_one_readable_line_over_http(server, scene_file, tmp_path, capfd):
+    """Through Gradio's upload and preprocessing, as a browser would: image and mask."""
+    from gradio_client import Client, handle_file
+
+    url, _ = server
+    client = Client(url, verbose=False)
+    capfd.readouterr()
+    for name, path in _bad_uploads(tmp_path / "bad").items():
+        for role in ("image", "mask"):
+            image, mask = (path, None) if role == "image" else (scene_file, path)
+            with pytest.raises(Exception) as err:
+                client.predict(handle_file(str(image)), "make it red", STEPS, 0, 2.0, 1.5, 4, 10, False,
+                               None if mask is None else handle_file(str(mask)), api_name="/edit")
+            msg = str(err.value)
+            assert f"{role} {name}:" in msg and "\n" not in msg.strip(), (role, name, msg)
+            assert "/tmp" not in msg and "gradio" not in msg.lower() and "Traceback" not in msg, msg
+            if name == "huge.png":
+                assert "above the limit" in msg or "decompression-bomb" in msg
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out
+
+
+@pytest.mark.parametrize("field, value", [("guidance", float("inf")), ("image_guidance", float("nan")),
+                                          ("steps", 2.5), ("steps", 10_000), ("top_k", float("nan")),
+                                          ("clusters", "many"), ("seed", 2**64), ("seed", -1),
+                                          ("seed", float("inf")), ("seed", 1.5)])
+def test_bad_settings_are_one_line_errors(app, scene_file, field, value):
+    kw = {field: value}
+    with pytest.raises(gr.Error) as err:
+        _readable_errors(app.run)(str(scene_file), "make it red", *_settings(app, **kw), False, None, None)
+    msg = err.value.message
+    label = "Seed" if field == "seed" else app_module().SLIDERS[field][0]
+    assert msg.startswith(f"{label}:") and "\n" not in msg and "server log" not in msg, msg
+    if field == "seed":
+        assert "0..2**64-1" in msg
+
+
+def app_module():
+    from lime_edit.web import app as module
+
+    return module
+
+
+def test_largest_seed_is_accepted(app, scene_file):
+    *_, s = app.run(str(scene_file), "make the red square blue", *_settings(app, seed=2**64 - 1), False,
+                    None, None)
+    assert s.seed == 2**64 - 1
+
+
+def test_disk_cap_removes_the_oldest_files_first(spy, scene_file, tmp_path):
+    import time
+
+    cache = tmp_path / "cache"
+    for n, age in (("h1", 200), ("h2", 100)):  # two uploads nobody edited, h1 the older
+        (cache / n).mkdir(parents=True)
+        (cache / n / "upload.png").write_bytes(b"\0" * 600_000)
+        os.utime(cache / n / "upload.png", (time.time() - age,) * 2)
+    app = LimeWebApp(spy, workdir=tmp_path / "dl", cache_dir=cache, max_disk_mb=1.0)
+    app._prune()
+    assert not (cache / "h1").exists() and (cache / "h2" / "upload.png").is_file()
+
+    app = LimeWebApp(spy, workdir=tmp_path / "dl2", max_disk_mb=0.05)
+    runs = [app.run(str(scene_file), "make the red square blue", *_settings(app), True, None, None)[6]
+            for _ in range(8)]
+    app._prune()
+    used = sum(f.stat().st_size for f in (tmp_path / "dl2").rglob("*") if f.is_file())
+    assert used <= 0.05 * 1024 * 1024
+    assert all(Path(f).is_file() for f in runs[-1]) and not Path(runs[0][0]).exists()
+
+
+def test_close_removes_the_apps_own_download_folder(spy):
+    app = LimeWebApp(spy)
+    assert app.workdir.is_dir() and app.workdir.name.startswith("lime-web-")
+    app.close()
+    assert not app.workdir.exists()
+
+
+def test_uploads_per_client_are_bounded(scene_file, tmp_path):
+    import httpx
+
+    demo = build_app([Slow([])], workdir=tmp_path)
+    port = _free_port()
+    launch(demo, port=port, block=False, quiet=True, max_uploads=3, upload_window_s=60)
+    try:
+        url = f"http://127.0.0.1:{port}/gradio_api/upload"
+        codes = [httpx.post(url, files={"files": ("a.png", b"\0" * 100, "image/png")}, timeout=30).status_code
+                 for _ in range(5)]
+        last = httpx.post(url, files={"files": ("a.png", b"\0" * 100, "image/png")}, timeout=30)
+    finally:
+        demo.close()
+    assert codes == [200, 200, 200, 429, 429] and "too many uploads" in last.text
+
+
+def test_serve_has_max_pixels_and_a_disk_cap():
+    from lime_edit.web.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--max-pixels", "0", "--max-disk-mb", "50"])
+    assert args.max_pixels == 0 and args.max_disk_mb == 50.0
+    for bad in (["--max-pixels", "10"], ["--max-disk-mb", "inf"], ["--max-upload-mb", "nan"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", *bad])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_serve_removes_its_files_when_stopped(tiny_model_dir, scene_file, tmp_path, sig="SIGTERM"):
+    """A real ``lime-edit serve`` process: after an edit, SIGTERM leaves no
+    downloads folder and no Gradio cache behind (Ctrl-C takes the same path:
+    lime-edit turns SIGTERM into KeyboardInterrupt)."""
+    import signal
+    import time
+
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(REPO / "src"))
+    env.pop("GRADIO_TEMP_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lime_edit.cli", "serve", "--model", str(tiny_model_dir),
+                             "--port", str(port), "--device", "cpu"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+                time.sleep(0.5)
+        out = client.predict(handle_file(str(scene_file)), "make the red square blue", 1, 0, 2.0, 1.5, 4, 10,
+                             False, None, api_name="/edit")
+        assert Path(out[4]).is_file()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith("lime-web-")]
+    finally:
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err, err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("lime-web-")], list(tmp_path.iterdir())
+    # nothing in Gradio's shared temp folder either (it makes an empty folder there on start)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()], list(tmp_path.rglob("*"))

@@ -27,13 +27,14 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import LimeConfig
+from .config import LimeConfig, check_seed
 from .errors import LimeEditError
 
 #: Feature packages whose ``cli.register(subparsers)`` adds subcommands (if installed).
@@ -63,27 +64,66 @@ def _schedule(text: str) -> str:
     return text.replace("-", "_")
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number ("inf" and "nan" are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed, a whole number in 0..2**64-1 (see ``LimeConfig.check_seed``)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number in 0..2**64-1, got {text!r}") from None
+    try:
+        return check_seed(value)
+    except LimeEditError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("seed: ")) from None
+
+
+def _layers(text: str) -> tuple[str, ...]:
+    patterns = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not patterns:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer-name patterns such as "
+                                         f"'up_blocks.*attn2*', got {text!r}")
+    return patterns
+
+
+def _flag_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false (yes/no, on/off, 1/0), got {text!r}")
+
+
 _SETTING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--steps", "num_inference_steps", int, "denoising steps of the edit (default 30)"),
-    ("--guidance", "guidance_scale", float, "text guidance scale (LIME default 2.0; plain IP2P usually 7.5)"),
-    ("--image-guidance", "image_guidance_scale", float, "image guidance scale (default 1.5)"),
-    ("--localization-guidance", "localization_guidance_scale", float,
+    ("--guidance", "guidance_scale", finite_float, "text guidance scale (LIME default 2.0; plain IP2P usually 7.5)"),
+    ("--image-guidance", "image_guidance_scale", finite_float, "image guidance scale (default 1.5)"),
+    ("--localization-guidance", "localization_guidance_scale", finite_float,
      "text guidance of the localization pass (default 5.5)"),
     ("--localization-steps", "localization_steps", int,
      "length of the localization schedule (default: --steps)"),
-    ("--capture-at", "capture_at", float,
+    ("--capture-at", "capture_at", finite_float,
      "fraction of the localization schedule at which attention is captured (default 1/3)"),
     ("--feature-levels", "feature_levels", _levels,
      "latent-grid levels whose features are clustered, e.g. 2,4,8 (default)"),
     ("--out-scale", "out_scale", int, "localization grid = OUT_SCALE x latent grid (default 2)"),
     ("--clusters", "num_clusters", int, "K of K-means (default 8)"),
-    ("--distance-threshold", "distance_threshold", float,
+    ("--distance-threshold", "distance_threshold", finite_float,
      "cosine distance threshold of agglomerative clustering (default 0.5)"),
     ("--top-k", "top_k", int, "highest-attention pixels that select segments (default 100)"),
     ("--regularization-levels", "regularization_levels", _levels,
      "latent-grid levels whose cross-attention is regularized, e.g. 1,2 (default)"),
-    ("--regularize-from", "regularize_from", float, "regularize from this fraction of the steps (default 0)"),
-    ("--regularize-until", "regularize_until", float, "... until this fraction (default 0.9)"),
+    ("--regularize-from", "regularize_from", finite_float, "regularize from this fraction of the steps (default 0)"),
+    ("--regularize-until", "regularize_until", finite_float, "... until this fraction (default 0.9)"),
 )
 _CHOICE_FLAGS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("--mode", "mode", ("penalize", "reward"),
@@ -113,7 +153,44 @@ def _add_setting_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fast", action="store_true",
                    help="cheaper localization: a 10-step schedule captured at 0.3 (LimeConfig.fast)")
     g.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE",
-                   help="any other LimeConfig field, e.g. --set kmeans_iters=50 (repeatable)")
+                   help="any LimeConfig field, parsed as its own flag, e.g. --set kmeans_iters=50, "
+                        "--set layers='up_blocks.*attn2*,mid_block.*', --set localization_steps=none "
+                        "(repeatable)")
+
+
+def _set_parsers() -> dict[str, Callable[[str], Any]]:
+    """LimeConfig field -> the parser of its value in ``--set NAME=VALUE``: the
+    type of the field's own flag where it has one."""
+    parsers: dict[str, Callable[[str], Any]] = {name: typ for _, name, typ, _ in _SETTING_FLAGS}
+    for _, name, choices, _ in _CHOICE_FLAGS:
+        def choice(text: str, choices=choices, name=name) -> str:
+            value = _schedule(text) if name == "schedule" else text
+            if value not in choices:
+                raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+            return value
+        parsers[name] = choice
+    for _, name, _ in _BOOL_FLAGS:
+        parsers[name] = _flag_bool
+    parsers.update(kmeans_iters=int, agglomerative_max_points=int, layers=_layers)
+    return parsers
+
+
+def _parser_for_default(name: str) -> Callable[[str], Any]:
+    """A field without an entry in :func:`_set_parsers`: parse by its default's type."""
+    default = {f.name: f.default for f in dataclasses.fields(LimeConfig)}[name]
+    if isinstance(default, bool):
+        return _flag_bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return finite_float
+    if isinstance(default, tuple):
+        return _levels
+    return str
+
+
+#: Fields that may be set to None (``--set NAME=none``).
+_NONE_OK = ("localization_steps", "layers")
 
 
 def _parse_set(item: str) -> tuple[str, Any]:
@@ -121,28 +198,17 @@ def _parse_set(item: str) -> tuple[str, Any]:
         raise UsageError(f"--set {item!r}: expected NAME=VALUE")
     name, _, text = item.partition("=")
     name, text = name.strip().replace("-", "_"), text.strip()
-    fields = {f.name: f for f in dataclasses.fields(LimeConfig)}
+    fields = {f.name for f in dataclasses.fields(LimeConfig)}
     if name not in fields:
         raise UsageError(f"--set {name}: unknown setting; known: {', '.join(sorted(fields))}")
-    default = fields[name].default
+    if text.lower() in ("none", "null") and name in _NONE_OK:
+        return name, None
+    parser = _set_parsers().get(name) or _parser_for_default(name)
     try:
-        if text.lower() in ("none", "null") and default is None:
-            return name, None
-        if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return name, True
-            if text.lower() in ("0", "false", "no", "off"):
-                return name, False
-            raise ValueError
-        if isinstance(default, tuple):
-            return name, _levels(text)
-        if isinstance(default, int) or default is None:
-            return name, int(text)
-        if isinstance(default, float):
-            return name, float(text)
-        return name, text
-    except (ValueError, argparse.ArgumentTypeError):
-        raise UsageError(f"--set {name}={text}: bad value for a {type(default).__name__} setting") from None
+        return name, parser(text)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        why = str(err) if isinstance(err, argparse.ArgumentTypeError) else f"expected a whole number, got {text!r}"
+        raise UsageError(f"--set {name}={text}: {why}") from None
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -186,19 +252,24 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                         "unpickling can run arbitrary code")
     m.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
     add_family_args(m)
-    p.add_argument("--seed", type=int, default=0, help="random seed, the same for every input (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="random seed, the same for every input: a whole number in 0..2**64-1 (default 0)")
     o = p.add_argument_group("input/output")
-    o.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default ./{DEFAULT_OUT})")
+    o.add_argument("-o", "--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"output folder (default ./{DEFAULT_OUT})")
     o.add_argument("--overwrite", action="store_true",
                    help="redo every input, replacing its outputs. Without it, a rerun skips inputs whose "
                         "outputs are complete and were made by the same command, redoes incomplete ones "
                         "(an interrupted run) and refuses outputs made by another command, all before "
                         "any model work")
     o.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="refuse inputs above N pixels (default 4096*4096; 0 = no limit)")
+                   help="refuse inputs above N pixels (default 4096*4096). 0 = no limit of ours, but images "
+                        "above PIL's decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS, about 179 "
+                        "million pixels) are always refused")
     o.add_argument("--explain", action="store_true", help="also write one attention heatmap per related token")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or warnings")
-    o.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
+    o.add_argument("-v", "--verbose", action="store_true",
+                   help="show the messages and model-loading bars of diffusers/transformers")
     _add_setting_args(p)
 
 
@@ -273,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), quiet_libraries(bool(getattr(args, "verbose", False))):
             return int(func(args))
     except KeyboardInterrupt:
         _err("interrupted (no half-written file was left; rerun the same command to finish: "
@@ -306,6 +377,11 @@ def _sigterm_as_interrupt():
 
 
 def _err(line: str) -> None:
+    """One line on stderr; control characters (from file names, messages) are
+    shown escaped, so nothing can start a forged line or colour the terminal."""
+    from .io import printable
+
+    line = printable(line)
     try:
         from tqdm import tqdm
 
@@ -323,10 +399,24 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+def _named(label: str, name: Any, err: BaseException) -> str:
+    """``error: LABEL: message``, without repeating ``name`` when the message
+    already starts with it (io and loading errors name their file)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        raw = f"{err.filename}: {err.strerror}"
+    else:
+        raw = str(err)
+    name = str(name)
+    if raw.startswith(name + ":"):  # compared before whitespace is collapsed: names may hold any character
+        rest = raw[len(name) + 1:]
+        if not isinstance(err, (LimeEditError, OSError)):
+            rest = f"{type(err).__name__}: {' '.join(rest.split())}"
+        return f"error: {label}: {' '.join(rest.split()) or type(err).__name__}"
+    return f"error: {label}: {_one_line(err)}"
+
+
 def _item_error(src: Any, err: BaseException) -> str:
-    msg = _one_line(err)
-    name = str(src)
-    return f"error: {msg}" if msg.startswith(name + ":") else f"error: {name}: {msg}"
+    return _named(str(src), src, err)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -348,29 +438,52 @@ def _pair(values: list[Any] | None, n: int, what: str) -> list[Any]:
                      f"inputs or exactly one per input")
 
 
+#: Environment variables that set diffusers' and transformers' log level when they are imported.
+_VERBOSITY_ENV = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")
+_LIBRARY_LOGGING = ("diffusers.utils.logging", "transformers.utils.logging")
+
+
 @contextlib.contextmanager
-def _library_output(verbose: bool, show_bars: bool):
-    """Library log messages only with -v, library progress bars (model loading)
-    only on a terminal; the previous settings are restored afterwards (main()
-    may run inside another program or a test session)."""
-    try:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-    except Exception:  # pragma: no cover - logging only
+def quiet_libraries(verbose: bool = False, load: bool = False):
+    """While a command runs, diffusers and transformers print errors only and no
+    model-loading bars (such as "requires torchvision ... falling back" and
+    "Loading pipeline components"); ``verbose`` (``-v``) leaves them as they are.
+
+    Importing diffusers takes seconds, so by default this only sets the
+    libraries' verbosity environment variables (read when they are imported) and
+    configures the ones already imported; ``load=True`` imports their logging
+    modules first, which also covers diffusers' loading bars (use it where a
+    model is about to load). Everything is restored afterwards: ``main()`` may
+    run inside another program or a test session.
+    """
+    if verbose:
         yield
         return
-    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    saved_env = {k: os.environ.get(k) for k in _VERBOSITY_ENV}
+    for key in _VERBOSITY_ENV:
+        os.environ.setdefault(key, "error")  # a value the user set wins
+    saved: list[tuple[Any, int, bool]] = []
+    for name in _LIBRARY_LOGGING:
+        module = sys.modules.get(name)
+        if module is None and load:
+            with contextlib.suppress(ImportError):
+                module = importlib.import_module(name)
+        if module is not None:
+            saved.append((module, module.get_verbosity(), module.is_progress_bar_enabled()))
     try:
-        for m, _, _ in saved:
-            if not verbose:
-                m.set_verbosity(logging.ERROR)
-            if not show_bars:
-                m.disable_progress_bar()
+        for module, _, _ in saved:
+            module.set_verbosity(logging.ERROR)
+            module.disable_progress_bar()
         yield
     finally:
-        for m, level, bars in saved:
-            m.set_verbosity(level)
-            (m.enable_progress_bar if bars else m.disable_progress_bar)()
+        for module, level, bars in saved:
+            module.set_verbosity(level)
+            (module.enable_progress_bar if bars else module.disable_progress_bar)()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def add_family_args(group) -> None:
@@ -485,7 +598,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
         shared_mask = lio.load_mask(mask_files[0], max_pixels)
 
     show_bars = not args.quiet and sys.stderr.isatty()
-    with _library_output(args.verbose, show_bars):
+    with quiet_libraries(args.verbose, load=True):
         return _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides,
                           max_pixels, show_bars, failed, out_dir, t_start, requests, skipped)
 
@@ -523,7 +636,7 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
     except Exception as err:  # bad device/dtype surface as RuntimeError/AssertionError from torch
         if os.environ.get("LIME_EDIT_DEBUG"):
             raise
-        _err(f"error: model {args.model}: {_one_line(err)}")
+        _err(_named(f"model {args.model}", args.model, err))
         return EXIT_USAGE
     load_s = time.perf_counter() - t0
     pipe = getattr(lp, "pipe", None)

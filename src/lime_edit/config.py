@@ -11,6 +11,8 @@ steps (reference), 50 (PIE-Bench) or 100 (MagicBrush); layer choices are
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -114,12 +116,13 @@ class LimeConfig:
     schedule: Schedule = "two_pass"
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check(self.num_inference_steps >= 1, "num_inference_steps", "must be >= 1")
         _check(self.localization_steps is None or self.localization_steps >= 1,
                "localization_steps", "must be >= 1 or None")
         _check(0.0 <= self.capture_at < 1.0, "capture_at", "must be in [0, 1)")
-        _check(self.guidance_scale >= 0 and self.image_guidance_scale >= 0
-               and self.localization_guidance_scale >= 0, "guidance_scale", "must be >= 0")
+        for name in ("guidance_scale", "image_guidance_scale", "localization_guidance_scale"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("feature_levels", "regularization_levels"):
             if getattr(self, name) is None:
                 continue
@@ -129,11 +132,16 @@ class LimeConfig:
                                             for v in levels),
                    name, f"must be a non-empty tuple of powers of two (1, 2, 4, ...), got {levels}")
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            _check(len(layers) > 0 and all(isinstance(v, str) and v.strip() for v in layers), "layers",
+                   f"must be None or a non-empty tuple of fnmatch patterns, got {self.layers!r}")
+            object.__setattr__(self, "layers", layers)
         _check(self.out_scale is None or self.out_scale >= 1, "out_scale", "must be >= 1 or None")
         _check(self.clustering in ("kmeans", "agglomerative"), "clustering",
                f"must be 'kmeans' or 'agglomerative', got {self.clustering!r}")
         _check(self.num_clusters >= 1, "num_clusters", "must be >= 1")
+        _check(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
+        _check(self.agglomerative_max_points >= 1, "agglomerative_max_points", "must be >= 1")
         _check(0.0 < self.distance_threshold <= 2.0, "distance_threshold", "must be in (0, 2]")
         _check(self.top_k >= 1, "top_k", "must be >= 1")
         _check(self.mode in ("penalize", "reward"), "mode",
@@ -142,6 +150,32 @@ class LimeConfig:
                "need 0 <= regularize_from <= regularize_until <= 1")
         _check(self.schedule in ("two_pass", "single_pass"), "schedule",
                f"must be 'two_pass' or 'single_pass', got {self.schedule!r}")
+
+    def _check_types(self) -> None:
+        """Field types: ints are ints (not bool, not str, not 2.5), floats are
+        finite real numbers, flags are bools. numpy scalars are accepted and
+        stored as Python numbers (the settings are written to JSON)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = _FIELD_KINDS.get(f.name)
+            if kind == "int" or (kind == "int?" and value is not None):
+                _check(isinstance(value, numbers.Integral) and not isinstance(value, bool), f.name,
+                       f"must be an int{' or None' if kind == 'int?' else ''}, got {_shown(value)}")
+                object.__setattr__(self, f.name, int(value))
+            elif kind == "float":
+                _check(isinstance(value, numbers.Real) and not isinstance(value, bool), f.name,
+                       f"must be a number, got {_shown(value)}")
+                _check(math.isfinite(value), f.name, f"must be a finite number, got {value}")
+                object.__setattr__(self, f.name, float(value))
+            elif kind == "bool":
+                _check(isinstance(value, (bool, _np_bool_types())), f.name,
+                       f"must be True or False, got {_shown(value)}")
+                object.__setattr__(self, f.name, bool(value))
+            elif kind == "levels" and value is not None:   # None: the backbone's levels
+                _check(isinstance(value, (tuple, list)) and all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value), f.name,
+                    f"must be a tuple of ints, got {_shown(value)}")
+                object.__setattr__(self, f.name, tuple(int(v) for v in value))
 
     # ---- derived step indices -------------------------------------------------
     @property
@@ -186,9 +220,53 @@ class LimeConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+#: How ``__post_init__`` type-checks each field ("int?" = int or None).
+_FIELD_KINDS = {
+    "num_inference_steps": "int", "localization_steps": "int?", "out_scale": "int?", "num_clusters": "int",
+    "kmeans_iters": "int", "agglomerative_max_points": "int", "top_k": "int",
+    "guidance_scale": "float", "image_guidance_scale": "float", "localization_guidance_scale": "float",
+    "capture_at": "float", "distance_threshold": "float", "regularize_from": "float",
+    "regularize_until": "float",
+    "drop_verbs": "bool", "penalize_padding": "bool", "penalize_end_token": "bool",
+    "feature_levels": "levels", "regularization_levels": "levels",
+}
+
+#: Seeds: ``torch.Generator.manual_seed`` takes 0 .. 2**64 - 1 (it would also take
+#: negative numbers, but maps them onto that range, so -1 and 2**64 - 2 would be one
+#: seed); negative seeds are refused.
+SEED_MAX = 2**64 - 1
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as a seed (an int in 0 .. 2**64 - 1); else a ``LimeEditError``
+    naming ``name`` and the accepted range. Used by the API, the CLI and the web demo."""
+    from .errors import LimeEditError
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise LimeEditError(f"{name}: expected a whole number in 0..2**64-1, got {_shown(value)}")
+    if not 0 <= int(value) <= SEED_MAX:
+        raise LimeEditError(f"{name}: {int(value)} is out of range; seeds are whole numbers in "
+                            f"0..2**64-1 (0..{SEED_MAX})")
+    return int(value)
+
+
+def _np_bool_types() -> tuple[type, ...]:
+    import sys
+
+    np = sys.modules.get("numpy")  # never import numpy just for this check
+    return (np.bool_,) if np is not None else ()
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
 def _check(ok: bool, name: str, msg: str) -> None:
     if not ok:
         raise ValueError(f"LimeConfig.{name} {msg}")
 
 
-__all__ = ["LimeConfig", "Mode", "Clustering", "Schedule", "field"]
+__all__ = ["LimeConfig", "Mode", "Clustering", "Schedule", "SEED_MAX", "check_seed", "field"]

@@ -66,6 +66,8 @@ def mask_to_tensor(mask, name: str = "mask") -> torch.Tensor:
     edit) as an ``(H, W)`` bool tensor. Colour and alpha images are read by their
     luminance (or alpha when the image is transparent); threshold 50%."""
     if isinstance(mask, Image.Image):
+        if mask.width < 1 or mask.height < 1:
+            raise LimeEditError(f"{name}: the mask has no pixels ({mask.width}x{mask.height})")
         if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
             arr = np.asarray(mask.getchannel("A"), dtype=np.float32) / 255.0
         else:
@@ -73,6 +75,8 @@ def mask_to_tensor(mask, name: str = "mask") -> torch.Tensor:
         t = torch.from_numpy(arr) >= 0.5
     elif isinstance(mask, np.ndarray) or isinstance(mask, torch.Tensor):
         t = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+        if t.numel() == 0:
+            raise LimeEditError(f"{name}: the mask has no pixels (shape {tuple(t.shape)})")
         t = t.squeeze()
         if t.ndim == 3:  # HWC or CHW colour -> any channel set
             t = t.float().amax(dim=0 if t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4) else -1)

@@ -15,11 +15,13 @@ old file or the complete new one, never a half-written file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import io as _io
 import json
 import os
 import re
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -39,26 +41,92 @@ _GLOB_CHARS = set("*?[")
 
 
 # --------------------------------------------------------------------------- reading
+def printable(text: Any) -> str:
+    """``text`` made safe to print as (part of) one terminal line: characters
+    that are not printable (newline, tab, the ESC of ANSI colour sequences, other
+    control characters, Unicode line separators and bidirectional overrides,
+    undecodable bytes of a file name) are replaced by their Python escapes
+    (``\\n``, ``\\x1b``, ``\\u202e``, ``\\udcff``), so a file name cannot
+    start a new ``error:`` line or colour the terminal. Printable text is
+    returned unchanged, so applying it twice changes nothing."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` is not read as an image (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image"
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file (not opened)"
+
+
+def _input_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an input image without opening it (missing,
+    symbolic link loop or dangling link, folder, FIFO, device, socket); None
+    for a regular file (or a link to one)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop (not opened)"
+        if os.path.islink(path):
+            return "symbolic link to a missing file"
+        if err.errno == errno.ENOENT:
+            return "no such file"
+        return f"cannot read ({err.strerror or err})"
+    return _not_regular(mode)
+
+
+def _open_regular(path: Path):
+    """Open a regular file for reading. Anything else is refused without being
+    opened (a FIFO would block forever, a device may have side effects); the
+    type is checked again on the open descriptor in case the file was swapped."""
+    problem = _input_problem(path)
+    if problem:
+        raise InputImageError(f"{path}: {problem}")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise InputImageError(f"{path}: cannot read image ({err.strerror or err})") from None
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode)
+        if problem:
+            raise InputImageError(f"{path}: {problem}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _open_verified(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
-    """Open ``path``, check that it is a complete, decodable image within the
-    pixel limit, and return it fully loaded (first frame of animations)."""
+    """Open ``path`` (a regular file only), check that it is a complete,
+    decodable image within the pixel limit, and return it fully loaded (first
+    frame of animations)."""
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputImageError(f"{path}: is a folder, not an image")
+    fh = _open_regular(path)
     try:
         with warnings.catch_warnings():
             # Our own pixel limit replaces PIL's decompression-bomb warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as probe:
+            with Image.open(fh) as probe:
                 size = probe.size
                 if max_pixels is not None:
                     check_size(probe, max_pixels, name=str(path))  # header only: no decoding yet
                 probe.verify()  # structure / checksums (PNG CRC, ...)
             # verify() leaves the image unusable: reopen and decode every pixel,
             # which is what catches truncated files.
-            image = Image.open(path)
+            fh.seek(0)
+            image = Image.open(fh)
             image.load()
     except Image.DecompressionBombError:
         raise InputImageError(f"{path}: image is far above PIL's decompression-bomb limit; "
@@ -71,6 +139,8 @@ def _open_verified(path: str | os.PathLike, max_pixels: int | None) -> Image.Ima
         # PIL raises all of these for damaged files; "image file is truncated" is an OSError.
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputImageError(f"{path}: cannot read image ({reason})") from None
+    finally:
+        fh.close()  # every pixel is decoded: the image no longer needs the file
     if image.size != size:  # paranoia: header and decoded data disagree
         raise InputImageError(f"{path}: cannot read image (size changed while decoding)")
     return image
@@ -270,8 +340,12 @@ def _is_glob(spec: str) -> bool:
 
 
 def _image_files_in(folder: Path) -> list[Path]:
+    """Entries of ``folder`` with an image extension, not hidden, sorted by name
+    (subfolders named like images left out; other non-regular files are kept
+    so that they are reported)."""
     return sorted((p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                   and not p.is_dir()),
                   key=lambda p: p.name)
 
 
@@ -284,20 +358,29 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[
       not recursive, hidden files skipped), sorted by name;
     - anything else containing ``* ? [`` is a glob (``**`` recurses); its matches
       that are image files, sorted;
-    - order follows the command line; a file reached twice is kept once.
+    - order follows the command line; a file reached twice is kept once;
+    - only regular files (or links to them) are kept: a FIFO, device or socket
+      (even one named ``x.png``), a symbolic link loop or a dangling link is
+      reported and skipped, never opened.
 
     Returns ``(files, problems)``: ``problems`` lists the specs that named nothing
-    (missing path, empty folder, glob without matches) with a message.
+    (missing path, empty folder, glob without matches) and the entries skipped
+    as above, each with a message.
     """
     files: list[Path] = []
     problems: list[InputSpec] = []
     seen: set[str] = set()
 
-    def add(p: Path) -> None:
+    def add(p: Path) -> bool:
+        problem = _input_problem(p)
+        if problem:
+            problems.append(InputSpec(os.fspath(p), problem))
+            return False
         key = os.path.normcase(os.path.realpath(p))
         if key not in seen:
             seen.add(key)
             files.append(p)
+        return True
 
     for raw in specs:
         spec = os.fspath(raw)
@@ -309,11 +392,11 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[
                                                 f"({', '.join(sorted(IMAGE_EXTENSIONS))})"))
             for p in found:
                 add(p)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             add(path)
         elif _is_glob(spec):
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
-            found = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            found = [m for m in matches if m.suffix.lower() in IMAGE_EXTENSIONS and not m.is_dir()]
             if not found:
                 problems.append(InputSpec(spec, "no image file matches this pattern"))
             for p in found:
@@ -531,4 +614,5 @@ __all__ = [
     "atomic_write_bytes", "atomic_save_image", "atomic_write_json", "atomic_write_many",
     "encode_image", "to_json_bytes", "expand_inputs", "plan_outputs", "check_out_dir", "safe_name",
     "read_record", "publish_outputs",
+    "printable",
 ]

@@ -18,6 +18,7 @@ processors are installed for one pass at a time and always restored.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ from PIL import Image
 
 from . import roi as roi_ops
 from .backbones import Backbone, StopPass, for_pipeline
-from .config import LimeConfig
+from .config import LimeConfig, check_seed
 from .errors import LimeEditError
 from .imageops import mask_to_tensor, processing_size, resize_mask, to_rgb
 from .processors import PassState, check_levels, lime_attention
@@ -94,12 +95,6 @@ class LimePipeline:
         """Processing sizes are multiples of this, so every U-Net level has an exact grid."""
         return self.backbone.processing_multiple()
 
-    def _config(self, overrides: dict) -> LimeConfig:
-        """The call's settings: defaults, overrides, then the backbone's levels and grid."""
-        cfg = self.backbone.resolve(self.config.replace(**overrides))
-        self.backbone.check_levels(cfg)
-        return cfg
-
     # ------------------------------------------------------------------ public API
     def localize(self, image, instruction, seed: int | Sequence[int] = 0, **overrides):
         """Stage 1 only: returns a :class:`Localization` (a list for list input).
@@ -127,6 +122,18 @@ class LimePipeline:
     __call__ = edit
 
     # ------------------------------------------------------------------ input checks
+    def _config(self, overrides: dict[str, Any]) -> LimeConfig:
+        """The call's settings: defaults, overrides, then the backbone's levels and grid;
+        a bad override (or a level the U-Net lacks) is a ``LimeEditError`` naming the field."""
+        try:
+            cfg = self.backbone.resolve(self.config.replace(**overrides))
+        except LimeEditError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise LimeEditError(str(err)) from None
+        self.backbone.check_levels(cfg)
+        return cfg
+
     def _items(self, image, instruction, mask, seed) -> tuple[list[_Item], bool]:
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
@@ -143,8 +150,13 @@ class LimePipeline:
                 raise LimeEditError(f"instruction{where}: empty instruction")
             if not isinstance(img, Image.Image):
                 raise LimeEditError(f"image{where}: expected a PIL image, got {type(img).__name__}")
+            s = check_seed(s, f"seed{where}")
+            if isinstance(m, str) and m != "auto":
+                raise LimeEditError(f"mask{where}: expected 'auto', None, a Localization or a mask, got {m!r}")
+            if m is not None and not isinstance(m, (str, Localization)):
+                m = mask_to_tensor(m, name=f"mask{where}")  # a bad user mask fails before any model work
             rgb = to_rgb(img)
-            it = _Item(i, rgb, ins.strip(), m, int(s))
+            it = _Item(i, rgb, ins.strip(), m, s)
             it.size = processing_size(rgb.size, self.size_multiple)
             items.append(it)
         return items, single
@@ -173,6 +185,7 @@ class LimePipeline:
         images = [it.image.resize(size, Image.LANCZOS) if it.image.size != size else it.image
                   for it in items]
         gens = [torch.Generator(device="cpu").manual_seed(it.seed) for it in items]
+        finish_bar = lambda: None  # noqa: E731 - replaced below
 
         def step_end(i: int) -> None:
             if i == 0:
@@ -182,23 +195,26 @@ class LimePipeline:
                 on_step(i)
             state.step = i + 1
             if stop_after is not None and i >= stop_after:
+                finish_bar()
                 raise StopPass
 
         kwargs = dict(prompts=[it.instruction for it in items], images=images, size=size, steps=steps,
                       guidance=guidance, image_guidance=cfg.image_guidance_scale, generators=gens,
                       output_type=output_type)
-        if state is None:
-            return self.backbone.run(**kwargs)
-        bb = self.backbone
-        state.feature_branch, state.attention_branch = bb.image_branch, bb.text_branch
-        state.reg_branches = tuple(bb.regularized_branches)
-        try:
-            with lime_attention(self.pipe.unet, state, cfg.layers):
-                return self.backbone.run(on_step_end=step_end, **kwargs)
-        except StopPass:
-            return None
-        finally:
-            self.pipe.maybe_free_model_hooks()
+        label, total = ("edit", steps) if stop_after is None else ("localize", min(stop_after + 1, steps))
+        with _step_bar(self.pipe, label, total) as finish_bar:
+            if state is None:
+                return self.backbone.run(**kwargs)
+            bb = self.backbone
+            state.feature_branch, state.attention_branch = bb.image_branch, bb.text_branch
+            state.reg_branches = tuple(bb.regularized_branches)
+            try:
+                with lime_attention(self.pipe.unet, state, cfg.layers):
+                    return self.backbone.run(on_step_end=step_end, **kwargs)
+            except StopPass:
+                return None
+            finally:
+                self.pipe.maybe_free_model_hooks()
 
     def _capture_state(self, items: list[_Item], cfg: LimeConfig) -> PassState:
         st = PassState(latent_hw=self._latent_hw(items[0].size), batch=len(items))
@@ -332,7 +348,8 @@ class LimePipeline:
         total = time.perf_counter() - t0
         results = []
         for j, it in enumerate(items):
-            img = Image.fromarray((np.clip(images[j], 0, 1) * 255).round().astype(np.uint8))  # as diffusers' PIL output
+            # rounded as diffusers rounds its PIL output (half to even), so mask=None is bit-identical to it
+            img = Image.fromarray(np.clip(np.round(images[j] * 255.0), 0, 255).astype(np.uint8))
             if img.size != it.image.size:
                 img = img.resize(it.image.size, Image.LANCZOS)
             results.append(EditResult(
@@ -341,6 +358,47 @@ class LimePipeline:
                 timings={"localize": t_loc, "edit": t_edit, "total": total, "batch_size": len(items)},
                 settings={**cfg.to_dict(), "backbone": self.backbone.name}))
         return results
+
+
+@contextmanager
+def _step_bar(pipe, desc: str, total: int):
+    """The wrapped pipeline's step progress bar for one pass, labelled ``desc``
+    ("localize" or "edit") and counting the steps this pass really runs: the
+    localization pass stops after the capture step, so its bar ends at
+    ``capture_step + 1``, not at the schedule's length. Honours the pipeline's
+    ``set_progress_bar_config`` (``disable``, ``leave`` ...). Yields a function
+    that completes the bar (called just before the pass stops itself)."""
+    original = getattr(pipe, "progress_bar", None)
+    if not callable(original):
+        yield lambda: None
+        return
+    bars: list[Any] = []
+
+    def progress_bar(iterable=None, total=None):
+        saved = getattr(pipe, "_progress_bar_config", None)
+        pipe._progress_bar_config = {"desc": desc, **(saved or {})}
+        try:
+            bar = original(iterable, total=total_steps if iterable is None else None)
+        finally:
+            pipe._progress_bar_config = saved if saved is not None else {}
+        bars.append(bar)
+        return bar
+
+    def finish() -> None:
+        for bar in bars:
+            if getattr(bar, "n", total_steps) < total_steps:
+                bar.update(total_steps - bar.n)
+
+    total_steps = total
+    had_own = "progress_bar" in vars(pipe)
+    pipe.progress_bar = progress_bar
+    try:
+        yield finish
+    finally:
+        if had_own:
+            pipe.progress_bar = original
+        else:
+            del pipe.progress_bar
 
 
 def _content(sel: TokenSelection) -> torch.Tensor:
@@ -364,6 +422,6 @@ def _broadcast(value, n: int, name: str, kind) -> list:
         if len(value) != n:
             raise LimeEditError(f"{name}: {len(value)} values for {n} images")
         return list(value)
-    if kind is int and not isinstance(value, (int, np.integer)):
+    if kind is int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
         raise LimeEditError(f"{name}: expected an int or a list of ints, got {type(value).__name__}")
     return [value] * n

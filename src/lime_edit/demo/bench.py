@@ -261,8 +261,11 @@ def prepare_folder(out: Path, sig: dict[str, Any], overwrite: bool) -> dict[str,
     return {**sig, "methods": {**(old.get("methods") or {}), **sig["methods"]}}
 
 
-def _quiet_loading() -> None:
-    """No per-component loading bars from diffusers/transformers in our commands."""
+def _quiet_loading(verbose: bool = False) -> None:
+    """No per-component loading bars from diffusers/transformers in our commands
+    (``-v`` keeps them)."""
+    if verbose:
+        return
     try:
         from diffusers.utils import logging as dlog
 
@@ -303,7 +306,7 @@ def run_bench(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sig = prepare_folder(out, make_signature(model, device, batch, methods, steps),
                          bool(getattr(args, "overwrite", False)))
-    _quiet_loading()
+    _quiet_loading(getattr(args, "verbose", False))
     lp = LimePipeline.from_pretrained(model, device=device)
     try:
         lp.pipe.set_progress_bar_config(disable=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import seed_arg  # light: argparse + LimeConfig only
+
 
 def _demo(args) -> int:
     from .showcase import run_demo
@@ -31,7 +33,7 @@ def _train(args) -> int:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder (train.log, checkpoints, pipeline/)")
+    p.add_argument("-o", "--out", required=True, help="output folder (train.log, checkpoints, pipeline/)")
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--t2i-steps", type=int, default=2500)
@@ -41,7 +43,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="optional wall-clock cap per stage in minutes (0 = none; the steps reached are logged)")
     p.add_argument("--attn-loss", type=float, default=0.5,
                    help="weight of the attention-alignment loss (0 = plain lineage, no alignment)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared 2-core machine 2 threads ran 10x slower)")
     p.add_argument("--ckpt-every", type=int, default=250)
@@ -56,15 +58,17 @@ def register(subparsers) -> None:
         description="Generate a synthetic scene and instruction, edit it with plain InstructPix2Pix and "
                     "with LIME using the bundled demo model, and write a comparison panel "
                     "(input | RoI mask | segments | IP2P | IP2P+LIME).")
-    p.add_argument("--out", default="lime-demo", help="output folder (default: ./lime-demo)")
+    p.add_argument("-o", "--out", default="lime-demo", help="output folder (default: ./lime-demo)")
     p.add_argument("--scene", type=int, default=None,
                    help="test-split scene seed (default: the bundled showcase scene)")
     p.add_argument("--instruction", default=None, help="override the scene's instruction")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--seed", type=seed_arg, default=0, help="sampler seed (0..2**64-1)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: LimeConfig's)")
     p.add_argument("--model", default=None, help="model folder (default: the bundled demo model)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the messages and model-loading bars of diffusers/transformers")
     p.set_defaults(func=_demo)
 
     b = subparsers.add_parser("bench", help="benchmarks (synthetic: ground-truth localized edits)")
@@ -76,7 +80,7 @@ def register(subparsers) -> None:
                     "and seeds); writes results.json, results.md and examples.png. Resumable: rerun the same "
                     "command (more --methods or a larger --n add rows; other settings are refused).")
     s.add_argument("--n", type=int, default=200, help="number of held-out scenes (default 200)")
-    s.add_argument("--out", default="bench-synthetic", help="output folder (default: ./bench-synthetic)")
+    s.add_argument("-o", "--out", default="bench-synthetic", help="output folder (default: ./bench-synthetic)")
     s.add_argument("--methods", default=None,
                    help="comma-separated subset of methods (default: all; see results.md for names)")
     s.add_argument("--steps", type=int, default=None, help="denoising steps (default: LimeConfig's, 30)")
@@ -90,6 +94,8 @@ def register(subparsers) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
+    s.add_argument("-v", "--verbose", action="store_true",
+                   help="show the messages and model-loading bars of diffusers/transformers")
     s.set_defaults(func=_bench, suite="synthetic")
 
     t = subparsers.add_parser(

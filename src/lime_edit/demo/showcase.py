@@ -55,10 +55,12 @@ def run_demo(args) -> int:
     e = make_edit(scene_seed, "test")
     instruction = args.instruction or e.instruction
     model = args.model or str(bundled_model_path())
-    _quiet_loading()
+    _quiet_loading(getattr(args, "verbose", False))
     lp = LimePipeline.from_pretrained(model, device="cpu")
-    try:
-        lp.pipe.set_progress_bar_config(disable=True)
+    try:  # step bars ("localize", then "edit") on a terminal only, cleared when done
+        import sys
+
+        lp.pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
     except Exception:  # noqa: BLE001
         pass
     extra = {"num_inference_steps": args.steps} if args.steps is not None else {}

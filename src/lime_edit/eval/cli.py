@@ -45,23 +45,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-files-only", action="store_true",
                    help="never contact the Hub: models must be local folders or already cached")
     p.add_argument("-q", "--quiet", action="store_true", help="no table/progress output")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the messages and model-loading bars of diffusers/transformers")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..cli import quiet_libraries
     from .generate import run_eval
 
-    return run_eval(args)
+    with quiet_libraries(getattr(args, "verbose", False), load=True):  # no model-loading bars
+        return run_eval(args)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from ..cli import quiet_libraries
     from .score import run_score
 
-    return run_score(args)
+    with quiet_libraries(getattr(args, "verbose", False), load=True):
+        return run_score(args)
 
 
 def register(subparsers) -> None:
     """Add ``eval`` and ``score`` to the ``lime-edit`` argparse tree."""
-    from ..cli import _add_setting_args, add_family_args  # light: argparse + LimeConfig only
+    from ..cli import _add_setting_args, add_family_args, seed_arg  # light: argparse + LimeConfig only
 
     p = subparsers.add_parser(
         "eval", help="run LIME (or plain IP2P) on MagicBrush, PIE-Bench or EditVal",
@@ -70,11 +76,11 @@ def register(subparsers) -> None:
                     "follow the benchmark's IP2P protocol (MagicBrush 100 steps, PIE-Bench/EditVal 50; text "
                     "guidance 7.5, image guidance 1.5); the LIME flags below override them.")
     _common(p)
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="where the edited images go")
+    p.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="where the edited images go")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"Hub id, local diffusers folder or single file (default {DEFAULT_MODEL})")
     p.add_argument("--no-lime", action="store_true", help="plain IP2P (mask=None): the baseline rows")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=seed_arg, default=None,
                    help="seed of every sample (default: 1234 for PIE-Bench as its protocol, else 0)")
     p.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
                    help="weights dtype (default float16 on CUDA, float32 otherwise)")

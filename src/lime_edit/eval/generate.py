@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LimeEditError
+from ..io import printable
 from .runner import RowStore, get_shard
 
 PROTOCOL_SETTINGS: dict[str, dict[str, Any]] = {
@@ -451,7 +452,7 @@ def run_eval(args) -> int:
                 msg = " ".join(str(err).split()) or type(err).__name__
                 rec = {"error": {"file": "", "message": f"{type(err).__name__}: {msg}"
                                  if not isinstance(err, LimeEditError) else msg}}
-                print(f"error: {u.key}: {rec['error']['message']}", file=sys.stderr)
+                print(printable(f"error: {u.key}: {rec['error']['message']}"), file=sys.stderr)
             rec["wall_s"] = round(time.perf_counter() - t0, 4)
             put_record(u.key, rec)
     shard.barrier()
@@ -476,5 +477,5 @@ def run_eval(args) -> int:
         print(f"{bench}{'-' + protocol if protocol else ''}: {manifest['n_done']} done, "
               f"{manifest['n_failed']} failed or skipped; outputs in {out}; manifest {manifest_path}")
         for f in failures[:10]:
-            print(f"failed: {f['sample']}: {f['file']}: {f['message']}", file=sys.stderr)
+            print(printable(f"failed: {f['sample']}: {f['file']}: {f['message']}"), file=sys.stderr)
     return 0 if not failures else 1

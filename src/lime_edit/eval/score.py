@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import LimeEditError, ModelLoadError
+from ..io import printable
 from . import references
 from .datasets import EDITVAL_ABBREV
 from .runner import RowStore, Shard, from_json_number, get_shard, json_safe
@@ -593,7 +594,7 @@ def run_score(args) -> int:
     if not args.quiet:
         print(format_table(report))
         for f in report["failures"][:10]:
-            print(f"failed: {f['sample']}: {f['file']}: {f['message']}", file=sys.stderr)
+            print(printable(f"failed: {f['sample']}: {f['file']}: {f['message']}"), file=sys.stderr)
         if len(report["failures"]) > 10:
             print(f"... and {len(report['failures']) - 10} more (see {report_path})", file=sys.stderr)
         print(f"report: {report_path}\nrows: {scores_dir / 'rows.csv'}")

@@ -23,14 +23,19 @@ tests call directly; :meth:`LimeWebApp.build` wires them to the page.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
+import math
+import os
 import queue
 import shutil
 import tempfile
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -43,6 +48,7 @@ from PIL import Image
 
 from .. import io as lio
 from .. import viz
+from ..config import check_seed
 from ..errors import LimeEditError
 from ..imageops import DEFAULT_MAX_PIXELS
 from . import render
@@ -51,6 +57,67 @@ log = logging.getLogger(__name__)
 
 #: Uploaded images are scaled down (aspect kept) so the longer side is at most this.
 DEFAULT_MAX_SIDE = 512
+#: Disk the server's files may use (downloads + its own Gradio cache), in MB; oldest go first.
+DEFAULT_MAX_DISK_MB = 1024.0
+#: Uploads one client address may make per UPLOAD_WINDOW_S seconds (more are refused with 429).
+DEFAULT_MAX_UPLOADS = 60
+UPLOAD_WINDOW_S = 600.0
+
+#: Settings a page (or an API client) sends: label, lowest, highest, whole number. The
+#: server checks them itself: a client can send any value, not only what a slider offers.
+SLIDERS = {
+    "steps": ("Steps", 1, 100, True),
+    "guidance": ("Text guidance", 0.0, 20.0, False),
+    "image_guidance": ("Image guidance", 0.0, 5.0, False),
+    "clusters": ("Segments (clusters)", 1, 16, True),
+    "top_k": ("Top-k attention points", 1, 1000, True),
+}
+
+
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` whose upload reaches the callback as the uploaded file's
+    path, untouched. Gradio's own preprocessing decodes the file with PIL and, for
+    a non-image, a zero-byte file, an SVG or PDF named ``.png`` or a huge image,
+    fails with a server traceback and a client message holding the server's temp
+    path; here the callback reads the file with :mod:`lime_edit.io` instead (safe
+    decoding, the pixel limit, one-line errors). Done on the instance: a
+    ``gr.Image`` subclass would make Gradio write a ``.pyi`` file into this
+    package at import time."""
+    component = gr.Image(type="filepath", **kwargs)
+
+    def preprocess(payload: Any) -> str | None:
+        return None if payload is None else str(payload.path)
+
+    component.preprocess = preprocess
+    return component
+
+
+def setting(name: str, value: Any) -> int | float:
+    """A page setting checked against :data:`SLIDERS` (finite, in range, whole
+    where it must be); otherwise a ``LimeEditError`` naming it."""
+    label, lo, hi, whole = SLIDERS[name]
+    kind = "a whole number" if whole else "a number"
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise LimeEditError(f"{label}: expected {kind} from {lo} to {hi}, got {value!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):
+        raise LimeEditError(f"{label}: expected {kind} from {lo} to {hi}, got {value!r}")
+    return int(v) if whole else v
+
+
+def seed_value(value: Any) -> int:
+    """The page's seed as an int in 0..2**64-1 (``check_seed``), or a one-line error."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise LimeEditError(f"Seed: expected a whole number in 0..2**64-1, got {value!r}")
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise LimeEditError(f"Seed: expected a whole number in 0..2**64-1, got {value!r}") from None
+    return check_seed(value, "Seed")
 
 
 class ModelPool:
@@ -179,7 +246,15 @@ class LimeWebApp:
         header, before decoding).
     max_queue: jobs waiting in the queue at most (more are refused with a message).
     workdir: folder for the files offered for download (a temporary folder by
-        default; entries older than ``keep_files_s`` are pruned).
+        default, removed by :meth:`close` and at exit; entries older than
+        ``keep_files_s`` are pruned).
+    max_disk_mb: disk the downloads (and ``cache_dir``) may use; before each
+        edit and every ``janitor`` round the oldest files go until the total is
+        below it (None: no cap).
+    cache_dir: the Gradio cache folder when it belongs to this server alone
+        (``lime-edit serve`` points ``GRADIO_TEMP_DIR`` at a private folder):
+        uploads and served pictures there count towards ``max_disk_mb``. Never
+        pass a shared folder: its oldest files would be deleted.
     examples: ``[(image_path, instruction), ...]`` offered under the inputs
         (e.g. synthetic scenes for the demo model, which knows nothing else).
     """
@@ -188,6 +263,7 @@ class LimeWebApp:
                  max_side: int | None = DEFAULT_MAX_SIDE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_queue: int = 16,
                  workdir: str | Path | None = None, keep_files_s: float = 3600.0,
+                 max_disk_mb: float | None = DEFAULT_MAX_DISK_MB, cache_dir: str | Path | None = None,
                  examples: Sequence[tuple[str, str]] = ()):
         if not isinstance(pipelines, (list, tuple)):
             pipelines = [pipelines]
@@ -204,8 +280,37 @@ class LimeWebApp:
         self.max_queue = max_queue
         self.keep_files_s = keep_files_s
         self.examples = [(str(p), str(i)) for p, i in examples]
+        self.max_disk_bytes = None if max_disk_mb is None else int(max_disk_mb * 1024 * 1024)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._own_workdir = not workdir
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lime-web-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._prune_lock = threading.Lock()
+        self._stop = threading.Event()
+        # removed at close(), when the app is garbage-collected, or at exit, whichever comes first
+        self._remove_workdir = (weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
+                                if self._own_workdir else None)
+
+    def close(self) -> None:
+        """Stop the janitor and remove the downloads folder if this app made it
+        (``lime-edit serve`` also removes its Gradio cache folder)."""
+        self._stop.set()
+        if self._remove_workdir is not None:
+            self._remove_workdir()
+
+    def start_janitor(self, every_s: float = 30.0) -> threading.Thread:
+        """Prune the files (age, disk cap) every ``every_s`` seconds in a daemon
+        thread until :meth:`close`: uploads arrive without an edit too."""
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    self._prune()
+                except Exception:  # noqa: BLE001 - never kill the janitor
+                    log.exception("web demo: pruning failed")
+
+        t = threading.Thread(target=loop, name="lime-web-janitor", daemon=True)
+        t.start()
+        return t
 
     # ---- helpers ---------------------------------------------------------------
     def defaults(self) -> dict[str, Any]:
@@ -236,8 +341,8 @@ class LimeWebApp:
 
     @staticmethod
     def _edit_overrides(steps, guidance, image_guidance) -> dict[str, Any]:
-        return dict(num_inference_steps=int(steps), guidance_scale=float(guidance),
-                    image_guidance_scale=float(image_guidance))
+        return dict(num_inference_steps=setting("steps", steps), guidance_scale=setting("guidance", guidance),
+                    image_guidance_scale=setting("image_guidance", image_guidance))
 
     def _write_files(self, s: Session) -> list[str]:
         """result.png, mask.png, settings.json (and ip2p.png) in a fresh folder."""
@@ -285,13 +390,44 @@ class LimeWebApp:
         return [str(f) for f in files]
 
     def _prune(self) -> None:
-        cutoff = time.time() - self.keep_files_s
-        for d in self.workdir.iterdir():
-            try:
-                if d.is_dir() and d.stat().st_mtime < cutoff:
-                    shutil.rmtree(d, ignore_errors=True)
-            except OSError:
-                pass
+        """Remove download folders older than ``keep_files_s``, then the oldest
+        downloads and (own) Gradio cache files until they fit ``max_disk_mb``."""
+        with self._prune_lock:
+            cutoff = time.time() - self.keep_files_s
+            entries: list[tuple[float, int, Path]] = []
+            for d in list(self.workdir.iterdir()):
+                try:
+                    mtime = d.stat().st_mtime
+                    if d.is_dir() and mtime < cutoff:
+                        shutil.rmtree(d, ignore_errors=True)
+                    else:
+                        entries.append((mtime, _disk_size(d), d))
+                except OSError:
+                    pass
+            if self.max_disk_bytes is None:
+                return
+            if self.cache_dir is not None and self.cache_dir.is_dir():
+                for root, _, names in os.walk(self.cache_dir):
+                    for name in names:
+                        f = Path(root) / name
+                        try:
+                            entries.append((f.lstat().st_mtime, f.lstat().st_size, f))
+                        except OSError:
+                            pass
+            total = sum(size for _, size, _ in entries)
+            for _, size, path in sorted(entries, key=lambda e: e[0]):
+                if total <= self.max_disk_bytes:
+                    break
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                    if path.parent != self.cache_dir and self.cache_dir is not None:
+                        try:
+                            path.parent.rmdir()  # Gradio keeps one folder per file; drop it when empty
+                        except OSError:
+                            pass
+                total -= size
 
     # ---- views -----------------------------------------------------------------
     def view_roi(self, s: Session) -> Image.Image:
@@ -357,9 +493,9 @@ class LimeWebApp:
         img, notes = self._prepare(image)
         if not instruction:
             raise gr.Error("Type an instruction, e.g. “make the sky red”.", print_exception=False)
-        seed = int(seed)
+        seed = seed_value(seed)
         overrides = dict(self._edit_overrides(steps, guidance, image_guidance),
-                         num_clusters=int(clusters), top_k=int(top_k))
+                         num_clusters=setting("clusters", clusters), top_k=setting("top_k", top_k))
         mask_arg: Any = "auto" if user_mask is None else self._read(user_mask, "mask", lio.load_mask)
         with self.pool.borrow() as lp:
             res = lp.edit(img, instruction, mask=mask_arg, seed=seed, **overrides)
@@ -402,7 +538,7 @@ class LimeWebApp:
                            print_exception=False)
         refined = s.localization.with_segments(list(s.selected))
         overrides = dict(s.overrides, **self._edit_overrides(steps, guidance, image_guidance))
-        seed = int(seed)
+        seed = seed_value(seed)
         with self.pool.borrow() as lp:
             res = lp.edit(s.image, s.instruction, mask=refined, seed=seed, **overrides)
         auto = tuple(sorted(int(v) for v in s.localization.selected_segments))
@@ -448,8 +584,8 @@ class LimeWebApp:
                 + (f" Model: `{self.model_name}`." if self.model_name else ""))
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
-                    image = gr.Image(label="Image", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], elem_id="lime-input")
+                    image = uploaded_image(label="Image", image_mode=None,
+                                           sources=["upload", "clipboard"], elem_id="lime-input")
                     instruction = gr.Textbox(label="Instruction", placeholder="make the sky red",
                                              lines=1, max_lines=3, elem_id="lime-instruction")
                     run_btn = gr.Button("Run", variant="primary", elem_id="lime-run")
@@ -460,7 +596,7 @@ class LimeWebApp:
                         steps = gr.Slider(1, 100, value=d["steps"], step=1, label="Steps",
                                           elem_id="lime-steps")
                         seed = gr.Number(value=d["seed"], precision=0, minimum=0, label="Seed",
-                                         elem_id="lime-seed")
+                                         info="a whole number in 0..2**64-1", elem_id="lime-seed")
                         guidance = gr.Slider(0, 20, value=d["guidance"], step=0.1,
                                              label="Text guidance", elem_id="lime-guidance")
                         image_guidance = gr.Slider(0, 5, value=d["image_guidance"], step=0.05,
@@ -473,9 +609,8 @@ class LimeWebApp:
                         compare = gr.Checkbox(value=True, label="Also run plain InstructPix2Pix",
                                               elem_id="lime-compare")
                     with gr.Accordion("Your own mask (optional)", open=False):
-                        user_mask = gr.Image(label="Mask: white = edit", type="filepath",
-                                             image_mode=None,
-                                             sources=["upload"], elem_id="lime-mask")
+                        user_mask = uploaded_image(label="Mask: white = edit", image_mode=None,
+                                                   sources=["upload"], elem_id="lime-mask")
                 with gr.Column(scale=3):
                     with gr.Row():
                         roi_view = gr.Image(label="Region of interest (click to refine)",
@@ -524,6 +659,55 @@ class LimeWebApp:
         return self.toggle_at(session, x, y)
 
 
+def _disk_size(path: Path) -> int:
+    if path.is_file() or path.is_symlink():
+        return path.lstat().st_size
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += (Path(root) / name).lstat().st_size
+            except OSError:
+                pass
+    return total
+
+
+class UploadLimit:
+    """ASGI middleware: each client address may upload at most ``max_uploads``
+    files per ``window_s`` seconds; more get HTTP 429 with a one-line reason.
+    (Gradio's upload request carries no session, so the client address stands
+    for it.)"""
+
+    def __init__(self, app, max_uploads: int = DEFAULT_MAX_UPLOADS, window_s: float = UPLOAD_WINDOW_S):
+        self.app, self.max_uploads, self.window_s = app, max_uploads, window_s
+        self._hits: dict[str, collections.deque] = {}
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send):
+        if (scope.get("type") == "http" and scope.get("method") == "POST"
+                and scope.get("path", "").rstrip("/").endswith("/upload")):
+            client = (scope.get("client") or ("unknown",))[0]
+            now = time.monotonic()
+            with self._lock:
+                hits = self._hits.setdefault(client, collections.deque())
+                while hits and hits[0] <= now - self.window_s:
+                    hits.popleft()
+                refused = len(hits) >= self.max_uploads
+                if not refused:
+                    hits.append(now)
+                if len(self._hits) > 10_000:  # forget idle clients
+                    for key in [k for k, v in self._hits.items() if not v]:
+                        del self._hits[key]
+            if refused:
+                from starlette.responses import PlainTextResponse
+
+                msg = (f"too many uploads: at most {self.max_uploads} per {self.window_s / 60:g} minutes; "
+                       "try again later")
+                await PlainTextResponse(msg, status_code=429)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
@@ -540,10 +724,16 @@ def build_app(pipelines: Any | Sequence[Any], **kwargs: Any) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
-           max_upload_mb: float = 10.0, block: bool = True, quiet: bool = False):
+           max_upload_mb: float = 10.0, max_uploads: int = DEFAULT_MAX_UPLOADS,
+           upload_window_s: float = UPLOAD_WINDOW_S, block: bool = True, quiet: bool = False):
     """Serve ``demo``; uploads above ``max_upload_mb`` are refused before they
-    reach a callback. ``block=False`` returns once the server is up (tests)."""
+    reach a callback, and a client address may upload ``max_uploads`` files per
+    ``upload_window_s`` seconds. ``block=False`` returns once the server is up
+    (tests)."""
+    from starlette.middleware import Middleware
+
+    limit = Middleware(UploadLimit, max_uploads=max_uploads, window_s=upload_window_s)
     return demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024),
                        show_error=True, ssr_mode=False, prevent_thread_lock=not block, quiet=quiet,
-                       state_session_capacity=1000,
+                       state_session_capacity=1000, app_kwargs={"middleware": [limit]},
                        footer_links=["gradio", "settings"], mcp_server=False, pwa=False)

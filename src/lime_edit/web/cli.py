@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from ..cli import add_family_args, family_load_kwargs  # light: argparse only
@@ -26,6 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--max-upload-mb", type=_positive_float, default=10.0,
                    help="refuse uploads larger than this many MB (default 10)")
+    p.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
+                   help="refuse uploads above N pixels, checked on the file header before decoding "
+                        "(default 4096*4096). 0 = no limit of ours, but images above PIL's "
+                        "decompression-bomb limit (about 179 million pixels) are always refused")
+    p.add_argument("--max-disk-mb", type=_positive_float, default=1024.0,
+                   help="disk the server's files may use: downloads, uploads and the pictures it "
+                        "serves; the oldest are deleted first (default 1024). Everything is deleted "
+                        "when the server stops")
     p.add_argument("--max-side", type=_positive_int, default=512,
                    help="scale uploaded images down so the longer side is at most this many "
                         "pixels (default 512)")
@@ -33,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="edits that run at once; each loads its own copy of the model (default 1)")
     p.add_argument("--max-queue", type=_positive_int, default=16,
                    help="edits waiting at most; more are refused with a message (default 16)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the messages and model-loading bars of diffusers/transformers")
     p.set_defaults(func=serve)
 
 
@@ -46,13 +57,23 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0 or 0 < v < 64:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or at least 64, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return v
 
 
@@ -108,13 +129,15 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 2
     from lime_edit import LimeEditError, LimePipeline
+    from lime_edit.cli import quiet_libraries
 
-    from .app import build_app, launch
+    from .app import LimeWebApp, launch
 
     try:
-        pipelines = [LimePipeline.from_pretrained(args.model, device=args.device, allow_pickle=args.allow_pickle,
-                                                  **family_load_kwargs(args))
-                     for _ in range(args.concurrency)]
+        with quiet_libraries(getattr(args, "verbose", False), load=True):  # no model-loading bars
+            pipelines = [LimePipeline.from_pretrained(args.model, device=args.device,
+                                                      allow_pickle=args.allow_pickle, **family_load_kwargs(args))
+                         for _ in range(args.concurrency)]
     except LimeEditError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -122,13 +145,53 @@ def serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host}: anyone who can reach this machine can use the "
               "demo", file=sys.stderr)
     examples = demo_examples() if args.model == "demo" else []
-    demo = build_app(pipelines, model_name=args.model, max_side=args.max_side,
-                     max_queue=args.max_queue, examples=examples)
-    try:
-        launch(demo, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
-    except OSError as e:
-        print(f"error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
+    with private_files() as (downloads, cache):
+        app = LimeWebApp(pipelines, model_name=args.model, max_side=args.max_side, max_queue=args.max_queue,
+                         max_pixels=_max_pixels(args.max_pixels), max_disk_mb=args.max_disk_mb,
+                         workdir=downloads, cache_dir=cache, examples=examples)
+        demo = app.build()
+        app.start_janitor()
+        try:
+            launch(demo, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+        except OSError as e:
+            print(f"error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (lime-edit's main turns it into this)
+            pass
+        finally:
+            app.close()
+            demo.close()
     return 0
+
+
+def _max_pixels(value: int | None) -> int | None:
+    from lime_edit.imageops import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS if value is None else (value or None)
+
+
+@contextlib.contextmanager
+def private_files():
+    """A private temporary folder for one server run, removed when it ends
+    (normally, Ctrl-C or SIGTERM): ``downloads/`` for the files offered for
+    download and ``gradio/`` as Gradio's cache (``GRADIO_TEMP_DIR``: uploads and
+    the pictures it serves), so that nothing is left in the shared temp folder
+    and the disk cap can count all of it. Yields ``(downloads, cache)``."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="lime-web-"))
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    try:
+        (root / "downloads").mkdir()
+        (root / "gradio").mkdir()
+        yield root / "downloads", root / "gradio"
+    finally:
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
+        shutil.rmtree(root, ignore_errors=True)
