@@ -147,7 +147,8 @@ class LimePipeline:
         for it in items:
             it.tokens = select_tokens(self.pipe.tokenizer, it.instruction, drop_verbs=cfg.drop_verbs,
                                       penalize_padding=cfg.penalize_padding,
-                                      penalize_end_token=cfg.penalize_end_token)
+                                      penalize_end_token=cfg.penalize_end_token,
+                                      penalize_punctuation=cfg.penalize_punctuation)
 
     # ------------------------------------------------------------------ passes
     def _latent_hw(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -201,13 +202,17 @@ class LimePipeline:
             raise LimeEditError("feature_levels: no attention layer was captured at the capture step")
         out = []
         for b, it in enumerate(items):
-            feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid)    # (Hg*Wg, C)
+            feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid,
+                                          align_corners=cfg.align_corners)                # (Hg*Wg, C)
             segments = roi_ops.segment(feats, grid, method=cfg.clustering, num_clusters=cfg.num_clusters,
                                        iters=cfg.kmeans_iters, seed=it.seed,
                                        distance_threshold=cfg.distance_threshold,
                                        max_points=cfg.agglomerative_max_points)
-            maps = roi_ops.mean_attention([p[b] for p in cross], grid)               # (T, Hg, Wg)
+            maps = roi_ops.mean_attention([p[b] for p in cross], grid,
+                                          align_corners=cfg.align_corners)                # (T, Hg, Wg)
             related = list(it.tokens.related)
+            if related and cfg.localize_end_token:
+                related.append(it.tokens.end)
             token_maps = maps[related] if related else maps[:0]
             if related:
                 attention = token_maps.mean(0)
@@ -332,8 +337,8 @@ class LimePipeline:
 
 def _content(sel: TokenSelection) -> torch.Tensor:
     """Tokens rewarded in "reward" mode: the instruction's content words (verbs included)."""
-    m = sel.keep.clone()
-    m[sel.end:] = False
+    m = torch.zeros_like(sel.keep)
+    m[sel.content] = True
     return m
 
 
