@@ -136,3 +136,21 @@ def test_bench_synthetic_writes_results_and_resumes(tmp_path):
     assert len(lines) == 6
     assert main(args) == 0                      # resumed: nothing recomputed
     assert (tmp_path / "samples.jsonl").read_text().splitlines() == lines
+
+
+def test_bench_synthetic_set_records_settings_and_refuses_mixing(tmp_path, capsys):
+    from lime_edit.cli import main
+
+    args = ["bench", "synthetic", "--n", "1", "--methods", "lime", "--steps", "4", "--out", str(tmp_path),
+            "--no-progress", "--examples", "0"]
+    assert main(args + ["--set", "align_corners=false", "--set", "localize_end_token=true"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["settings"] == {"align_corners": False, "localize_end_token": True}
+    sample = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
+    capsys.readouterr()
+    assert main(args) == 2                                  # other settings, same folder: refused
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "another --out" in err and len(err.strip().splitlines()) == 1
+    assert json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0]) == sample
+    assert main(args + ["--set", "no_such_setting=1"]) == 2
+    assert "unknown setting" in capsys.readouterr().err

@@ -25,6 +25,10 @@ back to plain IP2P.  ``sec_per_edit`` is the wall time of a batched pipeline
 call divided by its batch size, on whatever machine ran it (shared CPUs give
 noisy timings).
 
+``--set NAME=VALUE`` changes a LimeConfig field for every method (a method's
+own overrides, e.g. ``lime_k4``'s K, win); the settings are recorded in
+``results.json`` and a folder holding results of other settings is refused.
+
 Per-sample results are appended to ``DIR/samples.jsonl``; a rerun skips the
 (method, scene) pairs already there, so an interrupted run resumes.
 """
@@ -187,6 +191,8 @@ def run_bench(args) -> int:
     n = int(args.n)
     if n < 1:
         raise LimeEditError("--n must be >= 1")
+    settings = _settings(args)
+    _check_same_settings(out, settings)
     model = args.model or str(bundled_model_path())
     _quiet_loading()
     lp = LimePipeline.from_pretrained(model, device=getattr(args, "device", "cpu"))
@@ -194,7 +200,9 @@ def run_bench(args) -> int:
         lp.pipe.set_progress_bar_config(disable=True)
     except Exception:  # noqa: BLE001
         pass
-    extra = {"num_inference_steps": args.steps} if args.steps else {}
+    extra = dict(settings)
+    if args.steps:
+        extra["num_inference_steps"] = args.steps
     samples_path = out / "samples.jsonl"
     done = load_done(samples_path)
     samples = [make_edit(s, "test") for s in range(n)]
@@ -212,7 +220,7 @@ def run_bench(args) -> int:
                 masks = [None if kind == "none" else ("auto" if kind == "auto" else e.mask) for e in items]
                 t0 = time.perf_counter()
                 results = lp.edit([e.image for e in items], [e.instruction for e in items], mask=masks,
-                                  seed=[e.seed for e in items], **ov, **extra)
+                                  seed=[e.seed for e in items], **{**extra, **ov})
                 dt = (time.perf_counter() - t0) / len(items)
                 for e, r in zip(items, results):
                     o = to_float(r.image)
@@ -247,6 +255,35 @@ def run_bench(args) -> int:
     return 0
 
 
+def _settings(args) -> dict:
+    """The ``--set NAME=VALUE`` LimeConfig overrides (validated like ``lime-edit edit --set``)."""
+    from ..cli import UsageError, _parse_set
+    from ..config import LimeConfig
+
+    settings = dict(_parse_set(item) for item in (getattr(args, "cfg_set", None) or []))
+    try:
+        LimeConfig().replace(**settings)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    return settings
+
+
+def _check_same_settings(out: Path, settings: dict) -> None:
+    """A resumed run must use the settings its finished samples were computed with."""
+    path = out / "results.json"
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text()).get("settings", {})
+    except (OSError, ValueError):
+        return
+    if before != json.loads(json.dumps(settings)):
+        from ..errors import LimeEditError
+
+        raise LimeEditError(f"{out}: holds results computed with --set {before or 'nothing'}, not "
+                            f"{settings or 'nothing'}; use another --out")
+
+
 def _write_results(out: Path, rows, n, args, model) -> None:
     cmd = "lime-edit bench synthetic " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else \
         f"lime-edit bench synthetic --n {n} --out {args.out}"
@@ -257,7 +294,8 @@ def _write_results(out: Path, rows, n, args, model) -> None:
     dev = getattr(args, "device", "cpu")
     machine = (torch.cuda.get_device_name(0) if str(dev).startswith("cuda") and torch.cuda.is_available()
                else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
-    payload = {"n": n, "rows": rows, "model": str(model), "steps": args.steps, "command": cmd,
+    payload = {"n": n, "rows": rows, "model": str(model), "steps": args.steps, "settings": _settings(args),
+               "command": cmd,
                "device": str(dev), "machine": machine, "torch": torch.__version__}
     _write_atomic_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     _write_atomic_text(out / "results.md", markdown(rows, n, f"## Synthetic benchmark (n = {n})\n\n"

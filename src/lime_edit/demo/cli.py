@@ -86,6 +86,9 @@ def register(subparsers) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
+    s.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a LimeConfig field for every method, e.g. --set align_corners=false "
+                        "(repeatable; results.json records them; use a new --out per setting)")
     s.set_defaults(func=_bench, suite="synthetic")
 
     t = subparsers.add_parser(
