@@ -91,7 +91,7 @@ _BOOL_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--penalize-punctuation", "penalize_punctuation",
      "count punctuation tokens as unrelated (default off, as the reference code)"),
     ("--localize-end-token", "localize_end_token",
-     "average the end token's attention into the localization map (see README for the default)"),
+     "average the end token's attention into the localization map (default on, as the reference)"),
     ("--align-corners", "align_corners",
      "bilinear upsampling to the localization grid with align_corners=True (default on, as the reference)"),
 )

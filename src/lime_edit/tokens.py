@@ -26,9 +26,9 @@ this module does by default:
   The reference finds verbs with NLTK's part-of-speech tagger over the decoded
   tokens (so it also drops whatever the tagger calls a verb, e.g. "yellow" in
   "change the color of the tulips to yellow", and keeps the end token, which it
-  usually tags as a noun; lime-edit's pipeline adds the end token only with
-  ``LimeConfig.localize_end_token``).  Here a verb is told by position and form,
-  offline and deterministically, see :func:`verb_words`.
+  usually tags as a noun; lime-edit's pipeline adds the end token when
+  ``LimeConfig.localize_end_token``, the default).  Here a verb is told by
+  position and form, offline and deterministically, see :func:`verb_words`.
 """
 
 from __future__ import annotations
