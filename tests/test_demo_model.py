@@ -21,11 +21,14 @@ from lime_edit.errors import ModelLoadError
 
 # Fixed held-out scenes for the regression test (test split).
 REGRESSION_SCENES = (0, 1, 2, 3)
-# Measured on the shipped weights with the default LimeConfig (seed = scene):
-# mean RoI IoU 0.289 (per scene 0.24, 0.55, 0.12, 0.24), measured 2026-11-24 on the weights of
-# `lime-edit train-demo` (defaults). A RoI blind to the object scores about the object's area
-# fraction (~0.1). Floor below the measurement, above blindness.
-IOU_FLOOR = 0.20
+# Measured on the shipped weights with the default LimeConfig (seed = scene), 2-core CPU VM,
+# torch 2.13 CPU: mean RoI IoU 0.374 (per scene 0.31, 0.64, 0.30, 0.25), measured 2026-11-25 with
+# the reference's upsampling (align_corners=True) and the end token in the localization map.
+# Before that change (align_corners=False) the same scenes gave 0.289 (0.24, 0.55, 0.12, 0.24),
+# which this floor now catches; a RoI blind to the object scores about the object's area fraction
+# (~0.1). The floor sits 0.074 below the measurement: one scene would have to lose about 0.3 IoU
+# to fail it, far more than thread or platform rounding moves a K-means partition here.
+IOU_FLOOR = 0.30
 
 
 @pytest.fixture(scope="module")
