@@ -324,7 +324,8 @@ class LimePipeline:
         total = time.perf_counter() - t0
         results = []
         for j, it in enumerate(items):
-            img = Image.fromarray(np.clip(images[j] * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            # the rounding of diffusers' numpy_to_pil, so a plain pass equals output_type="pil" bit for bit
+            img = Image.fromarray((images[j] * 255).round().clip(0, 255).astype(np.uint8))
             if img.size != it.image.size:
                 img = img.resize(it.image.size, Image.LANCZOS)
             results.append(EditResult(
