@@ -72,6 +72,7 @@ def test_stop_words_are_nltks_english_list():
     ("could you please make it red", ["could", "you", "please", "make"]),
     ("make it red , please", ["make", "please"]),
     ("make the circle purple please", ["make", "please"]),
+    ('" make the circle purple "', ["make"]),                       # a quoted instruction
     ("give the big purple square a red colour", ["give"]),
 ])
 def test_verbs_are_told_by_position_and_form(text, verbs):

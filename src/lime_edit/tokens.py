@@ -102,9 +102,9 @@ def verb_words(words: list[str]) -> list[int]:
             i += 1
             continue
         j = i
-        while j < n and words[j] in LEAD_IN_WORDS:
-            j += 1
-        lead = [k for k in range(i, j) if words[k] not in _CLAUSE_WORDS]
+        while j < n and (words[j] in LEAD_IN_WORDS or is_punctuation(words[j]) or not words[j]):
+            j += 1                                  # lead-ins, opening quotes or brackets
+        lead = [k for k in range(i, j) if words[k] in LEAD_IN_WORDS and words[k] not in _CLAUSE_WORDS]
         if j < n and words[j] and words[j] not in STOP_WORDS and not is_punctuation(words[j]):
             if first or (j + 1 < n and words[j + 1] in OBJECT_STARTS):
                 lead.append(j)
