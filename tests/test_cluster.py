@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -79,12 +80,16 @@ def _region_maps(seed=0):
     return maps
 
 
-def test_fused_features_equal_the_explicit_matrix():
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_fused_features_equal_the_explicit_matrix(align_corners):
     from lime_edit.cluster import FusedFeatures
     from lime_edit.roi import fuse_features_dense
 
     maps, grid = _region_maps(), (32, 24)
-    fused, dense = FusedFeatures(maps, grid, chunk=4), fuse_features_dense(maps, grid)
+    fused = FusedFeatures(maps, grid, chunk=4, align_corners=align_corners)
+    dense = fuse_features_dense(maps, grid, align_corners=align_corners)
+    other = fuse_features_dense(maps, grid, align_corners=not align_corners)
+    assert not torch.allclose(dense, other, atol=1e-3)   # the two conventions really differ
     c = torch.randn(5, dense.shape[1], generator=torch.Generator().manual_seed(1))
     split = list(torch.split(c, [m.shape[0] for m in maps], dim=1))
     assert torch.allclose(fused.dots(split), dense @ c.T, atol=1e-5)
@@ -97,3 +102,17 @@ def test_fused_features_equal_the_explicit_matrix():
     assert torch.equal(agglomerative(fused, grid, threshold=0.5), agglomerative(dense, grid, threshold=0.5))
     assert torch.equal(agglomerative(fused, grid, threshold=0.5, max_points=48),
                        agglomerative(dense, grid, threshold=0.5, max_points=48))
+
+
+def test_upsampling_follows_the_reference_corner_convention():
+    from lime_edit.cluster import _interp_matrix
+    from lime_edit.roi import mean_attention
+
+    m = torch.arange(4.0).reshape(1, 2, 2)                # one 2x2 map, corners 0, 1, 2, 3
+    up = mean_attention([m], (5, 5))                      # default: align_corners=True
+    assert up[0, 0, 0] == 0 and up[0, 0, 4] == 1 and up[0, 4, 0] == 2 and up[0, 4, 4] == 3
+    assert torch.allclose(up[0, 2, 2], torch.tensor(1.5))  # the centre is the mean
+    assert torch.allclose(_interp_matrix(2, 5, "cpu"), torch.tensor(
+        [[1, 0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0, 1]]))
+    half = mean_attention([m], (4, 4), align_corners=False)
+    assert torch.allclose(half[0, 0, :2], torch.tensor([0.0, 0.25]))

@@ -21,11 +21,14 @@ from lime_edit.errors import ModelLoadError
 
 # Fixed held-out scenes for the regression test (test split).
 REGRESSION_SCENES = (0, 1, 2, 3)
-# Measured on the shipped weights with the default LimeConfig (seed = scene):
-# mean RoI IoU 0.289 (per scene 0.24, 0.55, 0.12, 0.24), measured 2026-11-24 on the weights of
-# `lime-edit train-demo` (defaults). A RoI blind to the object scores about the object's area
-# fraction (~0.1). Floor below the measurement, above blindness.
-IOU_FLOOR = 0.20
+# Measured on the shipped weights with the default LimeConfig (seed = scene), 2-core CPU VM,
+# torch 2.13 CPU: mean RoI IoU 0.374 (per scene 0.31, 0.64, 0.30, 0.25), measured 2026-11-25 with
+# the reference's upsampling (align_corners=True) and the end token in the localization map.
+# Before that change (align_corners=False) the same scenes gave 0.289 (0.24, 0.55, 0.12, 0.24),
+# which this floor now catches; a RoI blind to the object scores about the object's area fraction
+# (~0.1). The floor sits 0.074 below the measurement: one scene would have to lose about 0.3 IoU
+# to fail it, far more than thread or platform rounding moves a K-means partition here.
+IOU_FLOOR = 0.30
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +141,22 @@ def test_bench_synthetic_writes_results_and_resumes(tmp_path):
     assert len(lines) == 6
     assert main(args) == 0                      # resumed: nothing recomputed
     assert (tmp_path / "samples.jsonl").read_text().splitlines() == lines
+
+
+def test_bench_synthetic_set_records_settings_and_refuses_mixing(tmp_path, capsys):
+    from lime_edit.cli import main
+
+    args = ["bench", "synthetic", "--n", "1", "--methods", "lime", "--steps", "4", "--out", str(tmp_path),
+            "--no-progress", "--examples", "0"]
+    assert main(args + ["--set", "align_corners=false", "--set", "localize_end_token=true"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["settings"] == {"align_corners": False, "localize_end_token": True}
+    sample = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
+    capsys.readouterr()
+    assert main(args) == 2                                  # other settings, same folder: refused
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "align_corners" in err and "a new --out" in err
+    assert len(err.strip().splitlines()) == 1
+    assert json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0]) == sample
+    assert main(args + ["--set", "no_such_setting=1"]) == 2
+    assert "unknown setting" in capsys.readouterr().err

@@ -218,10 +218,14 @@ def test_non_square_and_odd_sizes_keep_input_size(lp):
 def test_localization_contents(lp, scene):
     loc = lp.localize(scene, "Make the red square blue, please!", top_k=5, **FAST)
     assert isinstance(loc, Localization)
-    assert loc.tokens == ["red", "square", "blue"]
-    assert loc.token_indices == [3, 4, 5]
+    # "please" and the punctuation never localize; the end token does (localize_end_token, default)
+    assert loc.tokens == ["red", "square", "blue", "<|endoftext|>"]
+    assert loc.token_indices == [3, 4, 5, 9]
     assert loc.mask.shape == loc.segments.shape == loc.attention.shape == (64, 64)  # 2x the 32 latent
-    assert loc.token_maps.shape == (3, 64, 64)
+    assert loc.token_maps.shape == (4, 64, 64)
+    words_only = lp.localize(scene, "Make the red square blue, please!", top_k=5, localize_end_token=False, **FAST)
+    assert words_only.token_indices == [3, 4, 5] and words_only.token_maps.shape == (3, 64, 64)
+    assert torch.equal(words_only.token_maps, loc.token_maps[:3])
     assert loc.points.shape == (5, 2)
     assert set(loc.selected_segments) == {int(loc.segments[r, c]) for r, c in loc.points.tolist()}
     assert torch.equal(loc.mask, torch.isin(loc.segments, torch.tensor(loc.selected_segments)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lime_edit.tokens import EDIT_VERBS, STOP_WORDS, select_tokens
+from lime_edit.tokens import STOP_WORDS, select_tokens, verb_words
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def test_roles_of_a_plain_instruction(tok):
 
 def test_verbs_kept_when_not_dropped_and_padding_options(tok):
     sel = select_tokens(tok, "Turn the square green!", drop_verbs=False, penalize_padding=False,
-                        penalize_end_token=True)
+                        penalize_end_token=True, penalize_punctuation=True)
     assert sel.related == [1, 3, 4]
     assert not sel.keep[0] and not sel.keep[2]         # start token, "the"
-    assert not sel.keep[6]                              # "!" punctuation
+    assert not sel.keep[5]                              # "!" punctuation, penalized on request
     assert not sel.keep[sel.end]                        # end token penalized
     assert sel.keep[sel.end + 1:].all()                 # padding kept
 
@@ -48,7 +48,39 @@ def test_nothing_related_and_truncation(tok):
     assert sel.truncated and sel.end == tok.model_max_length - 1 and len(sel.ids) == tok.model_max_length
 
 
-def test_word_lists_are_disjoint_from_content_words():
-    for word in ["red", "blue", "circle", "outfit", "big", "small", "left"]:
-        assert word not in STOP_WORDS and word not in EDIT_VERBS
-    assert {"make", "turn", "change"} <= EDIT_VERBS and {"the", "a", "of", "it"} <= STOP_WORDS
+def test_punctuation_is_kept_for_regularization_but_never_localizes(tok):
+    sel = select_tokens(tok, "Turn the square green!")
+    assert sel.tokens[5] == "!</w>"
+    assert sel.keep[5] and 5 not in sel.related and 5 not in sel.content   # reference: kept
+    assert sel.related == [3, 4] and sel.verbs == [1]
+
+
+def test_stop_words_are_nltks_english_list():
+    assert len(STOP_WORDS) == 198
+    assert {"the", "a", "of", "it", "don't", "isn't", "i'm", "they've", "don", "t", "s"} <= STOP_WORDS
+    for word in ["red", "blue", "circle", "outfit", "big", "small", "left", "please", "one", "color"]:
+        assert word not in STOP_WORDS
+
+
+@pytest.mark.parametrize("text, verbs", [
+    ("color the car red", ["color"]),
+    ("change the color of the tulips to yellow", ["change"]),         # "color" later is a noun
+    ("the car should be red", []),
+    ("a red and blue car", []),                                       # "blue" has no object after it
+    ("make the sky blue and add a moon", ["make", "add"]),
+    ("make the sky blue , then paint the moon", ["make", "paint"]),
+    ("could you please make it red", ["could", "you", "please", "make"]),
+    ("make it red , please", ["make", "please"]),
+    ("make the circle purple please", ["make", "please"]),
+    ('" make the circle purple "', ["make"]),                       # a quoted instruction
+    ("give the big purple square a red colour", ["give"]),
+])
+def test_verbs_are_told_by_position_and_form(text, verbs):
+    words = text.split()
+    assert [words[i] for i in verb_words(words)] == verbs
+
+
+def test_a_later_verb_looking_word_is_localized(tok):
+    sel = select_tokens(tok, "change the colour of the square to green")
+    words = [sel.tokens[i].replace("</w>", "") for i in sel.related]
+    assert words == ["colour", "square", "green"] and sel.tokens[sel.verbs[0]] == "change</w>"

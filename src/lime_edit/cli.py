@@ -136,6 +136,12 @@ _BOOL_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--drop-verbs", "drop_verbs", "drop instruction verbs from the RoI tokens (default on)"),
     ("--penalize-padding", "penalize_padding", "count padding tokens as unrelated (default on)"),
     ("--penalize-end-token", "penalize_end_token", "count the end token as unrelated (default off)"),
+    ("--penalize-punctuation", "penalize_punctuation",
+     "count punctuation tokens as unrelated (default off, as the reference code)"),
+    ("--localize-end-token", "localize_end_token",
+     "average the end token's attention into the localization map (default on, as the reference)"),
+    ("--align-corners", "align_corners",
+     "bilinear upsampling to the localization grid with align_corners=True (default on, as the reference)"),
 )
 
 
@@ -213,7 +219,7 @@ def _parse_set(item: str) -> tuple[str, Any]:
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The LimeConfig overrides the user actually set (``--fast`` first, explicit
-    flags win), validated against the reference defaults."""
+    flags win), validated against LimeConfig."""
     overrides: dict[str, Any] = {}
     if getattr(args, "fast", False):
         fast = LimeConfig.fast()

@@ -61,10 +61,12 @@ class DenseFeatures:
 
 class FusedFeatures:
     """Pixels of ``grid`` described by the L2-normalised concatenation of
-    ``maps`` (each ``(C_l, h_l, w_l)``) bilinearly upsampled to ``grid``; never
-    materialised. Centres are lists of per-map ``(K, C_l)`` tensors."""
+    ``maps`` (each ``(C_l, h_l, w_l)``) bilinearly upsampled to ``grid``
+    (``align_corners`` as in ``F.interpolate``); never materialised. Centres are
+    lists of per-map ``(K, C_l)`` tensors."""
 
-    def __init__(self, maps: list[torch.Tensor], grid: tuple[int, int], chunk: int = 256):
+    def __init__(self, maps: list[torch.Tensor], grid: tuple[int, int], chunk: int = 256,
+                 align_corners: bool = True):
         # Layers of one resolution are concatenated along channels first: the fused
         # features are the same (upsampling is per channel), and K-means then runs one
         # product per resolution instead of one per layer (launch-bound on a GPU).
@@ -76,9 +78,11 @@ class FusedFeatures:
         self.grid = tuple(grid)
         self.n = grid[0] * grid[1]
         self.chunk = chunk
-        # Bilinear upsampling (align_corners=False) is separable: up(z) = Uh z Uw^T.
+        # Bilinear upsampling (either corner convention) is separable: up(z) = Uh z Uw^T.
         dev = self.maps[0].device
-        self._u = [(_interp_matrix(m.shape[1], grid[0], dev), _interp_matrix(m.shape[2], grid[1], dev))
+        self.align_corners = bool(align_corners)
+        self._u = [(_interp_matrix(m.shape[1], grid[0], dev, self.align_corners),
+                    _interp_matrix(m.shape[2], grid[1], dev, self.align_corners))
                    for m in self.maps]                                       # (Hg, h_l), (Wg, w_l)
         sq = torch.zeros(self.grid, device=dev)
         for i, m in enumerate(self.maps):
@@ -139,11 +143,11 @@ class FusedFeatures:
         return gram
 
 
-def _interp_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
+def _interp_matrix(n_in: int, n_out: int, device, align_corners: bool = True) -> torch.Tensor:
     """``(n_out, n_in)`` matrix of 1-D linear interpolation as ``F.interpolate`` does it
-    (``align_corners=False``), so 2-D bilinear upsampling is ``Uh @ z @ Uw.T``."""
+    (same ``align_corners``), so 2-D bilinear upsampling is ``Uh @ z @ Uw.T``."""
     eye = torch.eye(n_in, device=device)[None]                               # (1, n_in, n_in)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)[0].T
 
 
 def _canonical(labels: torch.Tensor) -> torch.Tensor:

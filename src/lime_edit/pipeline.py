@@ -230,13 +230,17 @@ class LimePipeline:
             raise LimeEditError("feature_levels: no attention layer was captured at the capture step")
         out = []
         for b, it in enumerate(items):
-            feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid)    # (Hg*Wg, C)
+            feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid,
+                                          align_corners=cfg.align_corners)                # (Hg*Wg, C)
             segments = roi_ops.segment(feats, grid, method=cfg.clustering, num_clusters=cfg.num_clusters,
                                        iters=cfg.kmeans_iters, seed=it.seed,
                                        distance_threshold=cfg.distance_threshold,
                                        max_points=cfg.agglomerative_max_points)
-            maps = roi_ops.mean_attention([p[b] for p in cross], grid)               # (T, Hg, Wg)
+            maps = roi_ops.mean_attention([p[b] for p in cross], grid,
+                                          align_corners=cfg.align_corners)                # (T, Hg, Wg)
             related = list(it.tokens.related)
+            if related and cfg.localize_end_token:
+                related.append(it.tokens.end)
             token_maps = maps[related] if related else maps[:0]
             if related:
                 attention = token_maps.mean(0)
@@ -403,8 +407,8 @@ def _step_bar(pipe, desc: str, total: int):
 
 def _content(sel: TokenSelection) -> torch.Tensor:
     """Tokens rewarded in "reward" mode: the instruction's content words (verbs included)."""
-    m = sel.keep.clone()
-    m[sel.end:] = False
+    m = torch.zeros_like(sel.keep)
+    m[sel.content] = True
     return m
 
 

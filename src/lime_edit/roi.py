@@ -12,27 +12,32 @@ import torch.nn.functional as F
 from .cluster import DenseFeatures, FusedFeatures, agglomerative, kmeans
 
 
-def fuse_features(maps: list[torch.Tensor], grid: tuple[int, int]) -> FusedFeatures:
+def fuse_features(maps: list[torch.Tensor], grid: tuple[int, int], align_corners: bool = True) -> FusedFeatures:
     """Feature maps ``(C_i, h_i, w_i)`` upsampled bilinearly to ``grid``, concatenated
     along channels, L2-normalised per pixel: ``Hg*Wg`` points of ``sum C_i`` dims,
-    kept implicit (see :class:`lime_edit.cluster.FusedFeatures`)."""
-    return FusedFeatures(maps, grid)
+    kept implicit (see :class:`lime_edit.cluster.FusedFeatures`).  ``align_corners``
+    as in ``F.interpolate`` (True, the default, is the LIME authors' choice; see
+    ``LimeConfig.align_corners``)."""
+    return FusedFeatures(maps, grid, align_corners=align_corners)
 
 
-def fuse_features_dense(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+def fuse_features_dense(maps: list[torch.Tensor], grid: tuple[int, int], align_corners: bool = True
+                        ) -> torch.Tensor:
     """The explicit ``(Hg*Wg, sum C_i)`` matrix of :func:`fuse_features` (for tests
     and small inputs)."""
-    ups = [F.interpolate(m[None].float(), size=grid, mode="bilinear", align_corners=False)[0]
+    ups = [F.interpolate(m[None].float(), size=grid, mode="bilinear", align_corners=align_corners)[0]
            for m in maps]  # each (C_i, Hg, Wg)
     return F.normalize(torch.cat(ups, 0).flatten(1).T, dim=1)
 
 
-def mean_attention(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+def mean_attention(maps: list[torch.Tensor], grid: tuple[int, int], align_corners: bool = True
+                   ) -> torch.Tensor:
     """Average head-averaged cross-attention maps ``(T, h_i, w_i)`` of several
-    layers after upsampling each to ``grid``: returns ``(T, Hg, Wg)``."""
+    layers after upsampling each (bilinear, ``align_corners`` as in
+    ``F.interpolate``) to ``grid``: returns ``(T, Hg, Wg)``."""
     acc = None
     for m in maps:
-        up = F.interpolate(m[None].float(), size=grid, mode="bilinear", align_corners=False)[0]
+        up = F.interpolate(m[None].float(), size=grid, mode="bilinear", align_corners=align_corners)[0]
         acc = up if acc is None else acc + up
     return acc / len(maps)
 

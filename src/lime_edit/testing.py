@@ -74,6 +74,28 @@ def write_clip_tokenizer_files(folder: str | os.PathLike, words: Iterable[str]) 
     return folder
 
 
+def clip_tokenizer_from_bpe(folder: str | os.PathLike, bpe_gz: str | os.PathLike, model_max_length: int = 77):
+    """CLIP's real tokenizer, built from OpenAI's merges file ``bpe_simple_vocab_16e6.txt.gz``
+    the way CLIP's ``SimpleTokenizer`` builds it: the 256 byte stand-ins, the same with
+    ``</w>``, the first 48,894 merges in order, then ``<|startoftext|>`` and
+    ``<|endoftext|>`` (49,408 ids, the ids of ``openai/clip-vit-large-patch14``)."""
+    import gzip
+
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = gzip.open(bpe_gz, "rt", encoding="utf-8").read().split("\n")
+    merges = lines[1:49152 - 256 - 2 + 1]
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                         model_max_length=model_max_length)
+
+
 def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     while len(pieces) > 1:
         pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]

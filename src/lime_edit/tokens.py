@@ -5,60 +5,68 @@ instruction's tokens, then the end token, then padding up to
 ``tokenizer.model_max_length`` (77 for CLIP).  CLIP's BPE marks the last piece
 of every word with ``</w>``, so tokens are grouped back into words before a word
 list is consulted: a word split into several tokens is kept or dropped whole.
+CLIP splits contractions into two words ("don't" -> "don", "'t"); NLTK's list
+holds both halves ("don", "t"), so, with the apostrophe stripped, both are stop
+words.
 
-Word lists (ours, fixed, lower-case; nothing is downloaded at run time):
+What the LIME authors' code does (github enisimsar/LIME, ``utils.py``), and what
+this module does by default:
 
-* :data:`STOP_WORDS` - English function words (articles, pronouns, auxiliaries,
-  prepositions, conjunctions, quantifiers).  Colour and size words are NOT stop
-  words here: "make it *big*" needs them.
-* :data:`EDIT_VERBS` - verbs that introduce an edit rather than name its target
-  ("make", "turn", "change", ...).  The reference code drops verbs (found by a
-  part-of-speech tagger) from the tokens that *localize* the edit; a fixed list
-  does the same offline and deterministically.  Verbs are kept during
-  regularization, as in the reference code.
-* punctuation - any word made only of punctuation/symbol characters.
-
-Regularization, reference behaviour: *unrelated* = start token + stop words +
-punctuation + every padding position; the end token and verbs are kept.  Both
-the padding and end-token choices are settings (``penalize_padding``,
-``penalize_end_token``) because CLIP's causal text encoder lets padding
-positions carry the whole sentence.
+* **Stop words** - :data:`STOP_WORDS` is NLTK's English list (198 words,
+  shipped in ``lime_edit/data/stopwords_english.txt``; nothing is downloaded).
+  The reference compares each decoded *token* with it, so it keeps the "'t" of
+  "don't"; here the apostrophe is stripped first ("t" is on the list).
+* **Regularization** (the edit pass): *unrelated* = start token + stop words +
+  every padding position; punctuation, the end token and verbs are kept, as in
+  the reference's ``get_effective_tokens``.  ``penalize_punctuation``,
+  ``penalize_end_token`` and ``penalize_padding`` change that (CLIP's causal text
+  encoder lets padding positions carry the whole sentence).
+* **Localization** (which tokens' attention points at the RoI): content words
+  without punctuation and, with ``drop_verbs``, without the instruction's verbs.
+  The reference finds verbs with NLTK's part-of-speech tagger over the decoded
+  tokens (so it also drops whatever the tagger calls a verb, e.g. "yellow" in
+  "change the color of the tulips to yellow", and keeps the end token, which it
+  usually tags as a noun; lime-edit's pipeline adds the end token when
+  ``LimeConfig.localize_end_token``, the default).  Here a verb is told by
+  position and form, offline and deterministically, see :func:`verb_words`.
 """
 
 from __future__ import annotations
 
 import string
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 
 import torch
 
-STOP_WORDS: frozenset[str] = frozenset("""
-a an the this that these those there here it its it's itself they them their theirs themselves
-i me my mine myself we us our ours ourselves you your yours yourself yourselves he him his himself
-she her hers herself one ones someone something anything everything
-is am are was were be been being do does did doing done have has had having will would shall
-should can could may might must let's
-of to in on at by for from with without into onto upon over under above below between among
-through during before after about against along around across behind beside besides beyond
-near toward towards within up down out off again further then once
-and or but nor so yet if than as because while until although though whether either neither
-not no only just very too also more most less least much many some any all each every both
-few other such same own
-what which who whom whose where when why how
-please now
+
+def _load_words(name: str) -> frozenset[str]:
+    text = resources.files("lime_edit").joinpath("data", name).read_text(encoding="utf-8")
+    return frozenset(w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#"))
+
+
+STOP_WORDS: frozenset[str] = _load_words("stopwords_english.txt")
+
+#: Words that may come before an instruction's verb at the start of a clause
+#: ("please make ...", "could you turn ...", "let's add ...", "don't change ...");
+#: they are dropped from the localization tokens with the verb.
+LEAD_IN_WORDS: frozenset[str] = frozenset("""
+please kindly now then also just so and can could would will you let us s do not don t
 """.split())
 
-EDIT_VERBS: frozenset[str] = frozenset("""
-make makes made making turn turns turned turning change changes changed changing
-convert converts converted transform transforms transformed replace replaces replaced
-swap swaps swapped switch switches put puts putting place places placed set sets
-add adds added adding remove removes removed removing delete deletes deleted erase erases
-get gets got give gives gave let lets have become becomes became show shows showing
-paint paints painted colour colours coloured color colors colored recolor recolour dye dyes
-draw draws drew render renders edit edits modify modifies alter alters
+#: Politeness words, never the target of an edit, wherever they stand ("make it red please").
+COURTESY_WORDS: frozenset[str] = frozenset({"please", "kindly"})
+
+#: Words that show an object follows: a clause-starting word followed by one of
+#: these is taken for a verb ("... and *add* a moon"), otherwise for a noun or
+#: adjective ("a red and *blue* car").
+OBJECT_STARTS: frozenset[str] = frozenset("""
+a an the this that these those my your his her its our their it them him me us some every each all both
 """.split())
 
+_CLAUSE_PUNCT = set(",;:.!?")
+_CLAUSE_WORDS = frozenset({"and", "then"})
 _PUNCT = set(string.punctuation)
 
 
@@ -67,7 +75,45 @@ def is_punctuation(word: str) -> bool:
 
 
 def _normalise(word: str) -> str:
-    return word.lower().strip("'\"")
+    return word.lower().strip("'\"\u2019")
+
+
+def verb_words(words: list[str]) -> list[int]:
+    """Indices of the words (normalised, in order) that are taken for verbs.
+
+    An imperative instruction starts with its verb: the first word of the
+    instruction, after lead-in words (:data:`LEAD_IN_WORDS`: "please", "could
+    you", "let's"), is its verb unless it is a stop word ("the car should be
+    red" has none).  A later clause - after "," ";" ":" "." "!" "?" or "and" /
+    "then" - starts with a verb only when the next word starts an object
+    (:data:`OBJECT_STARTS`: "... and add *a* moon"), so "a red and blue car"
+    keeps "blue".  Lead-in words at the start of a clause are returned too,
+    with or without a verb after them, and :data:`COURTESY_WORDS` anywhere
+    ("make it red please").  Everywhere else a word is not a verb, so the same word is a
+    noun later on: "color the car red" drops "color", "change the color of the
+    tulips" keeps it.
+    """
+    verbs: list[int] = []
+    n = len(words)
+    i, first = 0, True
+    while i < n:
+        prev = words[i - 1] if i else ""
+        if not (first or prev in _CLAUSE_WORDS or (prev and set(prev) <= _CLAUSE_PUNCT)):
+            i += 1
+            continue
+        j = i
+        while j < n and (words[j] in LEAD_IN_WORDS or is_punctuation(words[j]) or not words[j]):
+            j += 1                                  # lead-ins, opening quotes or brackets
+        lead = [k for k in range(i, j) if words[k] in LEAD_IN_WORDS and words[k] not in _CLAUSE_WORDS]
+        if j < n and words[j] and words[j] not in STOP_WORDS and not is_punctuation(words[j]):
+            if first or (j + 1 < n and words[j + 1] in OBJECT_STARTS):
+                lead.append(j)
+                j += 1
+        verbs.extend(lead)
+        first = False
+        i = max(j, i + 1)
+    verbs.extend(k for k, w in enumerate(words) if w in COURTESY_WORDS)
+    return sorted(set(verbs))
 
 
 @dataclass(frozen=True)
@@ -80,8 +126,13 @@ class TokenSelection:
     related: positions pointing at the RoI (localization): content words,
         without verbs when ``drop_verbs``.
     keep: ``(max_length,)`` bool, True = a token regularization leaves alone
-        (content words incl. verbs, and the end token unless penalized).
+        (content words incl. verbs, punctuation unless penalized, the end token
+        unless penalized).
     truncated: the instruction was longer than the text encoder's limit.
+    content: positions of the instruction's content words, verbs included
+        (no stop word, no punctuation, no special token).
+    verbs: the positions of ``content`` taken for verbs (see :func:`verb_words`),
+        whether or not they were dropped from ``related``.
     """
 
     ids: list[int]
@@ -90,14 +141,16 @@ class TokenSelection:
     related: list[int]
     keep: torch.Tensor
     truncated: bool
+    content: list[int] = field(default_factory=list)
+    verbs: list[int] = field(default_factory=list)
 
     @property
     def has_related(self) -> bool:
         return len(self.related) > 0
 
 
-def select_tokens(tokenizer, prompt: str, *, drop_verbs: bool = True,
-                  penalize_padding: bool = True, penalize_end_token: bool = False) -> TokenSelection:
+def select_tokens(tokenizer, prompt: str, *, drop_verbs: bool = True, penalize_padding: bool = True,
+                  penalize_end_token: bool = False, penalize_punctuation: bool = False) -> TokenSelection:
     """Classify every position of ``prompt``'s padded ids (see module docstring)."""
     max_len = tokenizer.model_max_length
     full = tokenizer(prompt, add_special_tokens=False).input_ids
@@ -119,22 +172,31 @@ def select_tokens(tokenizer, prompt: str, *, drop_verbs: bool = True,
             words.append((_decode_bytes(tokenizer, cur_txt), cur_pos))
             cur_pos, cur_txt = [], ""
 
+    norm = [_normalise(w) for w, _ in words]
+    verb_idx = set(verb_words(norm))
     related: list[int] = []
+    content: list[int] = []
+    verbs: list[int] = []
     keep = torch.zeros(max_len, dtype=torch.bool)
-    for word, positions in words:
-        w = _normalise(word)
-        if not w or w in STOP_WORDS or is_punctuation(w):
+    for k, ((raw, positions), w) in enumerate(zip(words, norm)):
+        if is_punctuation(raw):
+            keep[positions] = not penalize_punctuation
+            continue
+        if not w or w in STOP_WORDS:
             continue
         keep[positions] = True
-        if drop_verbs and w in EDIT_VERBS:
-            continue
+        content.extend(positions)
+        if k in verb_idx:
+            verbs.extend(positions)
+            if drop_verbs:
+                continue
         related.extend(positions)
     if not penalize_end_token:
         keep[end] = True
     if not penalize_padding:
         keep[end + 1:] = True
     return TokenSelection(ids=list(ids), tokens=toks, end=end, related=related, keep=keep,
-                          truncated=truncated)
+                          truncated=truncated, content=content, verbs=verbs)
 
 
 def _decode_bytes(tokenizer, text: str) -> str:

@@ -25,6 +25,10 @@ back to plain IP2P.  ``sec_per_edit`` is the wall time of a batched pipeline
 call divided by its batch size, on whatever machine ran it (shared CPUs give
 noisy timings).
 
+``--set NAME=VALUE`` changes a LimeConfig field for every method (a method's
+own overrides, e.g. ``lime_k4``'s K, win); the settings are recorded in
+``results.json`` and a folder holding results of other settings is refused.
+
 Per-sample results are appended to ``DIR/samples.jsonl``; a rerun skips the
 (method, scene) pairs already there, so an interrupted run resumes.  Resuming is
 only allowed with the same results-changing settings: ``DIR/signature.json``
@@ -197,8 +201,8 @@ def model_identity(model: str) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "files": len(files), "bytes": total}
 
 
-def make_signature(model: str, device: str, batch: int, methods: list[str], steps: int | None
-                   ) -> dict[str, Any]:
+def make_signature(model: str, device: str, batch: int, methods: list[str], steps: int | None,
+                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that changes a row of ``samples.jsonl`` (see the module docstring)."""
     from .. import LimeConfig
     from ..cli import _version
@@ -208,7 +212,8 @@ def make_signature(model: str, device: str, batch: int, methods: list[str], step
     return {"format": 1, "lime_edit": _version(), "model": model_identity(model), "device": str(device),
             "batch": int(batch),
             "methods": {m: {"mask": table[m][0],
-                            "settings": LimeConfig().replace(**table[m][1], **extra).to_dict()}
+                            "settings": LimeConfig().replace(**{**(settings or {}), **extra,
+                                                                **table[m][1]}).to_dict()}
                         for m in methods}}
 
 
@@ -298,13 +303,14 @@ def run_bench(args) -> int:
     if unknown:
         raise LimeEditError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(table)}")
     n = int(args.n)
+    settings = _settings(args)
     model = args.model or str(bundled_model_path())
     model = str(bundled_model_path()) if model == "demo" else model
     device = getattr(args, "device", "cpu")
     batch = int(args.batch)
     steps = args.steps if args.steps is not None else LimeConfig().num_inference_steps
     out.mkdir(parents=True, exist_ok=True)
-    sig = prepare_folder(out, make_signature(model, device, batch, methods, steps),
+    sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings),
                          bool(getattr(args, "overwrite", False)))
     _quiet_loading(getattr(args, "verbose", False))
     lp = LimePipeline.from_pretrained(model, device=device)
@@ -312,7 +318,7 @@ def run_bench(args) -> int:
         lp.pipe.set_progress_bar_config(disable=True)
     except Exception:  # noqa: BLE001
         pass
-    extra = {"num_inference_steps": steps}
+    extra = {**settings, "num_inference_steps": steps}
     _write_atomic_text(out / "signature.json", json.dumps(sig, indent=2) + "\n")  # before any row
     samples_path = out / "samples.jsonl"
     done = load_done(samples_path)
@@ -330,7 +336,7 @@ def run_bench(args) -> int:
                 masks = [None if kind == "none" else ("auto" if kind == "auto" else e.mask) for e in items]
                 t0 = time.perf_counter()
                 results = lp.edit([e.image for e in items], [e.instruction for e in items], mask=masks,
-                                  seed=[e.seed for e in items], **ov, **extra)
+                                  seed=[e.seed for e in items], **{**extra, **ov})
                 dt = (time.perf_counter() - t0) / len(items)
                 for e, r in zip(items, results):
                     o = to_float(r.image)
@@ -365,6 +371,19 @@ def run_bench(args) -> int:
     return 0
 
 
+def _settings(args) -> dict:
+    """The ``--set NAME=VALUE`` LimeConfig overrides (validated like ``lime-edit edit --set``)."""
+    from ..cli import UsageError, _parse_set
+    from ..config import LimeConfig
+
+    settings = dict(_parse_set(item) for item in (getattr(args, "cfg_set", None) or []))
+    try:
+        LimeConfig().replace(**settings)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    return settings
+
+
 def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig: dict) -> None:
     cmd = "lime-edit bench synthetic " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else \
         f"lime-edit bench synthetic --n {n} --out {args.out}"
@@ -375,7 +394,7 @@ def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig:
     dev = getattr(args, "device", "cpu")
     machine = (torch.cuda.get_device_name(0) if str(dev).startswith("cuda") and torch.cuda.is_available()
                else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
-    payload = {"n": n, "rows": rows, "model": str(model), "steps": steps, "batch": batch, "command": cmd,
+    payload = {"n": n, "rows": rows, "model": str(model), "steps": steps, "settings": _settings(args), "batch": batch, "command": cmd,
                "device": str(dev), "machine": machine, "torch": torch.__version__, "signature": sig}
     _write_atomic_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     _write_atomic_text(out / "results.md", markdown(rows, n, f"## Synthetic benchmark (n = {n})\n\n"

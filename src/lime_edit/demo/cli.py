@@ -96,6 +96,9 @@ def register(subparsers) -> None:
                    help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
     s.add_argument("-v", "--verbose", action="store_true",
                    help="show the messages and model-loading bars of diffusers/transformers")
+    s.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a LimeConfig field for every method, e.g. --set align_corners=false "
+                        "(repeatable; results.json records them; use a new --out per setting)")
     s.set_defaults(func=_bench, suite="synthetic")
 
     t = subparsers.add_parser(
