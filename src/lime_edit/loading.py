@@ -141,6 +141,8 @@ def _family_of_index(index: dict, where: str) -> str:
         return "sdxl-ip2p"
     if cls in ("StableDiffusionInstructPix2PixPipeline", ""):
         return "ip2p"
+    if cls == "StableDiffusionPipeline":
+        return "p2p"            # text-to-image: caption editing (Prompt-to-Prompt)
     raise ModelLoadError(f"{where}: a {cls}, not an instruction editor LIME supports "
                          f"(families: {family_list()}); pass --backbone NAME if it is one")
 
