@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -208,7 +210,7 @@ def test_lime_localizes_the_changed_word_and_zeroes_unrelated_tokens_in_the_targ
     assert user.lime_applied and user.localization is None
 
 
-def test_lime_changes_less_outside_the_roi_than_plain_p2p(lp, small_scene):
+def test_regularization_changes_the_p2p_result(lp, small_scene):
     m = np.zeros((32, 32), np.uint8)
     m[:16, :16] = 255
     off = lp.edit_captions(small_scene, SRC, TGT, mask=None, **FAST)
@@ -233,3 +235,47 @@ def test_bad_input(lp, t2i, tiny_pipe, small_scene):
         LimePipeline(tiny_pipe).edit_captions(small_scene, SRC, TGT)
     with pytest.raises(LimeEditError, match="guidance_scale: P2P runs with classifier-free guidance"):
         lp.edit_captions(small_scene, SRC, TGT, mask=None, guidance_scale=1.0, **FAST)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_p2p_end_to_end(t2i, tiny_model_dir, small_scene, tmp_path, capsys):
+    from lime_edit.cli import main
+
+    model = tmp_path / "tiny-t2i"
+    t2i.save_pretrained(str(model))
+    small_scene.save(tmp_path / "a.png")
+    small_scene.resize((40, 24)).save(tmp_path / "b.png")              # not a multiple of 16
+    out = tmp_path / "out"
+    fast = ["--steps", "4", "--capture-at", "0.25", "--seed", "1"]
+    code = main(["p2p", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--source", SRC, "--target", TGT,
+                 "--model", str(model), "-o", str(out), "--cross-replace", "0.5", *fast])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert len(cap.out.split()) == 2
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["command"] == "p2p" and rec["lime_applied"] is True
+    assert rec["source_caption"] == SRC and rec["target_caption"] == TGT
+    assert rec["settings"]["backbone"] == "p2p" and rec["settings"]["p2p"]["cross_replace"] == 0.5
+    assert rec["localization"]["tokens"] == ["green"]
+    for name in ("a_edited.png", "a_mask.png", "a_overlay.png", "a_segments.png"):
+        assert Image.open(out / name).size == (32, 32)
+    assert Image.open(out / "b_edited.png").size == (40, 24)
+    # --no-lime: plain P2P, identical captions: the reconstruction and a warning
+    code = main(["p2p", str(tmp_path / "a.png"), "--source", SRC, "--target", SRC, "--no-lime",
+                 "--model", str(model), "-o", str(tmp_path / "o2"), *fast])
+    cap = capsys.readouterr()
+    assert code == 0 and "identical" in cap.err
+    rec = json.loads((tmp_path / "o2" / "a.json").read_text())
+    assert rec["lime_applied"] is False and (tmp_path / "o2" / "a_edited.png").is_file()
+    assert not (tmp_path / "o2" / "a_mask.png").exists()
+    # an instruction editor given to p2p: one line, exit 2, naming what it needs
+    code = main(["p2p", str(tmp_path / "a.png"), "--source", SRC, "--target", TGT,
+                 "--model", str(tiny_model_dir), "-o", str(tmp_path / "o3"), *fast])
+    cap = capsys.readouterr()
+    assert code == 2 and "needs a text-to-image Stable Diffusion model" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1 and "Traceback" not in cap.err
+    # usage errors
+    assert main(["p2p", str(tmp_path / "a.png"), "--source", " ", "--target", TGT, "--model", str(model)]) == 2
+    assert main(["p2p", str(tmp_path / "a.png"), "--source", SRC, "--target", TGT, "--reweight", "green",
+                 "--model", str(model)]) == 2
+    assert "--reweight" in capsys.readouterr().err
