@@ -248,7 +248,7 @@ def test_cli_p2p_end_to_end(t2i, tiny_model_dir, small_scene, tmp_path, capsys):
     out = tmp_path / "out"
     fast = ["--steps", "4", "--capture-at", "0.25", "--seed", "1"]
     code = main(["p2p", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--source", SRC, "--target", TGT,
-                 "--model", str(model), "-o", str(out), "--cross-replace", "0.5", *fast])
+                 "--model", str(model), "-o", str(out), "--cross-replace", "0.5", "--local-blend", *fast])
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert len(cap.out.split()) == 2
@@ -256,6 +256,7 @@ def test_cli_p2p_end_to_end(t2i, tiny_model_dir, small_scene, tmp_path, capsys):
     assert rec["command"] == "p2p" and rec["lime_applied"] is True
     assert rec["source_caption"] == SRC and rec["target_caption"] == TGT
     assert rec["settings"]["backbone"] == "p2p" and rec["settings"]["p2p"]["cross_replace"] == 0.5
+    assert rec["settings"]["p2p"]["local_blend"] is True
     assert rec["localization"]["tokens"] == ["green"]
     for name in ("a_edited.png", "a_mask.png", "a_overlay.png", "a_segments.png"):
         assert Image.open(out / name).size == (32, 32)
@@ -279,3 +280,23 @@ def test_cli_p2p_end_to_end(t2i, tiny_model_dir, small_scene, tmp_path, capsys):
     assert main(["p2p", str(tmp_path / "a.png"), "--source", SRC, "--target", TGT, "--reweight", "green",
                  "--model", str(model)]) == 2
     assert "--reweight" in capsys.readouterr().err
+
+
+def test_local_blend_keeps_the_source_latent_outside_its_mask(t2i, small_scene):
+    from lime_edit.backbones import P2PBackbone
+
+    # a random model's attention is nearly uniform: a high threshold keeps the mask partial
+    bb = P2PBackbone(t2i, local_blend=True, blend_start=0.0, blend_level=2, blend_threshold=0.99)
+    assert align_tokens(t2i.tokenizer, SRC, TGT).changed_source == [2]      # "red" in the source
+    lat = bb.run(prompts=[TGT], sources=[SRC], images=[small_scene], size=(32, 32), steps=STEPS, guidance=7.5,
+                 image_guidance=1.0, generators=[None], output_type="latent")[0]
+    mask = bb.last_blend_mask[0, 0]                                          # (16, 16) latent grid
+    assert mask.any() and not mask.all()
+    z0 = bb._inversion[1][0][0]
+    assert torch.equal(lat[:, ~mask], z0[:, ~mask])                          # outside: the source (input)
+    assert not torch.allclose(lat[:, mask], z0[:, mask])                     # inside: edited
+    assert bb.describe()["p2p"]["local_blend"] is True
+    with pytest.raises(LimeEditError, match="blend_level: this U-Net has no attention at latent level 16"):
+        P2PBackbone(t2i, local_blend=True, blend_level=16).run(
+            prompts=[TGT], sources=[SRC], images=[small_scene], size=(32, 32), steps=STEPS, guidance=7.5,
+            image_guidance=1.0, generators=[None], output_type="latent")

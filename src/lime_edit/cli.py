@@ -370,12 +370,17 @@ def add_p2p_args(parser) -> None:
                    help="word swap (same token count), refinement (token alignment), or auto (default)")
     g.add_argument("--reweight", action="append", default=None, metavar="WORD=SCALE",
                    help="scale a target word's attention during the replacement steps (repeatable)")
+    g.add_argument("--local-blend", action="store_true",
+                   help="P2P's local blend: keep the source latent outside the changed words' attention mask")
+    g.add_argument("--blend-threshold", type=float, default=None, metavar="F",
+                   help="local blend mask threshold on the normalized attention (default 0.3)")
 
 
 def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Backbone options from :func:`add_p2p_args` flags."""
     kw: dict[str, Any] = {"backbone": "p2p"}
-    for flag, opt in (("cross_replace", "cross_replace"), ("self_replace", "self_replace"), ("p2p_mode", "mode")):
+    for flag, opt in (("cross_replace", "cross_replace"), ("self_replace", "self_replace"), ("p2p_mode", "mode"),
+                      ("blend_threshold", "blend_threshold")):
         if getattr(args, flag, None) is not None:
             kw[opt] = getattr(args, flag)
     weights = {}
@@ -389,6 +394,8 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--reweight {item!r}: expected WORD=SCALE, e.g. glitter=2")
     if weights:
         kw["reweight"] = tuple(weights.items())
+    if getattr(args, "local_blend", False):
+        kw["local_blend"] = True
     return kw
 
 

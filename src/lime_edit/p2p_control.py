@@ -52,12 +52,14 @@ class Alignment:
     alphas: ``(T,)`` float, 1 where the target's map is replaced by the source's.
     mode: "swap" (same token count, position i -> i) or "refine".
     changed: target positions of added or replaced tokens (before the end token).
+    changed_source: source positions of replaced or deleted tokens.
     """
 
     mapper: torch.Tensor
     alphas: torch.Tensor
     mode: str
     changed: list[int]
+    changed_source: list[int] = field(default_factory=list)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -82,12 +84,14 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
     mapper = torch.arange(T)
     alphas = torch.zeros(T)
     changed: list[int] = []
+    changed_src: list[int] = []
     if mode == "swap":
         if len(src) != len(tgt):
             raise LimeEditError(f"word swap needs captions of the same token count (source {len(src)}, "
                                 f"target {len(tgt)}); use refinement (mode 'refine' or 'auto')")
         alphas[:] = 1.0
         changed = [1 + i for i, (a, b) in enumerate(zip(src, tgt)) if a != b]
+        changed_src = list(changed)
     else:
         alphas[0] = 1.0                                    # start token
         sm = difflib.SequenceMatcher(a=src, b=tgt, autojunk=False)
@@ -96,7 +100,9 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
                 for k in range(j2 - j1):
                     mapper[1 + j1 + k] = 1 + i1 + k
                     alphas[1 + j1 + k] = 1.0
-            elif op in ("replace", "insert"):
+            if op in ("replace", "delete"):
+                changed_src.extend(range(1 + i1, 1 + i2))
+            if op in ("replace", "insert"):
                 changed.extend(range(1 + j1, 1 + j2))
                 for k in range(j2 - j1):       # own maps (alpha 0); mapper points at a valid source slot
                     mapper[1 + j1 + k] = min(1 + i1 + k, 1 + len(src))
@@ -105,7 +111,7 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
         for p in range(t_end, T):
             mapper[p] = min(s_end + (p - t_end), T - 1)
             alphas[p] = 1.0
-    return Alignment(mapper=mapper, alphas=alphas, mode=mode, changed=changed)
+    return Alignment(mapper=mapper, alphas=alphas, mode=mode, changed=changed, changed_source=changed_src)
 
 
 # ------------------------------------------------------------------------- DDIM inversion
@@ -179,11 +185,40 @@ class P2PController:
     equalizer: torch.Tensor | None = None
     step: int = 0
     calls: dict = field(default_factory=dict)   # (is_cross) -> count of edited layer calls (tests)
+    # local blend: words (B, T) bool of the source / target captions, read at layers of blend_tokens queries
+    blend_src: torch.Tensor | None = None
+    blend_tgt: torch.Tensor | None = None
+    blend_tokens: int = 0
+    blend_sum: torch.Tensor | None = None        # (2, B, Nq) accumulated maps: source, target
 
     def active(self, is_cross: bool, n_query: int) -> bool:
         if is_cross:
-            return self.step < self.cross_steps
+            return self.step < self.cross_steps or (self.blend_tgt is not None and n_query == self.blend_tokens)
         return self.step < self.self_steps and n_query <= self.self_max_tokens
+
+    def _record_blend(self, probs: torch.Tensor) -> None:
+        b = self.batch
+        src = probs[COND_SRC * b:(COND_SRC + 1) * b].float().mean(1)            # (B, Nq, T)
+        tgt = probs[COND_TGT * b:(COND_TGT + 1) * b].float().mean(1)
+        w_s = self.blend_src.to(probs.device, torch.float32)
+        w_t = self.blend_tgt.to(probs.device, torch.float32)
+        m = torch.stack([src @ w_s[:, :, None], tgt @ w_t[:, :, None]])[..., 0]  # (2, B, Nq)
+        self.blend_sum = m if self.blend_sum is None else self.blend_sum + m
+
+    def blend_mask(self, latent_hw: tuple[int, int], threshold: float) -> torch.Tensor | None:
+        """P2P's local blend mask ``(B, 1, H, W)``: the words' accumulated maps, 3x3 max-pooled,
+        upsampled to the latent grid, normalized by their maximum, thresholded; source | target."""
+        if self.blend_sum is None:
+            return None
+        n = self.blend_sum.shape[-1]
+        H, W = latent_hw
+        f = int(round((H * W / n) ** 0.5))
+        maps = self.blend_sum.reshape(2 * self.batch, 1, H // f, W // f)
+        maps = F.max_pool2d(maps, 3, stride=1, padding=1)
+        maps = F.interpolate(maps, size=(H, W), mode="nearest")
+        maps = maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
+        m = (maps > threshold).reshape(2, self.batch, 1, H, W)
+        return m[0] | m[1]
 
     def edit(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
         """Edit ``(rows, heads, Nq, K)`` probabilities in place of the target rows."""
@@ -192,6 +227,10 @@ class P2PController:
         rows = probs.shape[0]
         if rows != 4 * self.batch:
             raise RuntimeError(f"P2P: expected {4 * self.batch} U-Net rows (CFG x source/target), got {rows}")
+        if is_cross and self.blend_tgt is not None and probs.shape[2] == self.blend_tokens:
+            self._record_blend(probs)
+        if is_cross and self.step >= self.cross_steps:
+            return probs
         b = self.batch
         src = probs[COND_SRC * b:(COND_SRC + 1) * b]                 # (B, heads, Nq, K)
         tgt = probs[COND_TGT * b:(COND_TGT + 1) * b]

@@ -58,6 +58,10 @@ class P2PSettings:
         refinement), "swap" or "refine".
     reweight: ``{word: scale}``: the target caption's word's attention is multiplied
         by ``scale`` during the replacement steps.
+    local_blend: P2P's local blend: after ``blend_start`` of the steps, the target latent
+        is the source latent outside a mask made from the changed words' cross-attention
+        (both captions' words, accumulated over the steps so far, at latent level
+        ``blend_level``, 3x3 max-pooled, normalized, > ``blend_threshold``).
     """
 
     cross_replace: float = 0.4
@@ -65,6 +69,10 @@ class P2PSettings:
     self_replace_min_level: int = 4
     mode: str = "auto"
     reweight: tuple[tuple[str, float], ...] = ()
+    local_blend: bool = False
+    blend_threshold: float = 0.3
+    blend_start: float = 0.2
+    blend_level: int = 4
 
     def __post_init__(self):
         for name in ("cross_replace", "self_replace"):
@@ -106,6 +114,8 @@ class P2PBackbone(Backbone):
         if not isinstance(pipe.scheduler, DDIMScheduler):
             pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         self._inversion: tuple[tuple, list[torch.Tensor]] | None = None
+        #: the local-blend mask of the last pass, (B, 1, h, w) on the latent grid (None without blend)
+        self.last_blend_mask: torch.Tensor | None = None
 
     def check_pipeline(self, pipe) -> None:
         unet = getattr(pipe, "unet", None)
@@ -124,7 +134,9 @@ class P2PBackbone(Backbone):
         s = self.settings
         d["p2p"] = {"cross_replace": s.cross_replace, "self_replace": s.self_replace,
                     "self_replace_min_level": s.self_replace_min_level, "mode": s.mode,
-                    "reweight": dict(s.reweight), "inversion": "DDIM + Direct Inversion"}
+                    "reweight": dict(s.reweight), "inversion": "DDIM + Direct Inversion",
+                    "local_blend": s.local_blend, "blend_threshold": s.blend_threshold,
+                    "blend_start": s.blend_start}
         return d
 
     # ---------------------------------------------------------------- text side
@@ -192,16 +204,35 @@ class P2PBackbone(Backbone):
         latent_h = size[1] // int(pipe.vae_scale_factor)
         latent_w = size[0] // int(pipe.vae_scale_factor)
         lvl = max(1, s.self_replace_min_level)
+        aligns = [align_tokens(self.tokenizer, a, b, s.mode) for a, b in zip(sources, prompts)]
         ctrl = P2PController(
-            batch=B,
-            mapper=torch.stack([align_tokens(self.tokenizer, a, b, s.mode).mapper for a, b in zip(sources, prompts)]),
-            alphas=torch.stack([align_tokens(self.tokenizer, a, b, s.mode).alphas for a, b in zip(sources, prompts)]),
+            batch=B, mapper=torch.stack([a.mapper for a in aligns]), alphas=torch.stack([a.alphas for a in aligns]),
             cross_steps=round(s.cross_replace * steps), self_steps=round(s.self_replace * steps),
             self_max_tokens=(latent_h // lvl) * (latent_w // lvl), equalizer=self._equalizer(prompts))
+        blend_from = steps + 1
+        self.last_blend_mask = None
+        if s.local_blend:
+            bl = max(1, s.blend_level)
+            if bl not in self.levels:
+                raise LimeEditError(f"blend_level: this U-Net has no attention at latent level {bl} "
+                                    f"(levels present: {', '.join(map(str, self.levels))})")
+            words_s = torch.zeros(B, self.max_tokens, dtype=torch.bool)
+            words_t = torch.zeros(B, self.max_tokens, dtype=torch.bool)
+            for j, a in enumerate(aligns):
+                words_s[j, a.changed_source] = True
+                words_t[j, a.changed] = True
+            ctrl.blend_src, ctrl.blend_tgt = words_s, words_t
+            ctrl.blend_tokens = (latent_h // bl) * (latent_w // bl)
+            blend_from = round(s.blend_start * steps)
 
         def callback(p, i, t, kwargs):
             lat = kwargs["latents"].clone()
             lat[:B] = traj[steps - 1 - i].to(lat.dtype)            # Direct Inversion on the source rows
+            if i >= blend_from:                                      # local blend: source outside the mask
+                mask = ctrl.blend_mask((latent_h, latent_w), s.blend_threshold)
+                if mask is not None:
+                    lat[B:] = torch.where(mask.to(lat.device), lat[B:], lat[:B])
+                    self.last_blend_mask = mask.cpu()
             ctrl.step = i + 1
             if on_step_end is not None:
                 on_step_end(i)
