@@ -300,3 +300,27 @@ def test_local_blend_keeps_the_source_latent_outside_its_mask(t2i, small_scene):
         P2PBackbone(t2i, local_blend=True, blend_level=16).run(
             prompts=[TGT], sources=[SRC], images=[small_scene], size=(32, 32), steps=STEPS, guidance=7.5,
             image_guidance=1.0, generators=[None], output_type="latent")
+
+
+# --------------------------------------------------------------------------- eval
+def test_eval_piebench_with_p2p_and_p2p_lime(t2i, tmp_path, capsys):
+    from lime_edit.cli import main
+    from lime_edit.eval.testing import write_magicbrush_fixture, write_piebench_fixture
+
+    model = tmp_path / "tiny-t2i"
+    t2i.save_pretrained(str(model))
+    pie = write_piebench_fixture(tmp_path / "pie", n=2, size=32)
+    for lime, out in ((True, tmp_path / "lime"), (False, tmp_path / "plain")):
+        argv = ["eval", "piebench", "--data", str(pie), "--out", str(out), "--model", str(model),
+                "--backbone", "p2p", "--steps", "4", "--capture-at", "0.25", "--device", "cpu", "-q"]
+        assert main(argv + ([] if lime else ["--no-lime"])) == 0, capsys.readouterr().err
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["n_done"] == 2 and man["sampler"]["backbone"]["value"] == "p2p"
+        rec = next(iter(man["samples"].values()))
+        assert rec["source_caption"] == "a dog on the grass" and rec["target_caption"] == "a cat on the grass"
+        assert rec["lime_applied"] is lime
+        assert len(list((out / "annotation_images").rglob("*.jpg"))) == 2
+    mb = write_magicbrush_fixture(tmp_path / "mb")
+    assert main(["eval", "magicbrush", "--data", str(mb), "--out", str(tmp_path / "mbout"), "--model", str(model),
+                 "--backbone", "p2p", "--device", "cpu", "-q"]) == 2
+    assert "gives instructions only" in capsys.readouterr().err
