@@ -324,3 +324,20 @@ def test_eval_piebench_with_p2p_and_p2p_lime(t2i, tmp_path, capsys):
     assert main(["eval", "magicbrush", "--data", str(mb), "--out", str(tmp_path / "mbout"), "--model", str(model),
                  "--backbone", "p2p", "--device", "cpu", "-q"]) == 2
     assert "gives instructions only" in capsys.readouterr().err
+
+
+def test_reweighting_scales_the_target_word_during_the_replacement_steps(t2i):
+    from lime_edit.backbones import P2PBackbone
+
+    bb = P2PBackbone(t2i, reweight={"green": 2.0})
+    eq = bb._equalizer([TGT])
+    assert eq[0, 2] == 2.0 and float(eq[0, [0, 1, 3, 4, 5, 6, 7]].sub(1).abs().max()) == 0.0
+    with pytest.raises(LimeEditError, match="reweight: 'purple' is not a word of the target caption"):
+        P2PBackbone(t2i, reweight={"purple": 2.0})._equalizer([TGT])
+    probs = torch.rand(4, 2, 5, 77).softmax(-1)
+    ctl = P2PController(batch=1, mapper=torch.arange(77)[None], alphas=torch.ones(1, 77), cross_steps=1,
+                        self_steps=0, self_max_tokens=0, equalizer=eq)
+    out = ctl.edit(probs, is_cross=True)
+    assert torch.allclose(out[3, ..., 2], 2 * probs[2, ..., 2]) and torch.equal(out[3, ..., 3], probs[2, ..., 3])
+    with pytest.raises(LimeEditError, match="unknown option"):
+        P2PBackbone(t2i, cross_replce=0.5)
