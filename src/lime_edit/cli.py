@@ -1,4 +1,5 @@
-"""``lime-edit`` command line: ``edit`` and ``localize``, plus the subcommands
+"""``lime-edit`` command line: ``edit``, ``localize`` and ``p2p`` (caption editing of a
+real image with Prompt-to-Prompt on a text-to-image model), plus the subcommands
 that feature packages register (``lime_edit.demo``, ``lime_edit.eval``,
 ``lime_edit.web``).
 
@@ -41,6 +42,8 @@ from .errors import LimeEditError
 FEATURE_CLIS = ("lime_edit.demo.cli", "lime_edit.eval.cli", "lime_edit.web.cli")
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+#: text-to-image model of ``lime-edit p2p`` (the SD1.5 weights' current Hub home)
+DEFAULT_T2I_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_OUT = "lime-edit-out"
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -242,13 +245,23 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (their image files, sorted by name) or glob patterns "
                         "(quote them; ** recurses)")
-    p.add_argument("-i", "--instruction", action="append", required=True, metavar="TEXT",
-                   help="the edit instruction, e.g. 'make the car red'. Give it once for all inputs, "
-                        "or once per input (repeat -i; paired with the inputs in expanded order)")
+    if task == "p2p":
+        p.add_argument("--source", action="append", required=True, metavar="TEXT",
+                       help="caption of the input image, e.g. 'a photo of fingernails' (once for all "
+                            "inputs or once per input)")
+        p.add_argument("--target", dest="instruction", action="append", required=True, metavar="TEXT",
+                       help="caption of the result, e.g. 'a photo of glitter fingernails' (once for all "
+                            "inputs or once per input)")
+    else:
+        p.add_argument("-i", "--instruction", action="append", required=True, metavar="TEXT",
+                       help="the edit instruction, e.g. 'make the car red'. Give it once for all inputs, "
+                            "or once per input (repeat -i; paired with the inputs in expanded order)")
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"Hub id, local diffusers folder, single .safetensors/.ckpt file, or 'demo' "
-                        f"(default {DEFAULT_MODEL})")
+    default_model = DEFAULT_T2I_MODEL if task == "p2p" else DEFAULT_MODEL
+    demo = "" if task == "p2p" else ", or 'demo'"
+    m.add_argument("--model", default=default_model,
+                   help=f"Hub id, local diffusers folder, single .safetensors/.ckpt file{demo} "
+                        f"(default {default_model})")
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: best available)")
     m.add_argument("--dtype", default=None,
                    choices=("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"),
@@ -257,7 +270,10 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                    help="allow loading pickled checkpoints (.ckpt/.bin). Only for files you trust: "
                         "unpickling can run arbitrary code")
     m.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
-    add_family_args(m)
+    if task == "p2p":
+        add_p2p_args(p)
+    else:
+        add_family_args(m)
     p.add_argument("--seed", type=seed_arg, default=0,
                    help="random seed, the same for every input: a whole number in 0..2**64-1 (default 0)")
     o = p.add_argument_group("input/output")
@@ -307,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "STEM_overlay.png, STEM_segments.png, STEM_attn_NN_TOKEN.png (--explain), STEM.json.")
     _add_common_args(loc, "localize")
     loc.set_defaults(func=cmd_localize)
+
+    p2p = sub.add_parser(
+        "p2p", help="edit images by captions: Prompt-to-Prompt on a text-to-image model, localized by LIME",
+        description="Invert each input with its source caption (DDIM + Direct Inversion) and regenerate it "
+                    "with the target caption under Prompt-to-Prompt attention control; LIME confines the "
+                    "change to the region of the words the target adds or replaces. Writes the same files "
+                    "as edit: STEM_edited.png, STEM_mask.png, STEM_overlay.png, STEM_segments.png, STEM.json.")
+    _add_common_args(p2p, "p2p")
+    g = p2p.add_mutually_exclusive_group()
+    g.add_argument("--mask", action="append", default=None, metavar="FILE",
+                   help="use this mask (white/opaque = edit; any size) instead of localizing")
+    g.add_argument("--no-lime", action="store_true", help="plain Prompt-to-Prompt, no localization")
+    p2p.set_defaults(func=cmd_p2p)
 
     for name in FEATURE_CLIS:
         module = _import_feature(name)
@@ -433,6 +462,50 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return _run(args, task="localize")
 
 
+def cmd_p2p(args: argparse.Namespace) -> int:
+    return _run(args, task="p2p")
+
+
+def add_p2p_args(parser) -> None:
+    """Prompt-to-Prompt settings (options of the ``p2p`` backbone)."""
+    g = parser.add_argument_group("Prompt-to-Prompt (defaults: PIE-Bench's P2P settings)")
+    g.add_argument("--cross-replace", type=float, default=None, metavar="F",
+                   help="fraction of steps with the source's cross-attention at aligned tokens (default 0.4)")
+    g.add_argument("--self-replace", type=float, default=None, metavar="F",
+                   help="fraction of steps with the source's self-attention, coarse layers (default 0.6)")
+    g.add_argument("--p2p-mode", default=None, choices=("auto", "swap", "refine"),
+                   help="word swap (same token count), refinement (token alignment), or auto (default)")
+    g.add_argument("--reweight", action="append", default=None, metavar="WORD=SCALE",
+                   help="scale a target word's attention during the replacement steps (repeatable)")
+    g.add_argument("--local-blend", action="store_true",
+                   help="P2P's local blend: keep the source latent outside the changed words' attention mask")
+    g.add_argument("--blend-threshold", type=float, default=None, metavar="F",
+                   help="local blend mask threshold on the normalized attention (default 0.3)")
+
+
+def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Backbone options from :func:`add_p2p_args` flags."""
+    kw: dict[str, Any] = {"backbone": "p2p"}
+    for flag, opt in (("cross_replace", "cross_replace"), ("self_replace", "self_replace"), ("p2p_mode", "mode"),
+                      ("blend_threshold", "blend_threshold")):
+        if getattr(args, flag, None) is not None:
+            kw[opt] = getattr(args, flag)
+    weights = {}
+    for item in getattr(args, "reweight", None) or []:
+        word, sep, value = item.partition("=")
+        try:
+            weights[word.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--reweight {item!r}: expected WORD=SCALE, e.g. glitter=2") from None
+        if not sep or not word.strip():
+            raise UsageError(f"--reweight {item!r}: expected WORD=SCALE, e.g. glitter=2")
+    if weights:
+        kw["reweight"] = tuple(weights.items())
+    if getattr(args, "local_blend", False):
+        kw["local_blend"] = True
+    return kw
+
+
 def _pair(values: list[Any] | None, n: int, what: str) -> list[Any]:
     if not values:
         return [None] * n
@@ -524,7 +597,8 @@ def _load_pipeline(args: argparse.Namespace):
     return LimePipeline.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device,
                                         allow_pickle=args.allow_pickle,
                                         local_files_only=True if args.local_files_only else None,
-                                        **family_load_kwargs(args))
+                                        **(p2p_load_kwargs(args) if getattr(args, "command", None) == "p2p"
+                                           else family_load_kwargs(args)))
 
 
 def _run(args: argparse.Namespace, task: str) -> int:
@@ -536,12 +610,20 @@ def _run(args: argparse.Namespace, task: str) -> int:
     instructions = list(args.instruction)
     for text in instructions:
         if not text or not text.strip():
+            if task == "p2p":
+                raise UsageError("--target is empty; describe the result, e.g. --target 'a photo of a pink sky'")
             raise UsageError("-i/--instruction is empty; say what to change, e.g. -i 'make the sky pink'")
+    if task == "p2p":
+        for text in args.source:
+            if not text or not text.strip():
+                raise UsageError("--source is empty; describe the input, e.g. --source 'a photo of a sky'")
+        p2p_load_kwargs(args)           # a bad --reweight is a usage error before any work
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     if max_pixels is not None and max_pixels < 64:
         raise UsageError(f"--max-pixels {max_pixels} is too small (0 = no limit)")
-    no_lime = task == "edit" and args.no_lime
-    mask_files = getattr(args, "mask", None) if task == "edit" else None
+    editing = task in ("edit", "p2p")
+    no_lime = editing and args.no_lime
+    mask_files = getattr(args, "mask", None) if editing else None
     if args.explain and (no_lime or mask_files):
         raise UsageError("--explain needs automatic localization; drop --mask/--no-lime")
 
@@ -553,7 +635,8 @@ def _run(args: argparse.Namespace, task: str) -> int:
     if not files:
         _err("error: no input images")
         return EXIT_USAGE
-    instr_for = _pair(instructions, len(files), "instruction")
+    instr_for = _pair(instructions, len(files), "target caption" if task == "p2p" else "instruction")
+    source_for = _pair(args.source, len(files), "source caption") if task == "p2p" else [None] * len(files)
     mask_for = _pair(mask_files, len(files), "mask")
 
     out_dir = lio.check_out_dir(args.out)
@@ -571,7 +654,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
     # request is skipped (a rerun after an interruption), an incomplete one redone,
     # one made by another request refused unless --overwrite.
     todo, skipped = [], 0
-    requests = [_request(args, task, plan, instr_for[i], mask_for[i], overrides, no_lime)
+    requests = [_request(args, task, plan, instr_for[i], mask_for[i], overrides, no_lime, source_for[i])
                 for i, plan in enumerate(plans)]
     for i, plan in enumerate(plans):
         if args.overwrite:
@@ -606,7 +689,8 @@ def _run(args: argparse.Namespace, task: str) -> int:
     show_bars = not args.quiet and sys.stderr.isatty()
     with quiet_libraries(args.verbose, load=True):
         return _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides,
-                          max_pixels, show_bars, failed, out_dir, t_start, requests, skipped)
+                          max_pixels, show_bars, failed, out_dir, t_start, requests, skipped,
+                          source_for=source_for)
 
 
 def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -621,19 +705,19 @@ def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _request(args, task: str, plan, instruction: str, mask_file, overrides: dict[str, Any],
-             no_lime: bool) -> dict[str, Any]:
+             no_lime: bool, source: str | None = None) -> dict[str, Any]:
     """What identifies one input's job; stored in its JSON record, and a rerun skips
     the input only if its record holds the same request (see OutputPlan.state)."""
     model = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
     return {"command": task, "input": _file_identity(plan.source), "instruction": instruction,
             "mask": _file_identity(mask_file) if mask_file else None, "no_lime": bool(no_lime),
             "model": model, "device": args.device, "dtype": args.dtype, "seed": args.seed,
-            "explain": bool(args.explain),
+            "explain": bool(args.explain), "source_caption": source, **family_load_kwargs(args),
             "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
 
 
 def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides, max_pixels,
-               show_bars, failed, out_dir, t_start, requests=None, skipped=0) -> int:
+               show_bars, failed, out_dir, t_start, requests=None, skipped=0, source_for=None) -> int:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -658,7 +742,8 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
             written, warnings = _process_one(lp, args, task, plan, instruction, mask_for[i], shared_mask,
                                              overrides, max_pixels, load_s,
                                              requests[i] if requests is not None else None,
-                                             [p.stem for p in plans])
+                                             [p.stem for p in plans],
+                                             source=source_for[i] if source_for else None)
         except KeyboardInterrupt:
             raise
         except (LimeEditError, OSError) as err:
@@ -689,7 +774,8 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
 
 def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | None, shared_mask,
                  overrides: dict[str, Any], max_pixels: int | None, load_s: float,
-                 request: dict[str, Any] | None = None, batch_stems: Sequence[str] = ()):
+                 request: dict[str, Any] | None = None, batch_stems: Sequence[str] = (),
+                 source: str | None = None):
     """Run one input and publish its outputs (all-or-nothing, JSON record last);
     returns ``(written kind -> path, warnings)``."""
     from . import io as lio
@@ -700,7 +786,7 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
     warnings: list[str] = []
     mask_source: dict[str, Any] = {"kind": "auto"}
     mask = "auto"
-    if task == "edit" and args.no_lime:
+    if task in ("edit", "p2p") and args.no_lime:
         mask, mask_source = None, {"kind": "none"}
     elif mask_file is not None:
         mask = shared_mask if shared_mask is not None else lio.load_mask(mask_file, max_pixels)
@@ -710,8 +796,11 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
     read_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    if task == "edit":
-        res = lp.edit(image, instruction, mask=mask, seed=args.seed, **overrides)
+    if task in ("edit", "p2p"):
+        if task == "p2p":
+            res = lp.edit_captions(image, source, instruction, mask=mask, seed=args.seed, **overrides)
+        else:
+            res = lp.edit(image, instruction, mask=mask, seed=args.seed, **overrides)
         loc = res.localization
         region = res.mask if res.mask is not None else (loc.mask if loc is not None else None)
         if region is None and mask_source["kind"] == "file":
@@ -763,6 +852,7 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         "input": str(plan.source),
         "input_size": list(size),
         "instruction": instruction,
+        **({"source_caption": source, "target_caption": instruction} if source is not None else {}),
         "model": args.model,
         "device": str(getattr(getattr(lp, "pipe", None), "device", args.device)),
         "dtype": str(getattr(getattr(lp, "pipe", None), "dtype", args.dtype)).replace("torch.", ""),
@@ -782,7 +872,8 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _lib_versions(),
         "request": request if request is not None else _request(args, task, plan, instruction, mask_file,
-                                                                  overrides, task == "edit" and args.no_lime),
+                                                                  overrides, bool(getattr(args, "no_lime", False)),
+                                                                  source),
     }
     record["timings"]["write"] = round(time.perf_counter() - t2, 4)
     record_path = plan.paths["record"]

@@ -102,8 +102,10 @@ def detect_family(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, 
                              f"supported families: {family_list()}")
     in_ch = in_shape[1] if len(in_shape) > 1 else None
     if in_ch != 8:
+        hint = " (a text-to-image model: edit it by captions with `lime-edit p2p` / backbone='p2p')" \
+            if in_ch == 4 else ""
         raise ModelLoadError(f"{path}: not an instruction editor: its U-Net takes {in_ch} input channels, "
-                             f"LIME needs 8 (noisy latent + image latent); supported families: {family_list()}")
+                             f"LIME needs 8 (noisy latent + image latent){hint}; supported families: {family_list()}")
     if any(k in shapes for k in _SDXL_KEYS):
         return "sdxl-ip2p", "SDXL text encoders and an 8-channel U-Net"
     if "hive" in name:
@@ -141,6 +143,8 @@ def _family_of_index(index: dict, where: str) -> str:
         return "sdxl-ip2p"
     if cls in ("StableDiffusionInstructPix2PixPipeline", ""):
         return "ip2p"
+    if cls == "StableDiffusionPipeline":
+        return "p2p"            # text-to-image: caption editing (Prompt-to-Prompt)
     raise ModelLoadError(f"{where}: a {cls}, not an instruction editor LIME supports "
                          f"(families: {family_list()}); pass --backbone NAME if it is one")
 

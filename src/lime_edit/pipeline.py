@@ -7,6 +7,10 @@
     res = lp.edit(image, "make her outfit black", mask=loc)            # -> EditResult
     res = lp(image, "make her outfit black")                           # both, same seed
 
+    # caption editing on a text-to-image model (Prompt-to-Prompt, backbone "p2p")
+    lp = LimePipeline.from_pretrained("runwayml/stable-diffusion-v1-5", backbone="p2p")
+    res = lp.edit_captions(image, "a photo of fingernails", "a photo of glitter fingernails")
+
 Lists of images/instructions/masks/seeds give lists of results; a batch of N
 equals N single calls with the same seeds (every item has its own generator).
 The wrapped diffusers pipeline is used through its public ``__call__`` only:
@@ -45,6 +49,7 @@ class _Item:
     seed: int
     size: tuple[int, int] = (0, 0)  # processing size (w, h)
     tokens: TokenSelection | None = None
+    source: str | None = None       # source caption (caption editing); ``instruction`` is the target
 
 
 class LimePipeline:
@@ -113,13 +118,52 @@ class LimePipeline:
         tensor of any size, nonzero = region), or a list of these."""
         cfg = self._config(overrides)
         items, single = self._items(image, instruction, mask, seed)
+        if getattr(self.backbone, "caption_editing", False):
+            raise LimeEditError(f"the {self.backbone.name} backbone edits with a source and a target caption: "
+                                "use edit_captions(image, source, target)")
+        return self._edit_items(items, single, cfg)
+
+    __call__ = edit
+
+    def edit_captions(self, image, source, target, mask: Any = "auto", seed: int | Sequence[int] = 0,
+                      **overrides):
+        """Caption editing (backbones with ``caption_editing``, e.g. ``"p2p"``): the input
+        is described by ``source`` and the result by ``target`` (a string, or one per
+        image).  The related tokens are the target's content words that were added or
+        replaced; ``mask`` and the results are as for :meth:`edit`.  Identical captions
+        give the reconstruction of the input and a warning."""
+        if not getattr(self.backbone, "caption_editing", False):
+            raise LimeEditError(f"edit_captions needs a caption-editing backbone (p2p) on a text-to-image "
+                                f"model; this pipeline is {self.backbone.name}: use edit(image, instruction)")
+        cfg = self._config(overrides)
+        items, single = self._items(image, target, mask, seed)
+        sources = _broadcast(source, len(items), "source", str)
+        for it, src in zip(items, sources):
+            where = "" if single else f"[{it.index}]"
+            if not isinstance(src, str) or not src.strip():
+                raise LimeEditError(f"source{where}: empty caption")
+            it.source = src.strip()
+        results = self._edit_items(items, single, cfg)
+        for it, res in zip(items, [results] if single else results):
+            extra = []
+            if it.source == it.instruction:
+                extra.append("source and target captions are identical: nothing to edit, "
+                             "the reconstruction of the input is returned")
+            if self.backbone.select_tokens(it.source, cfg).truncated:
+                extra.append(f"source caption is longer than the text encoder's {self.backbone.max_tokens} "
+                             "tokens and was truncated")
+            res.warnings[:0] = extra
+            res.settings["source"], res.settings["target"] = it.source, it.instruction
+            if "p2p" in self.backbone.describe():
+                res.settings["p2p"] = self.backbone.describe()["p2p"]
+        return results
+
+    def _edit_items(self, items: list[_Item], single: bool, cfg: LimeConfig):
         out: list[EditResult | None] = [None] * len(items)
         for group in self._groups(items):
             for it, res in zip(group, self._edit(group, cfg)):
                 out[it.index] = res
         return out[0] if single else out
-
-    __call__ = edit
 
     # ------------------------------------------------------------------ input checks
     def _config(self, overrides: dict[str, Any]) -> LimeConfig:
@@ -171,7 +215,8 @@ class LimePipeline:
 
     def _retokenize(self, items: list[_Item], cfg: LimeConfig) -> None:
         for it in items:
-            it.tokens = self.backbone.select_tokens(it.instruction, cfg)
+            it.tokens = (self.backbone.select_tokens(it.instruction, cfg) if it.source is None else
+                         self.backbone.select_tokens(it.instruction, cfg, source=it.source))
 
     # ------------------------------------------------------------------ passes
     def _latent_hw(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -201,6 +246,8 @@ class LimePipeline:
         kwargs = dict(prompts=[it.instruction for it in items], images=images, size=size, steps=steps,
                       guidance=guidance, image_guidance=cfg.image_guidance_scale, generators=gens,
                       output_type=output_type)
+        if items[0].source is not None:
+            kwargs["sources"] = [it.source for it in items]
         label, total = ("edit", steps) if stop_after is None else ("localize", min(stop_after + 1, steps))
         with _step_bar(self.pipe, label, total) as finish_bar:
             if state is None:

@@ -117,7 +117,17 @@ class PassState:
 
 
 class LimeAttnProcessor:
-    """Wraps one layer's processor; acts only when its :class:`PassState` says so."""
+    """Wraps one layer's processor; acts only when its :class:`PassState` says so.
+
+    The wrapped processor may be a stock one, or one that edits attention
+    probabilities (``edit_probs(probs (rows, heads, Nq, T), is_cross) -> probs``, e.g.
+    Prompt-to-Prompt's controller): LIME then computes the probabilities explicitly,
+    lets it edit them, and applies its regularization *after* the edit (penalize =
+    zero the unrelated tokens of RoI rows and renormalize, the same as -inf logits).
+    """
+
+    #: other attention controls may install themselves under this wrapper (``self.prev``)
+    accepts_inner = True
 
     def __init__(self, prev, state: PassState, name: str):
         self.prev = prev
@@ -141,7 +151,7 @@ class LimeAttnProcessor:
             if capture:
                 self._keep_output(out, level)
             return out
-        if not isinstance(self.prev, STOCK_PROCESSORS):
+        if not isinstance(self.prev, STOCK_PROCESSORS) and not hasattr(self.prev, "edit_probs"):
             raise LimeEditError(
                 f"attention layer {self.name} uses {type(self.prev).__name__}; LIME reads and regularizes "
                 "cross-attention only on layers with the stock AttnProcessor2_0/AttnProcessor")
@@ -196,8 +206,21 @@ class LimeAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         branches = self._branches(batch)
+        editor = None if isinstance(self.prev, STOCK_PROCESSORS) else self.prev.edit_probs
+        probs_all = None
+        if editor is not None:  # explicit probabilities, edited by the wrapped control
+            logits = query.float() @ key.float().transpose(-1, -2) * attn.scale
+            if attention_mask is not None:
+                logits = logits + attention_mask.float()
+            probs_all = editor(logits.softmax(-1), True)                                # (rows, heads, Nq, T)
 
-        if capture:  # explicit probabilities, instruction branch only, head-averaged
+        if capture and probs_all is not None:
+            b = st.batch
+            a = st.attention_branch if branches > st.attention_branch else 0
+            probs = probs_all[a * b:(a + 1) * b].mean(1)
+            h, w = st.latent_hw[0] // level, st.latent_hw[1] // level
+            st.cross_probs.append((self.name, level, probs.transpose(1, 2).reshape(b, -1, h, w)))
+        elif capture:  # explicit probabilities, instruction branch only, head-averaged
             b = st.batch
             a = st.attention_branch if branches > st.attention_branch else 0
             rows = slice(a * b, (a + 1) * b)
@@ -212,9 +235,15 @@ class LimeAttnProcessor:
             bias = st.penalty(level, branches, query.dtype, query.device)               # (rows, 1, Nq, T)
             if bias.shape[-1] != key.shape[2]:
                 raise LimeEditError(f"{self.name}: {key.shape[2]} text tokens, token roles cover {bias.shape[-1]}")
-            attention_mask = bias if attention_mask is None else attention_mask + bias
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                             dropout_p=0.0, is_causal=False)           # (rows, heads, Nq, d)
+            if probs_all is not None:
+                probs_all = penalize_probs(probs_all, bias)
+            else:
+                attention_mask = bias if attention_mask is None else attention_mask + bias
+        if probs_all is not None:
+            out = probs_all.to(value.dtype) @ value                                     # (rows, heads, Nq, d)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                 dropout_p=0.0, is_causal=False)       # (rows, heads, Nq, d)
         if regularize and st.mode == "reward":
             weights = st.tokens.to(value.device, value.dtype).repeat(branches, 1)       # (rows, T)
             weights = weights / weights.sum(1, keepdim=True).clamp_min(1)
@@ -235,6 +264,16 @@ class LimeAttnProcessor:
         if capture:
             self._keep_output(out, level)
         return out
+
+
+def penalize_probs(probs: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Probabilities ``(rows, heads, Nq, T)`` with the tokens that the additive mask
+    ``bias`` sets to -inf zeroed and each row renormalized: the same as adding ``bias``
+    to the logits before the softmax (used when a wrapped control edited the probabilities)."""
+    keep = bias == 0
+    kept = probs * keep
+    kept = kept / kept.sum(-1, keepdim=True).clamp_min(1e-30)
+    return torch.where(keep.all(-1, keepdim=True), probs, kept)     # rows without a -inf: unchanged
 
 
 def select_layers(names: list[str], patterns: tuple[str, ...] | None) -> list[str]:

@@ -122,12 +122,14 @@ def tiny_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
                     vae_blocks: tuple[int, ...] = (16, 32),
                     model_max_length: int = 77,
                     words: Iterable[str] = DEFAULT_WORDS,
-                    mid_block_type: str | None = "UNetMidBlock2DCrossAttn") -> dict:
+                    mid_block_type: str | None = "UNetMidBlock2DCrossAttn",
+                    in_channels: int = 8) -> dict:
     """Components for ``StableDiffusionInstructPix2PixPipeline(**components)``.
 
     VAE scale factor is ``2 ** (len(vae_blocks) - 1)`` (2 by default, so a 64x64
     image has a 32x32 latent and attention grids of 32, 16, 8 and 4).
     ``mid_block_type=None`` removes the mid block's attention (levels 1, 2, 4 only).
+    ``in_channels=4`` gives a text-to-image U-Net (see :func:`tiny_t2i_pipeline`).
     """
     import torch
     from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler,
@@ -139,7 +141,7 @@ def tiny_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *,
     n = len(block_out_channels)
     unet = UNet2DConditionModel(
         sample_size=32,
-        in_channels=8,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=block_out_channels,
         layers_per_block=1,
@@ -176,5 +178,18 @@ def tiny_pipeline(tokenizer_dir: str | os.PathLike, seed: int = 0, **kwargs):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     pipe = StableDiffusionInstructPix2PixPipeline(**tiny_components(tokenizer_dir, seed, **kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_t2i_pipeline(tokenizer_dir: str | os.PathLike, seed: int = 0, **kwargs):
+    """A tiny text-to-image ``StableDiffusionPipeline`` (4-channel U-Net, same layout,
+    tokenizer and VAE as :func:`tiny_pipeline`; DDIM scheduler) on the CPU."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    comps = tiny_components(tokenizer_dir, seed, in_channels=4, **kwargs)
+    comps["scheduler"] = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(**comps)
     pipe.set_progress_bar_config(disable=True)
     return pipe

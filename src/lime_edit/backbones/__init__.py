@@ -11,10 +11,11 @@ from .base import Backbone, StopPass, attention_levels, reference_levels
 from .hive import HIVE_CONDITION, HiveBackbone
 from .instructdiffusion import InstructDiffusionBackbone, instructdiffusion_combine
 from .ip2p import IP2PBackbone
+from .p2p import P2PBackbone
 from .sdxl import SDXLIP2PBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {cls.name: cls for cls in (
-    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone)}
+    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone)}
 
 
 def family_list() -> str:
@@ -33,10 +34,12 @@ def get_family(name: str) -> type[Backbone]:
 def for_pipeline(pipe, name: str | None = None, **options) -> Backbone:
     """The backbone for an already constructed diffusers pipeline (by class, unless named)."""
     if name is None:
-        name = "sdxl-ip2p" if type(pipe).__name__.startswith("StableDiffusionXL") else "ip2p"
+        cls = type(pipe).__name__
+        name = ("sdxl-ip2p" if cls.startswith("StableDiffusionXL") else
+                "p2p" if cls == "StableDiffusionPipeline" else "ip2p")
     return get_family(name)(pipe, **options)
 
 
 __all__ = ["Backbone", "StopPass", "FAMILIES", "get_family", "for_pipeline", "family_list",
            "attention_levels", "reference_levels", "HIVE_CONDITION", "IP2PBackbone", "HiveBackbone",
-           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "instructdiffusion_combine"]
+           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "instructdiffusion_combine"]

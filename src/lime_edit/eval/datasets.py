@@ -167,6 +167,11 @@ class PieItem:
         """The edit prompt with the ``[ ]`` change markers removed (as their scorer does)."""
         return self.editing_prompt.replace("[", "").replace("]", "")
 
+    @property
+    def clean_original_prompt(self) -> str:
+        """The source caption without ``[ ]`` markers (caption editors: P2P)."""
+        return self.original_prompt.replace("[", "").replace("]", "")
+
 
 def piebench_root(data: str | os.PathLike) -> Path:
     data = Path(data)

@@ -14,7 +14,10 @@ Outputs (the layout each benchmark's scorer reads, see :mod:`lime_edit.eval.scor
 - PIE-Bench: ``RUN_DIR/annotation_images/<image_path>``, saved like their scripts
   (``Image.save`` with the original file name, so PIL's default quality for
   ``.jpg``; ``--lossless`` writes a ``.png`` of the same stem instead);
-  ``editing_instruction`` is the instruction.
+  ``editing_instruction`` is the instruction; a caption editor (``--backbone p2p``)
+  edits from ``original_prompt`` to ``editing_prompt`` (``[ ]`` markers removed) instead,
+  which gives PIE-Bench's "DirectInversion + P2P" row and, without ``--no-lime``, its
+  "+ LIME" counterpart. The other benchmarks have no captions and refuse a caption editor.
 - EditVal: ``RUN_DIR/<edit_type>/<image_id>/<to>.png`` at the COCO image's size.
 
 Sampler defaults follow each benchmark's IP2P protocol (MagicBrush: 100 steps;
@@ -168,13 +171,28 @@ class Ctx:
         return None if row is None else {k: v for k, v in row.items() if k != "key"}
 
 
+def _record(res, t0: float, ctx: Ctx, **fields) -> dict[str, Any]:
+    timings = {k: round(float(v), 4) for k, v in (getattr(res, "timings", None) or {}).items()}
+    timings.setdefault("total", round(time.perf_counter() - t0, 4))
+    return {**fields, "seed": ctx.seed, "lime_applied": bool(getattr(res, "lime_applied", False)),
+            "warnings": list(getattr(res, "warnings", []) or []), "timings": timings}
+
+
 def _edit(editor, image, instruction: str, ctx: Ctx):
     t0 = time.perf_counter()
     res = editor.edit(image, instruction, mask=ctx.mask, seed=ctx.seed, **ctx.overrides)
-    timings = {k: round(float(v), 4) for k, v in (getattr(res, "timings", None) or {}).items()}
-    timings.setdefault("total", round(time.perf_counter() - t0, 4))
-    return res, {"instruction": instruction, "seed": ctx.seed, "lime_applied": bool(getattr(res, "lime_applied", False)),
-                 "warnings": list(getattr(res, "warnings", []) or []), "timings": timings}
+    return res, _record(res, t0, ctx, instruction=instruction)
+
+
+def _edit_captions(editor, image, source: str, target: str, ctx: Ctx):
+    t0 = time.perf_counter()
+    res = editor.edit_captions(image, source, target, mask=ctx.mask, seed=ctx.seed, **ctx.overrides)
+    return res, _record(res, t0, ctx, source_caption=source, target_caption=target)
+
+
+def _captions(editor) -> bool:
+    """Whether the editor edits by captions (the p2p backbone) rather than instructions."""
+    return bool(getattr(getattr(editor, "backbone", None), "caption_editing", False))
 
 
 def _load_input(path: Path):
@@ -243,7 +261,11 @@ def piebench_units(data, out: Path, limit: int | None, categories: set[str] | No
             # Called when the image or its record is missing (or --overwrite): an image
             # without its record (killed between the two) is regenerated, never
             # recorded as a bare "skipped" entry.
-            res, rec = _edit(editor, _load_input(it.image), it.editing_instruction, ctx)
+            if _captions(editor):
+                res, rec = _edit_captions(editor, _load_input(it.image), it.clean_original_prompt,
+                                          it.clean_editing_prompt, ctx)
+            else:
+                res, rec = _edit(editor, _load_input(it.image), it.editing_instruction, ctx)
             # Saved like PnP-Inversion's scripts: same relative name, PIL defaults for the format.
             ctx.save(path, res.image)
             return {"output": str(path.relative_to(out)), "category": it.editing_type_id, **rec}
@@ -430,6 +452,9 @@ def run_eval(args) -> int:
                                                          or records.get(u.key) is None)]
     if todo:
         editor = _load_pipeline(args, device)
+        if _captions(editor) and bench != "piebench":
+            raise LimeEditError(f"--backbone {editor.backbone.name} edits by source and target captions; "
+                                f"{bench} gives instructions only (PIE-Bench has captions: eval piebench)")
         sampler = _family_sampler(editor, ctx.overrides, user, sampler)
         try:
             from tqdm import tqdm

@@ -1,0 +1,363 @@
+"""Prompt-to-Prompt (Hertz et al.) as pure functions and attention processors.
+
+Three pieces, none of which knows about LIME or a pipeline:
+
+* :func:`align_tokens`: the token alignment between a source and a target caption,
+  computed offline from the tokenizer's ids (``difflib``).  Equal captions of the
+  same token count are a *word swap* (position ``i`` -> ``i``); otherwise a
+  *refinement*: tokens in equal runs are aligned, added/replaced tokens keep their
+  own attention (alpha 0).  The end token and padding are aligned position by
+  position after the end tokens.
+* :func:`ddim_invert` / :func:`ddim_step_forward`: DDIM inversion (x_{t-1} -> x_t with
+  the noise predicted at ``t``, the null-text-inversion convention) for epsilon or
+  v-prediction schedulers.
+* :class:`P2PController` + :class:`P2PAttnProcessor` (installed by :func:`p2p_attention`,
+  which restores the previous processors): on the conditional rows, the target
+  branch's cross-attention probabilities at aligned tokens are replaced by the
+  source's (mapped) for the first ``cross_replace`` fraction of steps, words can be
+  reweighted, and the target's self-attention is replaced by the source's for the
+  first ``self_replace`` fraction of steps at the coarse layers (latent level >=
+  ``self_replace_min_level``; P2P's "at most 16x16 at a 64x64 latent" = level 4).
+
+Batch layout (diffusers' ``StableDiffusionPipeline`` with classifier-free guidance and
+prompts ``[source_1..source_B, target_1..target_B]``): the U-Net sees four blocks of
+``B`` rows, ``[uncond source, uncond target, cond source, cond target]``; P2P edits the
+conditional half only, as the original code does.
+
+A processor that wraps this one (LIME's) can ask it to edit probabilities it computed
+itself: :meth:`P2PAttnProcessor.edit_probs` is the hook, so LIME's regularization is
+applied *after* P2P's replacement and unrelated tokens inside the RoI still get zero
+attention.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+#: U-Net row blocks with CFG (see module docstring)
+UNCOND_SRC, UNCOND_TGT, COND_SRC, COND_TGT = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Token alignment of one target caption to its source caption.
+
+    mapper: ``(T,)`` long, the source position each target position reads from.
+    alphas: ``(T,)`` float, 1 where the target's map is replaced by the source's.
+    mode: "swap" (same token count, position i -> i) or "refine".
+    changed: target positions of added or replaced tokens (before the end token).
+    changed_source: source positions of replaced or deleted tokens.
+    """
+
+    mapper: torch.Tensor
+    alphas: torch.Tensor
+    mode: str
+    changed: list[int]
+    changed_source: list[int] = field(default_factory=list)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    n = tokenizer.model_max_length - 2
+    return list(tokenizer(text, add_special_tokens=False).input_ids)[:n]
+
+
+def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Alignment:
+    """Alignment of ``target``'s padded positions to ``source``'s (see module docstring).
+
+    ``mode``: "auto" (swap when both captions have the same token count, else
+    refine), "swap" (requires the same token count) or "refine".
+    """
+    from .errors import LimeEditError
+
+    T = tokenizer.model_max_length
+    src, tgt = _ids(tokenizer, source), _ids(tokenizer, target)
+    if mode == "auto":
+        mode = "swap" if len(src) == len(tgt) else "refine"
+    if mode not in ("swap", "refine"):
+        raise LimeEditError(f"p2p mode: expected 'auto', 'swap' or 'refine', got {mode!r}")
+    mapper = torch.arange(T)
+    alphas = torch.zeros(T)
+    changed: list[int] = []
+    changed_src: list[int] = []
+    if mode == "swap":
+        if len(src) != len(tgt):
+            raise LimeEditError(f"word swap needs captions of the same token count (source {len(src)}, "
+                                f"target {len(tgt)}); use refinement (mode 'refine' or 'auto')")
+        alphas[:] = 1.0
+        changed = [1 + i for i, (a, b) in enumerate(zip(src, tgt)) if a != b]
+        changed_src = list(changed)
+    else:
+        alphas[0] = 1.0                                    # start token
+        sm = difflib.SequenceMatcher(a=src, b=tgt, autojunk=False)
+        for op, i1, i2, j1, j2 in sm.get_opcodes():
+            if op == "equal":
+                for k in range(j2 - j1):
+                    mapper[1 + j1 + k] = 1 + i1 + k
+                    alphas[1 + j1 + k] = 1.0
+            if op in ("replace", "delete"):
+                changed_src.extend(range(1 + i1, 1 + i2))
+            if op in ("replace", "insert"):
+                changed.extend(range(1 + j1, 1 + j2))
+                for k in range(j2 - j1):       # own maps (alpha 0); mapper points at a valid source slot
+                    mapper[1 + j1 + k] = min(1 + i1 + k, 1 + len(src))
+        # end token and padding: aligned after the end tokens
+        s_end, t_end = 1 + len(src), 1 + len(tgt)
+        for p in range(t_end, T):
+            mapper[p] = min(s_end + (p - t_end), T - 1)
+            alphas[p] = 1.0
+    return Alignment(mapper=mapper, alphas=alphas, mode=mode, changed=changed, changed_source=changed_src)
+
+
+# ------------------------------------------------------------------------- DDIM inversion
+def _eps_x0(scheduler, model_out: torch.Tensor, x: torch.Tensor, alpha_t: torch.Tensor):
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        eps = model_out
+        x0 = (x - (1 - alpha_t).sqrt() * eps) / alpha_t.sqrt()
+    elif kind == "v_prediction":
+        x0 = alpha_t.sqrt() * x - (1 - alpha_t).sqrt() * model_out
+        eps = alpha_t.sqrt() * model_out + (1 - alpha_t).sqrt() * x
+    elif kind == "sample":
+        x0 = model_out
+        eps = (x - alpha_t.sqrt() * x0) / (1 - alpha_t).sqrt()
+    else:
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+    return eps, x0
+
+
+def ddim_step_forward(scheduler, model_out: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+    """One inversion step: from the latent at ``t - ratio`` to the latent at ``t`` with the
+    model output at ``t`` (null-text inversion's ``next_step``); ``scheduler`` is a
+    DDIM scheduler whose ``set_timesteps`` was called."""
+    ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    prev_t = t - ratio
+    ac = scheduler.alphas_cumprod.to(x.device, torch.float32)
+    a_prev = ac[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod.to(x.device, torch.float32)
+    a_t = ac[t]
+    eps, x0 = _eps_x0(scheduler, model_out.float(), x.float(), a_prev)
+    return (a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps).to(x.dtype)
+
+
+@torch.no_grad()
+def ddim_invert(unet, scheduler, latents: torch.Tensor, text_embeddings: torch.Tensor,
+                steps: int) -> list[torch.Tensor]:
+    """DDIM inversion with the conditional prediction only (guidance 1, as Direct
+    Inversion does).  Returns ``steps + 1`` latents: ``[z_0, ..., z_T]``, where ``z_k`` is
+    the latent the sampler should hold before denoising step ``steps - k``."""
+    scheduler.set_timesteps(steps, device=latents.device)
+    timesteps = scheduler.timesteps.flip(0)                     # ascending
+    out = [latents]
+    x = latents
+    for t in timesteps:
+        model_out = unet(x, t, encoder_hidden_states=text_embeddings).sample
+        x = ddim_step_forward(scheduler, model_out, int(t), x)
+        out.append(x)
+    return out
+
+
+# ------------------------------------------------------------------------- attention control
+@dataclass
+class P2PController:
+    """What the P2P processors of one pass share.
+
+    batch: ``B`` pairs; rows are four blocks of ``B`` (see module docstring).
+    mapper, alphas: ``(B, T)`` from :func:`align_tokens` per pair.
+    equalizer: ``(B, T)`` weights multiplied into the target's cross-attention during
+        the replacement steps (reweighting; 1 = unchanged), or None.
+    cross_steps / self_steps: number of first steps with cross / self replacement.
+    self_min_tokens / self_max_tokens: self-attention is replaced at layers whose query
+        count is at most ``self_max_tokens``.
+    step: the denoising step being run (advanced by the caller after every step).
+    """
+
+    batch: int
+    mapper: torch.Tensor
+    alphas: torch.Tensor
+    cross_steps: int
+    self_steps: int
+    self_max_tokens: int
+    equalizer: torch.Tensor | None = None
+    step: int = 0
+    calls: dict = field(default_factory=dict)   # (is_cross) -> count of edited layer calls (tests)
+    # local blend: words (B, T) bool of the source / target captions, read at layers of blend_tokens queries
+    blend_src: torch.Tensor | None = None
+    blend_tgt: torch.Tensor | None = None
+    blend_tokens: int = 0
+    blend_sum: torch.Tensor | None = None        # (2, B, Nq) accumulated maps: source, target
+
+    def active(self, is_cross: bool, n_query: int) -> bool:
+        if is_cross:
+            return self.step < self.cross_steps or (self.blend_tgt is not None and n_query == self.blend_tokens)
+        return self.step < self.self_steps and n_query <= self.self_max_tokens
+
+    def _record_blend(self, probs: torch.Tensor) -> None:
+        b = self.batch
+        src = probs[COND_SRC * b:(COND_SRC + 1) * b].float().mean(1)            # (B, Nq, T)
+        tgt = probs[COND_TGT * b:(COND_TGT + 1) * b].float().mean(1)
+        w_s = self.blend_src.to(probs.device, torch.float32)
+        w_t = self.blend_tgt.to(probs.device, torch.float32)
+        m = torch.stack([src @ w_s[:, :, None], tgt @ w_t[:, :, None]])[..., 0]  # (2, B, Nq)
+        self.blend_sum = m if self.blend_sum is None else self.blend_sum + m
+
+    def blend_mask(self, latent_hw: tuple[int, int], threshold: float) -> torch.Tensor | None:
+        """P2P's local blend mask ``(B, 1, H, W)``: the words' accumulated maps, 3x3 max-pooled,
+        upsampled to the latent grid, normalized by their maximum, thresholded; source | target."""
+        if self.blend_sum is None:
+            return None
+        n = self.blend_sum.shape[-1]
+        H, W = latent_hw
+        f = int(round((H * W / n) ** 0.5))
+        maps = self.blend_sum.reshape(2 * self.batch, 1, H // f, W // f)
+        maps = F.max_pool2d(maps, 3, stride=1, padding=1)
+        maps = F.interpolate(maps, size=(H, W), mode="nearest")
+        maps = maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
+        m = (maps > threshold).reshape(2, self.batch, 1, H, W)
+        return m[0] | m[1]
+
+    def edit(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """Edit ``(rows, heads, Nq, K)`` probabilities in place of the target rows."""
+        if not self.active(is_cross, probs.shape[2]):
+            return probs
+        rows = probs.shape[0]
+        if rows != 4 * self.batch:
+            raise RuntimeError(f"P2P: expected {4 * self.batch} U-Net rows (CFG x source/target), got {rows}")
+        if is_cross and self.blend_tgt is not None and probs.shape[2] == self.blend_tokens:
+            self._record_blend(probs)
+        if is_cross and self.step >= self.cross_steps:
+            return probs
+        b = self.batch
+        src = probs[COND_SRC * b:(COND_SRC + 1) * b]                 # (B, heads, Nq, K)
+        tgt = probs[COND_TGT * b:(COND_TGT + 1) * b]
+        if is_cross:
+            mapper = self.mapper.to(probs.device)
+            idx = mapper[:, None, None, :].expand(-1, src.shape[1], src.shape[2], -1)
+            mapped = torch.gather(src, 3, idx)                         # source maps at the mapped tokens
+            a = self.alphas.to(probs.device, probs.dtype)[:, None, None, :]
+            new = mapped * a + tgt * (1 - a)
+            if self.equalizer is not None:
+                new = new * self.equalizer.to(probs.device, probs.dtype)[:, None, None, :]
+        else:
+            new = src
+        self.calls[is_cross] = self.calls.get(is_cross, 0) + 1
+        out = probs.clone()
+        out[COND_TGT * b:(COND_TGT + 1) * b] = new
+        return out
+
+
+def explicit_attention(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                       edit=None):
+    """diffusers' ``AttnProcessor2_0`` maths with explicit softmax probabilities, so that
+    ``edit(probs (rows, heads, Nq, K)) -> probs`` can change them."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        batch, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    batch, seq_len, _ = (hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape)
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    value = attn.to_v(encoder_hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    logits = query.float() @ key.float().transpose(-1, -2) * attn.scale
+    if attention_mask is not None:
+        logits = logits + attention_mask.float()
+    probs = logits.softmax(-1)
+    if edit is not None:
+        probs = edit(probs)
+    out = (probs.to(value.dtype) @ value)
+    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+    out = attn.to_out[0](out)
+    out = attn.to_out[1](out)
+    if input_ndim == 4:
+        out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
+class P2PAttnProcessor:
+    """Runs the processor it wraps unless the controller edits this layer at this step;
+    then computes attention explicitly and lets the controller edit the probabilities."""
+
+    def __init__(self, prev, controller: P2PController, name: str):
+        self.prev = prev
+        self.controller = controller
+        self.name = name
+
+    def edit_probs(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """Hook for a wrapping processor that computed ``(rows, heads, Nq, K)`` itself."""
+        return self.controller.edit(probs, is_cross)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        n_query = hidden_states.shape[1] if hidden_states.ndim == 3 else \
+            hidden_states.shape[2] * hidden_states.shape[3]
+        is_cross = encoder_hidden_states is not None
+        if not self.controller.active(is_cross, n_query):
+            return self.prev(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        return explicit_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                  edit=lambda p: self.controller.edit(p, is_cross))
+
+
+@contextmanager
+def unwrapped_attention(unet) -> Iterator[None]:
+    """Run the layers' own processors, without wrappers that accept inner control (LIME's):
+    inversion is not part of the pass those wrappers observe."""
+    previous = dict(unet.attn_processors)
+    if any(getattr(p, "accepts_inner", False) for p in previous.values()):
+        unet.set_attn_processor({n: (p.prev if getattr(p, "accepts_inner", False) else p)
+                                 for n, p in previous.items()})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(previous)
+
+
+@contextmanager
+def p2p_attention(unet, controller: P2PController) -> Iterator[P2PController]:
+    """Install :class:`P2PAttnProcessor` around every attention layer; restore on exit.
+
+    Where a layer's processor is a wrapper that accepts inner control
+    (``accepts_inner = True``, e.g. LIME's), P2P goes *under* it (``wrapper.prev``), so
+    that the wrapper still sees the layer's inputs and can call :meth:`P2PAttnProcessor.edit_probs`."""
+    previous = dict(unet.attn_processors)
+    inner: dict[str, object] = {}
+    installed = {}
+    for n, p in previous.items():
+        if getattr(p, "accepts_inner", False):
+            inner[n] = p.prev
+            p.prev = P2PAttnProcessor(p.prev, controller, n)
+            installed[n] = p
+        else:
+            installed[n] = P2PAttnProcessor(p, controller, n)
+    unet.set_attn_processor(installed)
+    try:
+        yield controller
+    finally:
+        for n, prev in inner.items():
+            previous[n].prev = prev
+        unet.set_attn_processor(previous)
