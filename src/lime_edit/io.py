@@ -310,10 +310,18 @@ def atomic_write_many(files: dict[Path, bytes]) -> list[Path]:
     file next to its destination, and only when all of them are on disk are they
     renamed into place (each rename is atomic).  An error or interrupt before the
     renames leaves all destinations untouched and no temporary file behind."""
+    return _stage_and_replace(list(files.items()))
+
+
+def _stage_and_replace(items: list[tuple[Path, bytes]], before_replace=None) -> list[Path]:
+    """Write every ``(path, data)`` to a temporary file, call ``before_replace``, then
+    rename them into place in order; on any error the temporary files are removed."""
     staged: list[tuple[Path, Path]] = []
     try:
-        for path, data in files.items():
+        for path, data in items:
             staged.append((_write_temp(Path(path), data), Path(path)))
+        if before_replace is not None:
+            before_replace()
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
@@ -321,9 +329,9 @@ def atomic_write_many(files: dict[Path, bytes]) -> list[Path]:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise
-    for folder in {p.parent for p in files}:
+    for folder in {p.parent for _, p in staged}:
         _fsync_dir(Path(folder))
-    return [Path(p) for p in files]
+    return [p for _, p in staged]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -537,22 +545,12 @@ def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes) 
     interrupted publish leaves an incomplete set that a rerun redoes. An error or
     interrupt before the renames leaves the destinations untouched and no
     temporary file behind."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, data in [*files.items(), (record_path, record)]:
-            staged.append((_write_temp(Path(path), data), Path(path)))
+    record_path = Path(record_path)
+
+    def drop_old_record() -> None:  # from here on the old set counts as incomplete
         if record_path.exists() or record_path.is_symlink():
             record_path.unlink()
-        for tmp, path in staged:  # the record is the last one
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        raise
-    for folder in {p.parent for _, p in staged}:
-        _fsync_dir(Path(folder))
-    return [p for _, p in staged]
+    return _stage_and_replace([*files.items(), (record_path, record)], drop_old_record)
 
 
 def safe_name(text: str, max_len: int = 40) -> str:

@@ -254,49 +254,17 @@ def explicit_attention(attn, hidden_states, encoder_hidden_states=None, attentio
                        edit=None):
     """diffusers' ``AttnProcessor2_0`` maths with explicit softmax probabilities, so that
     ``edit(probs (rows, heads, Nq, K)) -> probs`` can change them."""
-    residual = hidden_states
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    input_ndim = hidden_states.ndim
-    if input_ndim == 4:
-        batch, channel, height, width = hidden_states.shape
-        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-    batch, seq_len, _ = (hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape)
-    if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    query = attn.to_q(hidden_states)
-    if encoder_hidden_states is None:
-        encoder_hidden_states = hidden_states
-    elif attn.norm_cross:
-        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-    key = attn.to_k(encoder_hidden_states)
-    value = attn.to_v(encoder_hidden_states)
-    head_dim = key.shape[-1] // attn.heads
-    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
+    from .processors import attention_inputs, attention_output
+
+    query, key, value, attention_mask, frame = attention_inputs(
+        attn, hidden_states, encoder_hidden_states, attention_mask, temb)
     logits = query.float() @ key.float().transpose(-1, -2) * attn.scale
     if attention_mask is not None:
         logits = logits + attention_mask.float()
     probs = logits.softmax(-1)
     if edit is not None:
         probs = edit(probs)
-    out = (probs.to(value.dtype) @ value)
-    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-    out = attn.to_out[0](out)
-    out = attn.to_out[1](out)
-    if input_ndim == 4:
-        out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
+    return attention_output(attn, probs.to(value.dtype) @ value, frame)
 
 
 class P2PAttnProcessor:

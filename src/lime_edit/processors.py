@@ -179,32 +179,9 @@ class LimeAttnProcessor:
                 level: int, capture: bool, regularize: bool) -> torch.Tensor:
         # Same steps as diffusers' AttnProcessor2_0, with LIME's two additions.
         st = self.state
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch, seq_len, _ = encoder_hidden_states.shape                  # (rows, T, D_text)
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)                                   # (rows, Nq, inner)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)                             # (rows, T, inner)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (rows, heads, Nq, d)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)      # (rows, heads, T, d)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (rows, heads, T, d)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value, attention_mask, frame = attention_inputs(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb)  # (rows, heads, N, d) each
+        batch = query.shape[0]
         branches = self._branches(batch)
         editor = None if isinstance(self.prev, STOCK_PROCESSORS) else self.prev.edit_probs
         probs_all = None
@@ -253,14 +230,7 @@ class LimeAttnProcessor:
                               for k in range(branches)])[:, None, :, None]             # (rows, 1, Nq, 1)
             out = torch.where(rows, vbar.to(out.dtype), out)
 
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[0](out)
-        out = attn.to_out[1](out)
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        out = out / attn.rescale_output_factor
+        out = attention_output(attn, out, frame)
         if capture:
             self._keep_output(out, level)
         return out
@@ -274,6 +244,58 @@ def penalize_probs(probs: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     kept = probs * keep
     kept = kept / kept.sum(-1, keepdim=True).clamp_min(1e-30)
     return torch.where(keep.all(-1, keepdim=True), probs, kept)     # rows without a -inf: unchanged
+
+
+def attention_inputs(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+    """The first half of diffusers' ``AttnProcessor2_0``: norms, projections, heads.
+
+    Returns ``(query, key, value, attention_mask, frame)`` with ``query`` ``(rows, heads,
+    Nq, d)``, ``key``/``value`` ``(rows, heads, Nk, d)``, the mask ``(rows, heads, Nq, Nk)``
+    or None, and ``frame`` what :func:`attention_output` needs to finish the layer.
+    Self-attention when ``encoder_hidden_states`` is None."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape4 = hidden_states.shape if hidden_states.ndim == 4 else None
+    if shape4 is not None:
+        batch, channel, height, width = shape4
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    batch, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)                                       # (rows, Nq, inner)
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)                                 # (rows, Nk, inner)
+    value = attn.to_v(encoder_hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)      # (rows, heads, Nq, d)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)          # (rows, heads, Nk, d)
+    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)      # (rows, heads, Nk, d)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value, attention_mask, (residual, shape4, query.dtype)
+
+
+def attention_output(attn, out: torch.Tensor, frame) -> torch.Tensor:
+    """The second half of ``AttnProcessor2_0``: ``out`` ``(rows, heads, Nq, d)`` -> the layer's output."""
+    residual, shape4, dtype = frame
+    rows, heads, _, d = out.shape
+    out = out.transpose(1, 2).reshape(rows, -1, heads * d).to(dtype)
+    out = attn.to_out[0](out)
+    out = attn.to_out[1](out)
+    if shape4 is not None:
+        out = out.transpose(-1, -2).reshape(shape4)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
 
 
 def select_layers(names: list[str], patterns: tuple[str, ...] | None) -> list[str]:
