@@ -68,7 +68,16 @@ def test_sdxl_batch_of_two_equals_two_singles(sdxl, scene):
     singles = [sdxl.edit(scene, "make the red square blue", seed=1),
                sdxl.edit(other, "turn the blue square red", seed=2)]
     for b, s in zip(batch, singles):
-        assert torch.equal(b.localization.mask, s.localization.mask)
+        # the same top-k points; K-means may put a few boundary pixels in the other cluster, since
+        # batched and single features differ by ~1e-6 (measured: 2 and 5 of 1024 labels, 1 and 3
+        # mask pixels with top_k's 6 points on this 32x32 grid); a batch that mixed up its items
+        # would differ everywhere
+        assert torch.equal(b.localization.points, s.localization.points)
+        assert (b.localization.mask != s.localization.mask).float().mean() <= 0.01
+    # the edit pass, given the same regions, matches to rounding
+    same = [sdxl.edit(scene, "make the red square blue", mask=batch[0].localization, seed=1),
+            sdxl.edit(other, "turn the blue square red", mask=batch[1].localization, seed=2)]
+    for b, s in zip(batch, same):
         assert np.abs(_arr(b.image) - _arr(s.image)).max() <= 1
 
 

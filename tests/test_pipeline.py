@@ -216,17 +216,17 @@ def test_non_square_and_odd_sizes_keep_input_size(lp):
 
 
 def test_localization_contents(lp, scene):
-    loc = lp.localize(scene, "Make the red square blue, please!", top_k=5, **FAST)
+    loc = lp.localize(scene, "Make the red square blue, please!", top_k=20, **FAST)
     assert isinstance(loc, Localization)
     # "please" and the punctuation never localize; the end token does (localize_end_token, default)
     assert loc.tokens == ["red", "square", "blue", "<|endoftext|>"]
     assert loc.token_indices == [3, 4, 5, 9]
     assert loc.mask.shape == loc.segments.shape == loc.attention.shape == (64, 64)  # 2x the 32 latent
     assert loc.token_maps.shape == (4, 64, 64)
-    words_only = lp.localize(scene, "Make the red square blue, please!", top_k=5, localize_end_token=False, **FAST)
+    words_only = lp.localize(scene, "Make the red square blue, please!", top_k=20, localize_end_token=False, **FAST)
     assert words_only.token_indices == [3, 4, 5] and words_only.token_maps.shape == (3, 64, 64)
     assert torch.equal(words_only.token_maps, loc.token_maps[:3])
-    assert loc.points.shape == (5, 2)
+    assert loc.points.shape == (5, 2) and loc.top_k == 5   # 20 on the 128x128 reference grid = 5 on 64x64
     assert set(loc.selected_segments) == {int(loc.segments[r, c]) for r, c in loc.points.tolist()}
     assert torch.equal(loc.mask, torch.isin(loc.segments, torch.tensor(loc.selected_segments)))
     assert 0 <= float(loc.attention.min()) and float(loc.attention.max()) == pytest.approx(1.0)
@@ -284,7 +284,8 @@ def test_variants_run_and_apply(lp, scene, overrides):
     assert res.lime_applied and res.mask is not None and res.mask.any()
     resolved = LimeConfig(**{**FAST, **overrides}).replace(
         feature_levels=(2, 4, 8), regularization_levels=(1, 2), out_scale=2)   # the reference's, on SD1.x
-    assert res.settings == {**resolved.to_dict(), "backbone": "ip2p"}
+    assert res.settings == {**resolved.to_dict(), "backbone": "ip2p", "processed_size": list(scene.size),
+                            "top_k_points": resolved.top_k_for(res.mask.shape)}
 
 
 def test_fast_preset_uses_a_short_localization_schedule():

@@ -122,11 +122,15 @@ _SETTING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--clusters", "num_clusters", int, "K of K-means (default 8)"),
     ("--distance-threshold", "distance_threshold", finite_float,
      "cosine distance threshold of agglomerative clustering (default 0.5)"),
-    ("--top-k", "top_k", int, "highest-attention pixels that select segments (default 100)"),
+    ("--top-k", "top_k", int, "highest-attention pixels that select segments, counted on a 128x128 grid and "
+     "scaled by area to the model's localization grid (default 100: exactly 100 for SD1.5 at 512 px)"),
     ("--regularization-levels", "regularization_levels", _levels,
      "latent-grid levels whose cross-attention is regularized, e.g. 1,2 (default)"),
     ("--regularize-from", "regularize_from", finite_float, "regularize from this fraction of the steps (default 0)"),
     ("--regularize-until", "regularize_until", finite_float, "... until this fraction (default 0.9)"),
+    ("--downscale-above", "downscale_above", finite_float,
+     "inputs with more than this many times the model's native pixel count run at the native size, "
+     "results resized back (default 4; 0 = always at the input's size)"),
 )
 _CHOICE_FLAGS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("--mode", "mode", ("penalize", "reward"),
@@ -813,6 +817,7 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         region, res = loc.mask, None
         settings = lp.config.replace(**overrides).to_dict()
         seed, lime_applied, core_timings = args.seed, None, {}
+        warnings = list(loc.warnings) + warnings
         if not loc.token_indices:
             warnings.append("no related token left in the instruction (only stop words, verbs or "
                             "punctuation): the mask is empty")
@@ -924,7 +929,7 @@ def _loc_summary(loc, region) -> dict[str, Any] | None:
     if loc is not None:
         out.update(tokens=list(loc.tokens), token_indices=[int(v) for v in loc.token_indices],
                    selected_segments=[int(v) for v in loc.selected_segments],
-                   num_segments=int(loc.num_segments), num_points=int(len(loc.points)),
+                   num_segments=int(loc.num_segments), num_points=int(len(loc.points)), top_k_points=int(loc.top_k),
                    processed_size=list(loc.image_size))
     return out
 

@@ -67,9 +67,17 @@ class LimeConfig:
             pooled grid of at most this many points, then every pixel joins its
             nearest cluster centre (full pairwise linkage on 16k pixels would need
             gigabytes).
-        top_k: how many highest-attention pixels select segments. The default
-            100 is the paper's (and ``locate_points``' default); the reference
-            notebook passes 1. On the ``out_scale`` grid.
+        top_k: how many highest-attention pixels select segments, counted on
+            the *reference grid* of 128x128 points (SD1.5's localization grid at
+            512 px) and scaled by area to the actual localization grid:
+            ``k = max(1, round(top_k * Hg * Wg / 128**2))`` (:meth:`top_k_for`),
+            so the points cover the same share of the image at every size and on
+            every model. At 512 px on SD1.5 (and 1024 px on SDXL) k is exactly
+            ``top_k``; on a 96x96 grid (SD1.5 at 384 px) 100 gives 56, on the
+            demo model's 32x32 grid 6. The default 100 is the paper's (and
+            ``locate_points``' default; 0.61% of the grid); the reference
+            notebook passes 1. The k used is recorded in
+            ``Localization.top_k`` and ``EditResult.settings["top_k_points"]``.
         align_corners: corner convention of the bilinear upsampling of feature
             and attention maps to the localization grid, as in ``F.interpolate``.
             True (default) is the reference's: the corner pixels of a map land on
@@ -113,6 +121,18 @@ class LimeConfig:
             from the same seed) or "single_pass" (one trajectory: plain steps up to
             the capture step, localize there, regularize the remaining steps; the
             cost of one IP2P run, not in the paper).
+
+    Processing size (lime-edit's, not a LIME setting of the paper)
+        downscale_above: an input with more than ``downscale_above`` x the
+            model's native pixel count (``unet.config.sample_size x
+            vae_scale_factor`` squared: 512**2 for SD1.5 IP2P, 1024**2 for SDXL,
+            64**2 for the demo model) is processed at the native pixel count,
+            aspect ratio kept, and the result is resized back to the input's
+            size; ``EditResult.warnings`` says so. Default 4.0: SD1.5 users'
+            768 px photos (2.25x) run at their own size, a 12-megapixel photo
+            runs at about 512x512 px instead of for many minutes at a size the
+            model was never trained on. Inputs are never upscaled. 0 = off
+            (always process at the input's size, rounded to the size multiple).
     """
 
     # sampler
@@ -144,6 +164,8 @@ class LimeConfig:
     penalize_punctuation: bool = False
     layers: tuple[str, ...] | None = None
     schedule: Schedule = "two_pass"
+    # processing size
+    downscale_above: float = 4.0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -174,6 +196,8 @@ class LimeConfig:
         _check(self.agglomerative_max_points >= 1, "agglomerative_max_points", "must be >= 1")
         _check(0.0 < self.distance_threshold <= 2.0, "distance_threshold", "must be in (0, 2]")
         _check(self.top_k >= 1, "top_k", "must be >= 1")
+        _check(self.downscale_above == 0 or self.downscale_above >= 1, "downscale_above",
+               f"must be 0 (off) or >= 1, got {self.downscale_above}")
         _check(self.mode in ("penalize", "reward"), "mode",
                f"must be 'penalize' or 'reward', got {self.mode!r}")
         _check(0.0 <= self.regularize_from <= self.regularize_until <= 1.0, "regularize_until",
@@ -228,6 +252,14 @@ class LimeConfig:
             start = max(start, self.capture_step + 1)
         return range(start, round(self.regularize_until * n))
 
+    def top_k_for(self, grid: tuple[int, int]) -> int:
+        """Points selected on a localization grid ``(Hg, Wg)``: ``top_k`` scaled by
+        the grid's area relative to the 128x128 reference grid, at least 1 and at
+        most every point (exactly ``top_k`` on a 128x128 grid)."""
+        hg, wg = int(grid[0]), int(grid[1])
+        k = round(self.top_k * hg * wg / TOP_K_REFERENCE_POINTS)
+        return max(1, min(k, hg * wg))
+
     def replace(self, **overrides: Any) -> "LimeConfig":
         """A copy with some fields changed; unknown names raise ``ValueError``."""
         names = {f.name for f in dataclasses.fields(self)}
@@ -250,13 +282,16 @@ class LimeConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+#: Points of the reference localization grid ``top_k`` counts on: SD1.5's 128x128 at 512 px.
+TOP_K_REFERENCE_POINTS = 128 * 128
+
 #: How ``__post_init__`` type-checks each field ("int?" = int or None).
 _FIELD_KINDS = {
     "num_inference_steps": "int", "localization_steps": "int?", "out_scale": "int?", "num_clusters": "int",
     "kmeans_iters": "int", "agglomerative_max_points": "int", "top_k": "int",
     "guidance_scale": "float", "image_guidance_scale": "float", "localization_guidance_scale": "float",
     "capture_at": "float", "distance_threshold": "float", "regularize_from": "float",
-    "regularize_until": "float",
+    "regularize_until": "float", "downscale_above": "float",
     "drop_verbs": "bool", "penalize_padding": "bool", "penalize_end_token": "bool",
     "penalize_punctuation": "bool", "localize_end_token": "bool", "align_corners": "bool",
     "feature_levels": "levels", "regularization_levels": "levels",
@@ -300,4 +335,5 @@ def _check(ok: bool, name: str, msg: str) -> None:
         raise ValueError(f"LimeConfig.{name} {msg}")
 
 
-__all__ = ["LimeConfig", "Mode", "Clustering", "Schedule", "SEED_MAX", "check_seed", "field"]
+__all__ = ["LimeConfig", "Mode", "Clustering", "Schedule", "SEED_MAX", "TOP_K_REFERENCE_POINTS", "check_seed",
+           "field"]

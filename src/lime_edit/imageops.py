@@ -61,6 +61,23 @@ def processing_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:
             max(multiple, int(round(h / multiple)) * multiple))
 
 
+def downscaled_size(size: tuple[int, int], native_pixels: int, multiple: int,
+                    factor: float) -> tuple[int, int] | None:
+    """The processing size of an input far above a model's native size, or None.
+
+    An input ``(w, h)`` with more than ``factor x native_pixels`` pixels is
+    "far": it is scaled (aspect ratio kept) to about ``native_pixels`` pixels and
+    rounded to ``multiple`` (:func:`processing_size`).  ``factor <= 0`` turns
+    this off; smaller inputs (also those below the native size) give None: they
+    are never upscaled.
+    """
+    w, h = size
+    if factor <= 0 or native_pixels <= 0 or w * h <= factor * native_pixels:
+        return None
+    s = (native_pixels / (w * h)) ** 0.5
+    return processing_size((w * s, h * s), multiple)
+
+
 def mask_to_tensor(mask, name: str = "mask") -> torch.Tensor:
     """A user mask (PIL image, numpy array or tensor; any size; nonzero/bright =
     edit) as an ``(H, W)`` bool tensor. Colour and alpha images are read by their

@@ -34,7 +34,7 @@ from . import roi as roi_ops
 from .backbones import Backbone, StopPass, for_pipeline
 from .config import LimeConfig, check_seed
 from .errors import LimeEditError
-from .imageops import mask_to_tensor, processing_size, resize_mask, to_rgb
+from .imageops import downscaled_size, mask_to_tensor, processing_size, resize_mask, to_rgb
 from .processors import PassState, check_levels, lime_attention
 from .results import EditResult, Localization
 from .tokens import TokenSelection
@@ -50,6 +50,7 @@ class _Item:
     size: tuple[int, int] = (0, 0)  # processing size (w, h)
     tokens: TokenSelection | None = None
     source: str | None = None       # source caption (caption editing); ``instruction`` is the target
+    notice: str | None = None     # processed far below the input's size (see _processing_size)
 
 
 class LimePipeline:
@@ -100,12 +101,17 @@ class LimePipeline:
         """Processing sizes are multiples of this, so every U-Net level has an exact grid."""
         return self.backbone.processing_multiple()
 
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """``(width, height)`` the model was trained at (U-Net ``sample_size`` x VAE scale factor)."""
+        return self.backbone.native_size()
+
     # ------------------------------------------------------------------ public API
     def localize(self, image, instruction, seed: int | Sequence[int] = 0, **overrides):
         """Stage 1 only: returns a :class:`Localization` (a list for list input).
         An instruction with no related token gives an empty mask and no tokens."""
         cfg = self._config(overrides)
-        items, single = self._items(image, instruction, "auto", seed)
+        items, single = self._items(image, instruction, "auto", seed, cfg)
         out: list[Localization | None] = [None] * len(items)
         for group in self._groups(items):
             for it, loc in zip(group, self._localize(group, cfg)):
@@ -117,7 +123,7 @@ class LimePipeline:
         (plain IP2P), a :class:`Localization`, or a user mask (PIL image, array or
         tensor of any size, nonzero = region), or a list of these."""
         cfg = self._config(overrides)
-        items, single = self._items(image, instruction, mask, seed)
+        items, single = self._items(image, instruction, mask, seed, cfg)
         if getattr(self.backbone, "caption_editing", False):
             raise LimeEditError(f"the {self.backbone.name} backbone edits with a source and a target caption: "
                                 "use edit_captions(image, source, target)")
@@ -136,7 +142,7 @@ class LimePipeline:
             raise LimeEditError(f"edit_captions needs a caption-editing backbone (p2p) on a text-to-image "
                                 f"model; this pipeline is {self.backbone.name}: use edit(image, instruction)")
         cfg = self._config(overrides)
-        items, single = self._items(image, target, mask, seed)
+        items, single = self._items(image, target, mask, seed, cfg)
         sources = _broadcast(source, len(items), "source", str)
         for it, src in zip(items, sources):
             where = "" if single else f"[{it.index}]"
@@ -178,7 +184,7 @@ class LimePipeline:
         self.backbone.check_levels(cfg)
         return cfg
 
-    def _items(self, image, instruction, mask, seed) -> tuple[list[_Item], bool]:
+    def _items(self, image, instruction, mask, seed, cfg: LimeConfig) -> tuple[list[_Item], bool]:
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         n = len(images)
@@ -201,9 +207,25 @@ class LimePipeline:
                 m = mask_to_tensor(m, name=f"mask{where}")  # a bad user mask fails before any model work
             rgb = to_rgb(img)
             it = _Item(i, rgb, ins.strip(), m, s)
-            it.size = processing_size(rgb.size, self.size_multiple)
+            it.size, it.notice = self._processing_size(rgb.size, cfg)
             items.append(it)
         return items, single
+
+    def _processing_size(self, size: tuple[int, int], cfg: LimeConfig) -> tuple[tuple[int, int], str | None]:
+        """The size an input of ``size`` runs at, and a one-line notice when that is far below it.
+
+        Normally the input's size rounded to :attr:`size_multiple`.  An input with more than
+        ``cfg.downscale_above`` x the model's native pixel count (:attr:`native_size`) runs at
+        about the native pixel count instead, aspect ratio kept; results come back at the
+        input's size."""
+        native = self.native_size
+        if native is not None:
+            small = downscaled_size(size, native[0] * native[1], self.size_multiple, cfg.downscale_above)
+            if small is not None:
+                return small, (f"input {size[0]}x{size[1]} is more than {cfg.downscale_above:g}x this model's "
+                               f"native {native[0]}x{native[1]} pixels: processed at {small[0]}x{small[1]} and "
+                               f"resized back (downscale_above=0 processes at full size)")
+        return processing_size(size, self.size_multiple), None
 
     @staticmethod
     def _groups(items: list[_Item]) -> list[list[_Item]]:
@@ -289,9 +311,10 @@ class LimePipeline:
             if related and cfg.localize_end_token:
                 related.append(it.tokens.end)
             token_maps = maps[related] if related else maps[:0]
+            k = cfg.top_k_for(grid) if related else 0
             if related:
                 attention = token_maps.mean(0)
-                mask, points, chosen = roi_ops.roi_from_attention(attention, segments, cfg.top_k)
+                mask, points, chosen = roi_ops.roi_from_attention(attention, segments, k)
                 attention = roi_ops.normalise01(attention)
             else:
                 attention = torch.zeros(grid)
@@ -299,7 +322,8 @@ class LimePipeline:
             out.append(Localization(mask=mask.cpu(), segments=segments.cpu(), attention=attention.cpu(),
                                     token_maps=token_maps.cpu(), token_indices=related,
                                     tokens=[it.tokens.tokens[i].replace("</w>", "") for i in related],
-                                    points=points, selected_segments=chosen, image_size=it.size))
+                                    points=points, selected_segments=chosen, image_size=it.size, top_k=k,
+                                    warnings=[it.notice] if it.notice else []))
         return out
 
     def _localize(self, items: list[_Item], cfg: LimeConfig) -> list[Localization]:
@@ -318,6 +342,8 @@ class LimePipeline:
         locs: list[Localization | None] = [None] * len(items)
         auto: list[int] = []
         for j, it in enumerate(items):
+            if it.notice:
+                warnings[j].append(it.notice)
             if it.tokens.truncated:
                 warnings[j].append(f"instruction is longer than the text encoder's "
                                    f"{self.backbone.max_tokens} tokens and was truncated")
@@ -407,7 +433,8 @@ class LimePipeline:
                 image=img, mask=masks[j] if regularized[j] else None, localization=locs[j],
                 lime_applied=bool(regularized[j]), seed=it.seed, warnings=warnings[j],
                 timings={"localize": t_loc, "edit": t_edit, "total": total, "batch_size": len(items)},
-                settings={**cfg.to_dict(), "backbone": self.backbone.name}))
+                settings={**cfg.to_dict(), "backbone": self.backbone.name,
+                          "top_k_points": cfg.top_k_for(grid), "processed_size": list(it.size)}))
         return results
 
 

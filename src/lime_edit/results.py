@@ -26,10 +26,14 @@ class Localization:
     token_indices: positions into the tokenizer's ids (start token = 0) of the
         related tokens used for the RoI.
     tokens: the token strings at those positions.
-    points: ``(top_k, 2)`` int64 ``(row, col)`` grid coordinates of the chosen
-        highest-attention pixels.
+    points: ``(k, 2)`` int64 ``(row, col)`` grid coordinates of the chosen
+        highest-attention pixels (``k`` = ``top_k`` below).
     selected_segments: labels of the segments in the RoI.
     image_size: ``(width, height)`` of the processed image the maps refer to.
+    top_k: the number of points selected on this grid: ``LimeConfig.top_k``
+        scaled from the 128x128 reference grid (:meth:`LimeConfig.top_k_for`);
+        0 when no related token was left.
+    warnings: notes about this input (e.g. processed at the model's native size).
     """
 
     mask: torch.Tensor
@@ -41,6 +45,8 @@ class Localization:
     points: torch.Tensor
     selected_segments: list[int]
     image_size: tuple[int, int]
+    top_k: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -60,7 +66,8 @@ class Localization:
         return Localization(mask=mask, segments=self.segments, attention=self.attention,
                             token_maps=self.token_maps, token_indices=list(self.token_indices),
                             tokens=list(self.tokens), points=self.points,
-                            selected_segments=labels, image_size=self.image_size)
+                            selected_segments=labels, image_size=self.image_size, top_k=self.top_k,
+                            warnings=list(self.warnings))
 
 
 @dataclass
@@ -75,7 +82,9 @@ class EditResult:
     warnings: human-readable notes (fallbacks, truncation) for logs and JSON.
     seed: the seed both passes used.
     timings: seconds per stage: "localize", "edit", "total".
-    settings: the LimeConfig used, as a dict.
+    settings: the LimeConfig used, as a dict, plus ``"backbone"``, ``"top_k_points"``
+        (the points ``top_k`` gives on this localization grid) and ``"processed_size"``
+        (``[width, height]`` the model ran at).
     """
 
     image: Image.Image

@@ -258,6 +258,17 @@ class Backbone:
         n_down = len(self.pipe.unet.config.block_out_channels) - 1
         return int(self.pipe.vae_scale_factor) * 2 ** n_down
 
+    def native_size(self) -> tuple[int, int] | None:
+        """``(width, height)`` in pixels the model was trained at: the U-Net's
+        ``sample_size`` (latent) x the VAE's scale factor (SD1.5: 512x512, SDXL:
+        1024x1024); None when the config does not say."""
+        sample = getattr(self.pipe.unet.config, "sample_size", None)
+        f = getattr(self.pipe, "vae_scale_factor", None)
+        if sample is None or not f:
+            return None
+        h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)[:2]
+        return int(w) * int(f), int(h) * int(f)
+
     def call_kwargs(self, *, prompts: list[str], images: list, size: tuple[int, int], steps: int,
                     guidance: float, image_guidance: float, generators: list, output_type: str) -> dict:
         """Keyword arguments of the wrapped pipeline's ``__call__`` for one pass."""

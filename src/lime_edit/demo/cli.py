@@ -55,14 +55,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="run IP2P and IP2P+LIME on a synthetic scene with the bundled model (offline)",
-        description="Generate a synthetic scene and instruction, edit it with plain InstructPix2Pix and "
-                    "with LIME using the bundled demo model, and write a comparison panel "
-                    "(input | RoI mask | segments | IP2P | IP2P+LIME).")
+        description="Edit a held-out synthetic scene with plain InstructPix2Pix and with LIME using the "
+                    "bundled demo model, and write a comparison panel (input | RoI mask | segments | IP2P | "
+                    "IP2P+LIME). The scene is chosen by rule, never by hand: held-out scene --scene N, by "
+                    "default the first one (0), with its own instruction and the scene number as sampler "
+                    "seed, exactly as 'lime-edit bench synthetic' runs it.")
     p.add_argument("-o", "--out", default="lime-demo", help="output folder (default: ./lime-demo)")
     p.add_argument("--scene", type=int, default=None,
-                   help="test-split scene seed (default: the bundled showcase scene)")
+                   help="held-out (test-split) scene number (default 0: the first held-out scene)")
     p.add_argument("--instruction", default=None, help="override the scene's instruction")
-    p.add_argument("--seed", type=seed_arg, default=0, help="sampler seed (0..2**64-1)")
+    p.add_argument("--seed", type=seed_arg, default=None,
+                   help="sampler seed (0..2**64-1; default: the scene number, as bench synthetic)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: LimeConfig's)")
     p.add_argument("--model", default=None, help="model folder (default: the bundled demo model)")
     p.add_argument("--threads", type=int, default=1,

@@ -70,7 +70,7 @@ SLIDERS = {
     "guidance": ("Text guidance", 0.0, 20.0, False),
     "image_guidance": ("Image guidance", 0.0, 5.0, False),
     "clusters": ("Segments (clusters)", 1, 16, True),
-    "top_k": ("Top-k attention points", 1, 1000, True),
+    "top_k": ("Top-k attention points (per 128x128 grid)", 1, 1000, True),
 }
 
 
@@ -605,7 +605,8 @@ class LimeWebApp:
                         clusters = gr.Slider(1, 16, value=d["clusters"], step=1,
                                              label="Segments (clusters)", elem_id="lime-clusters")
                         top_k = gr.Slider(1, 1000, value=d["top_k"], step=1,
-                                          label="Top-k attention points", elem_id="lime-topk")
+                                          label="Top-k attention points (per 128x128 grid, scaled to the "
+                                                "model's grid)", elem_id="lime-topk")
                         compare = gr.Checkbox(value=True, label="Also run plain InstructPix2Pix",
                                               elem_id="lime-compare")
                     with gr.Accordion("Your own mask (optional)", open=False):
