@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed_memory import measure, sd15_like_pipeline  # noqa: E402
+from speed_memory import measure, parse_common, sd15_like_pipeline  # noqa: E402
 
 
 def t2i_pipeline(full: bool, tmp: str):
@@ -43,18 +43,7 @@ def t2i_pipeline(full: bool, tmp: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="Hub id / folder of a real text-to-image SD model (default: random)")
-    ap.add_argument("--full-sd", action="store_true", help="random model with the real channel counts")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default=None, help="fp32 / fp16 / bf16 (default fp16 on cuda, fp32 on cpu)")
-    ap.add_argument("--size", type=int, default=256, help="square input size in pixels")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--schedules", default="two_pass,fast,single_pass")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", help="also write the figures here")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_common(ap, argv, steps=50)
 
     from lime_edit import LimeConfig, LimePipeline
     from lime_edit.loading import parse_dtype

@@ -178,15 +178,13 @@ def measure(fn, device: torch.device):
     return dt, mem.peak, mem.used
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
+def parse_common(ap: argparse.ArgumentParser, argv, *, steps: int) -> argparse.Namespace:
+    """The options every speed/memory script shares; sets the thread count."""
     ap.add_argument("--full-sd", action="store_true", help="random model with the real channel counts")
-    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="fp32 / fp16 / bf16 (default fp16 on cuda, fp32 on cpu)")
     ap.add_argument("--size", type=int, default=256, help="square input size in pixels")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--schedules", default="two_pass,fast,single_pass")
     ap.add_argument("--threads", type=int, default=None)
@@ -194,6 +192,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
+    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p")
+    args = parse_common(ap, argv, steps=30)
 
     from lime_edit import LimeConfig, LimePipeline
     from lime_edit.loading import parse_dtype
