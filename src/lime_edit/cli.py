@@ -299,6 +299,14 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
     _add_setting_args(p)
 
 
+def _add_mask_args(p: argparse.ArgumentParser, no_lime_help: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mask", action="append", default=None, metavar="FILE",
+                   help="use this mask (white/opaque = edit; any size) instead of localizing. Once for "
+                        "all inputs or once per input")
+    g.add_argument("--no-lime", action="store_true", help=no_lime_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lime-edit",
@@ -314,11 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "STEM_attn_NN_TOKEN.png (--explain) and, last, STEM.json (settings, seed, model, "
                     "timings, warnings); rerunning the same command resumes an interrupted batch.")
     _add_common_args(edit, "edit")
-    g = edit.add_mutually_exclusive_group()
-    g.add_argument("--mask", action="append", default=None, metavar="FILE",
-                   help="use this mask (white/opaque = edit; any size) instead of localizing. Once for "
-                        "all inputs or once per input")
-    g.add_argument("--no-lime", action="store_true", help="plain InstructPix2Pix, no localization")
+    _add_mask_args(edit, "plain InstructPix2Pix, no localization")
     edit.set_defaults(func=cmd_edit)
 
     loc = sub.add_parser(
@@ -335,10 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "change to the region of the words the target adds or replaces. Writes the same files "
                     "as edit: STEM_edited.png, STEM_mask.png, STEM_overlay.png, STEM_segments.png, STEM.json.")
     _add_common_args(p2p, "p2p")
-    g = p2p.add_mutually_exclusive_group()
-    g.add_argument("--mask", action="append", default=None, metavar="FILE",
-                   help="use this mask (white/opaque = edit; any size) instead of localizing")
-    g.add_argument("--no-lime", action="store_true", help="plain Prompt-to-Prompt, no localization")
+    _add_mask_args(p2p, "plain Prompt-to-Prompt, no localization")
     p2p.set_defaults(func=cmd_p2p)
 
     for name in FEATURE_CLIS:
