@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed_memory import measure, parse_common, sd15_like_pipeline  # noqa: E402
+from speed_memory import measure, parse_common, report, sd15_like_pipeline  # noqa: E402
 
 
 def t2i_pipeline(full: bool, tmp: str):
@@ -82,20 +82,8 @@ def main(argv=None) -> int:
         rows.append((f"p2p+lime_{name}", t, m, a))
     lp.config = base
 
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"# {machine}; torch {torch.__version__}; {dtype}; {args.size}x{args.size}; {args.steps} steps; "
-          f"model: {args.model or ('random SD1.5 t2i (full)' if args.full_sd else 'random SD1.5-shaped t2i, scaled down')}")
-    print(f"{'method':<22}{'seconds':>9}{'x p2p':>8}{'peak MiB':>10}{'x p2p':>8}{'above model MiB':>17}")
-    out = []
-    for name, t, m, a in rows:
-        print(f"{name:<22}{t:>9.2f}{t / plain_t:>8.2f}{m / 2**20:>10.1f}{m / plain_m:>8.2f}{a / 2**20:>17.1f}")
-        out.append({"method": name, "seconds": t, "time_ratio": t / plain_t, "peak_bytes": m,
-                    "memory_ratio": m / plain_m, "above_model_bytes": a})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "torch": torch.__version__, "dtype": str(dtype), "size": args.size,
-                       "steps": args.steps, "argv": sys.argv[1:], "rows": out}, f, indent=2)
+    model = args.model or ("random SD1.5 t2i (full)" if args.full_sd else "random SD1.5-shaped t2i, scaled down")
+    report(rows, args, device, dtype, f"model: {model}", "p2p")
     return 0
 
 

@@ -195,6 +195,26 @@ def parse_common(ap: argparse.ArgumentParser, argv, *, steps: int) -> argparse.N
     return args
 
 
+def report(rows, args, device, dtype, what: str, base: str, extra: dict | None = None) -> None:
+    """Print the table (ratios to the first row, named ``base``) and write ``--json``."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# {machine}; torch {torch.__version__}; {dtype}; {args.size}x{args.size}; {args.steps} steps; {what}")
+    w = max(18, max(len(r[0]) for r in rows) + 2)
+    x = f"x {base}"
+    print(f"{'method':<{w}}{'seconds':>9}{x:>9}{'peak MiB':>10}{x:>9}{'above model MiB':>17}")
+    _, plain_t, plain_m, _ = rows[0]
+    out = []
+    for name, t, m, a in rows:
+        print(f"{name:<{w}}{t:>9.2f}{t / plain_t:>9.2f}{m / 2**20:>10.1f}{m / plain_m:>9.2f}{a / 2**20:>17.1f}")
+        out.append({"method": name, "seconds": t, "time_ratio": t / plain_t, "peak_bytes": m,
+                    "memory_ratio": m / plain_m, "above_model_bytes": a})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "torch": torch.__version__, "dtype": str(dtype), "size": args.size,
+                       **(extra or {}), "steps": args.steps, "argv": sys.argv[1:], "rows": out}, f, indent=2)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
@@ -236,23 +256,10 @@ def main(argv=None) -> int:
         rows.append((f"lime_{name}", t, m, a))
     lp.config = base
 
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     arch = "SDXL" if args.backbone == "sdxl-ip2p" else "SD1.5"
-    print(f"# {machine}; torch {torch.__version__}; {dtype}; {args.size}x{args.size}; {args.steps} steps; "
-          f"backbone {lp.backbone.name}; model: "
-          f"{args.model or (f'random {arch} (full)' if args.full_sd else f'random {arch}-shaped, scaled down')}")
-    print(f"{'method':<18}{'seconds':>9}{'x plain':>9}{'peak MiB':>10}{'x plain':>9}{'above model MiB':>17}")
-    out = []
-    for name, t, m, a in rows:
-        print(f"{name:<18}{t:>9.2f}{t / plain_t:>9.2f}{m / 2**20:>10.1f}{m / plain_m:>9.2f}{a / 2**20:>17.1f}")
-        out.append({"method": name, "seconds": t, "time_ratio": t / plain_t, "peak_bytes": m,
-                    "memory_ratio": m / plain_m, "above_model_bytes": a})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "torch": torch.__version__, "dtype": str(dtype), "size": args.size,
-                       "backbone": lp.backbone.name,
-                       "steps": args.steps, "argv": sys.argv[1:], "rows": out}, f, indent=2)
+    model = args.model or (f"random {arch} (full)" if args.full_sd else f"random {arch}-shaped, scaled down")
+    report(rows, args, device, dtype, f"backbone {lp.backbone.name}; model: {model}", "plain",
+           {"backbone": lp.backbone.name})
     return 0
 
 
