@@ -15,9 +15,7 @@ speed_memory.py.  Target (issue 11): LIME <= 1.3x P2P's time and <= 1.1x its pea
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 
