@@ -11,7 +11,9 @@
   InstructDiffusion releases), through ``from_single_file``; ``config`` names a
   diffusers folder or Hub id with the same architecture to take configs from
   (default: diffusers' own inference of the checkpoint type);
-* ``"demo"``: the small model bundled with this package (see ``lime_edit.demo``).
+* ``"demo"``: the small editor bundled with this package (see ``lime_edit.demo``);
+  ``"demo-t2i"``: its text-to-image pre-training stage (a ``StableDiffusionPipeline``,
+  what Prompt-to-Prompt runs on offline).
 
 Safetensors are preferred everywhere and a pickle file is never unpickled
 unless ``allow_pickle=True``.  Every failure raises :class:`ModelLoadError` with
@@ -55,11 +57,15 @@ def default_device() -> str:
 
 
 def resolve_model(model: str | os.PathLike) -> str:
-    """``"demo"`` -> the bundled model folder; anything else unchanged."""
+    """``"demo"`` / ``"demo-t2i"`` -> the bundled model folders; anything else unchanged."""
     if str(model) == "demo":
         from .demo import bundled_model_path
 
         return str(bundled_model_path())
+    if str(model) == "demo-t2i":
+        from .demo import bundled_t2i_path
+
+        return str(bundled_t2i_path())
     return str(model)
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# The text-to-image stage of the same recipe (a ``StableDiffusionPipeline`` folder): what
+# Prompt-to-Prompt (``lime-edit p2p --model demo-t2i``) runs on offline.
+T2I_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights_t2i"
 
 
 def bundled_model_path() -> Path:
@@ -23,4 +26,14 @@ def bundled_model_path() -> Path:
     return WEIGHTS_DIR
 
 
-__all__ = ["bundled_model_path", "WEIGHTS_DIR"]
+def bundled_t2i_path() -> Path:
+    """Folder of the bundled demo text-to-image pipeline (the editor's pre-training stage)."""
+    from ..errors import ModelLoadError
+
+    if not (T2I_WEIGHTS_DIR / "model_index.json").is_file() or not any(T2I_WEIGHTS_DIR.glob("unet/*.safetensors")):
+        raise ModelLoadError(f"bundled demo text-to-image weights not found in {T2I_WEIGHTS_DIR} "
+                             "(reinstall lime-edit, or run `lime-edit train-demo --out DIR --install`)")
+    return T2I_WEIGHTS_DIR
+
+
+__all__ = ["bundled_model_path", "bundled_t2i_path", "T2I_WEIGHTS_DIR", "WEIGHTS_DIR"]

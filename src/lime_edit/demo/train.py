@@ -105,9 +105,9 @@ def build_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         block_out_channels=(16, 32, 64), layers_per_block=1,
-                         down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3,
+                         block_out_channels=(32, 64), layers_per_block=1,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2,
                          norm_num_groups=8, sample_size=64, mid_block_add_attention=False)
 
 
@@ -120,7 +120,7 @@ def build_text_encoder(tok):
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
 
 
-UNET_KW = dict(sample_size=16, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
+UNET_KW = dict(sample_size=32, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=64,
@@ -419,7 +419,7 @@ def inflate_unet(unet4):
 
 
 def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
-               ckpt=None, ckpt_every=250, budget_s=None):
+               ckpt=None, ckpt_every=250, budget_s=None, start=0):
     import torch
     import torch.nn.functional as F
 
@@ -434,7 +434,7 @@ def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr,
     unet.train(); text_encoder.train()
     t0 = time.time()
     acc = []
-    for step in range(steps):
+    for step in range(start, steps):
         idx = torch.randint(0, len(lat_in), (batch,), generator=g)
         x0 = lat_tgt[idx]
         cond = lat_in[idx].clone()
@@ -476,7 +476,7 @@ def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr,
             acc = []
             log(f"edit step {step} mse {m[0]:.4f} attn_share {m[1]:.3f} "
                 f"{' '.join(f'g{k}={v:.2f}' for k, v in sorted(per.items()))} "
-                f"{(time.time() - t0) / (step + 1):.2f}s/step")
+                f"{(time.time() - t0) / (step + 1 - start):.2f}s/step")
         over = bool(budget_s and time.time() - t0 > budget_s)
         if ckpt and ((step + 1) % ckpt_every == 0 or step == steps - 1 or over):
             ckpt(step + 1)
@@ -504,6 +504,27 @@ def save_pipeline(folder: Path, unet, vae, text_encoder, tok):
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_t2i_pipeline(folder: Path, unet, vae, text_encoder, tok):
+    """Save the text-to-image stage as a ``StableDiffusionPipeline`` folder (atomically), with a DDIM
+    scheduler of the training noise schedule: the model Prompt-to-Prompt (``lime-edit p2p``) runs on."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    procs = dict(unet.attn_processors)
+    unet.set_attn_processor(AttnProcessor2_0())
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                          beta_schedule="scaled_linear", prediction_type=PREDICTION_TYPE,
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tok, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    unet.set_attn_processor(procs)
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -559,6 +580,7 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
 # ----------------------------------------------------------------------------- driver
 def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: int, batch: int,
         attn_loss: float, seed: int, threads: int, ckpt_every: int, install_to: Path | None,
+        install_t2i_to: Path | None = None,
         budgets_min: tuple[float, float, float] = (0, 0, 0)) -> int:
     import torch
 
@@ -634,18 +656,36 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
         unet4.set_attn_processor(AttnProcessor2_0())
         unet4.save_pretrained(t2i_dir / "unet", safe_serialization=True)
         te.save_pretrained(t2i_dir / "text_encoder", safe_serialization=True)
+    t2i_pipe_dir = out / "t2i_pipeline"
+    if not (t2i_pipe_dir / "model_index.json").is_file():
+        save_t2i_pipeline(t2i_pipe_dir, unet4, vae, te, tok)
+        log(f"t2i: text-to-image pipeline saved to {t2i_pipe_dir}")
     times["t2i_s"] = time.time() - t
     log(f"t2i: done in {times['t2i_s']:.0f}s")
 
     # (c) editor fine-tuning
     t = time.time()
     torch.manual_seed(seed + 3)
-    unet8 = inflate_unet(unet4)
-    del unet4
     pipe_dir = out / "pipeline"
+    step_file = out / "pipeline_step.txt"
+    start = 0
+    if (pipe_dir / "model_index.json").is_file() and step_file.is_file():
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
 
-    train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt_mode * sf, edit_steps, batch, 4e-4,
-                    attn_loss * 0.5, log, seed + 3, ckpt_every, pipe_dir, vae, budgets_min[2] * 60)
+        start = int(step_file.read_text().strip())
+        unet8 = UNet2DConditionModel.from_pretrained(pipe_dir / "unet")
+        te = CLIPTextModel.from_pretrained(pipe_dir / "text_encoder")
+        log(f"edit: resumed from the pipeline checkpoint at step {start} (optimizer state and data order "
+            "restart: a resumed run is not bit-identical to an uninterrupted one)")
+    else:
+        unet8 = inflate_unet(unet4)
+    del unet4
+
+    if start < edit_steps:
+        train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt_mode * sf, edit_steps, batch, 4e-4,
+                        attn_loss * 0.5, log, seed + 3 + start, ckpt_every, pipe_dir, vae, budgets_min[2] * 60,
+                        start=start)
     times["edit_s"] = time.time() - t
     times["total_s"] = time.time() - T0
     log(f"edit: done in {times['edit_s']:.0f}s; total {times['total_s']:.0f}s")
@@ -658,14 +698,17 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     log(f"report: {json.dumps(rep)}")
     if install_to is not None:
-        shutil.rmtree(install_to, ignore_errors=True)
-        shutil.copytree(pipe_dir, install_to)
-        log(f"installed pipeline to {install_to}")
+        for src, dst in ((pipe_dir, install_to), (t2i_pipe_dir, install_t2i_to)):
+            if dst is None:
+                continue
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+            log(f"installed {src.name} to {dst}")
     return 0
 
 
 def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
-                    ckpt_every, pipe_dir, vae, budget_s=None):
+                    ckpt_every, pipe_dir, vae, budget_s=None, start=0):
     """``train_edit`` with pipeline checkpoints (capture processors restored after each save)."""
     state = {}
 
@@ -680,16 +723,17 @@ def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, att
         state["last"] = step
 
     train_edit(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
-               ckpt=ckpt, ckpt_every=ckpt_every, budget_s=budget_s)
+               ckpt=ckpt, ckpt_every=ckpt_every, budget_s=budget_s, start=start)
 
 
 def main(args) -> int:
-    from . import WEIGHTS_DIR
+    from . import T2I_WEIGHTS_DIR, WEIGHTS_DIR
 
     return run(Path(args.out), n_train=args.n_train, vae_steps=args.vae_steps, t2i_steps=args.t2i_steps,
                edit_steps=args.edit_steps, batch=args.batch, attn_loss=args.attn_loss, seed=args.seed,
                threads=args.threads, ckpt_every=args.ckpt_every,
-               install_to=WEIGHTS_DIR if args.install else None, budgets_min=tuple(args.budget_min))
+               install_to=WEIGHTS_DIR if args.install else None,
+               install_t2i_to=T2I_WEIGHTS_DIR if args.install else None, budgets_min=tuple(args.budget_min))
 
 
 if __name__ == "__main__":
