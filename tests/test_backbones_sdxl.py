@@ -68,12 +68,14 @@ def test_sdxl_batch_of_two_equals_two_singles(sdxl, scene):
     singles = [sdxl.edit(scene, "make the red square blue", seed=1),
                sdxl.edit(other, "turn the blue square red", seed=2)]
     for b, s in zip(batch, singles):
-        # the same top-k points; K-means may put a few boundary pixels in the other cluster, since
-        # batched and single features differ by ~1e-6 (measured: 2 and 5 of 1024 labels, 1 and 3
-        # mask pixels with top_k's 6 points on this 32x32 grid); a batch that mixed up its items
-        # would differ everywhere
+        # the same attention maps (to rounding) and top-k points: a batch that mixed up its items
+        # would differ everywhere.  The segments are not compared: batched and single features
+        # differ by ~1e-6, and K-means on this random model's poorly separated features can flip
+        # whole clusters on such a difference (measured: 2 and 5 of 1024 labels with 2 torch
+        # threads, about 16 % of the mask with 1 thread)
+        assert torch.allclose(b.localization.attention, s.localization.attention, atol=1e-4)
+        assert torch.allclose(b.localization.token_maps, s.localization.token_maps, atol=1e-4, rtol=1e-3)
         assert torch.equal(b.localization.points, s.localization.points)
-        assert (b.localization.mask != s.localization.mask).float().mean() <= 0.01
     # the edit pass, given the same regions, matches to rounding
     same = [sdxl.edit(scene, "make the red square blue", mask=batch[0].localization, seed=1),
             sdxl.edit(other, "turn the blue square red", mask=batch[1].localization, seed=2)]

@@ -1,0 +1,133 @@
+"""Where LIME's automatic localization wins or loses on a demo-style model, stage by stage.
+
+    python benchmarks/demo_localization.py                          # the bundled demo model, 40 scenes
+    python benchmarks/demo_localization.py --model DIR --n 200 --json out.json
+
+On held-out synthetic scenes (exact ground truth) it runs ``LimePipeline.localize`` with the
+defaults (plus any ``--set NAME=VALUE``) and reports, averaged over scenes:
+
+- ``roi_iou``: IoU of the RoI with the edited object's mask (what ``bench synthetic`` reports);
+- ``attn_share``: share of the related tokens' attention map (the one LIME reads, on the
+  localization grid) falling inside the object's mask (a map blind to the object gives about
+  ``mask_area``);
+- ``points_in_mask``: share of the top-k attention points that land on the object;
+- ``purity``: cluster purity of the segments against the scene's label map (each pixel's
+  label = the visible object or the background): the share of pixels whose segment's
+  majority label is their own (1 = every segment lies within one object or the background);
+- ``oracle_iou``: the best IoU any union of segments can reach against the object's mask
+  (segments taken when most of their pixels are on the object): the ceiling the
+  segments put on localization, whatever the attention does.
+- per latent level, the share of the object words' cross-attention inside the mask at the
+  capture noise level (``lime_edit.demo.train.measure_attention``) with ``--per-level``.
+
+Together they say whether a poor RoI comes from the attention (low attn_share /
+points_in_mask) or from the segments (low purity / oracle_iou).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def label_map(e, grid: tuple[int, int]) -> np.ndarray:
+    """Per-pixel owner (object index, background = n_objects) resampled to the grid (nearest)."""
+    from lime_edit.demo.scenes import coverage
+
+    cov = coverage(e.scene)                       # (n_obj, H, W), drawing order already applied
+    n = cov.shape[0]
+    full = np.where(cov.max(0) > 0.5, cov.argmax(0), n).astype(np.uint8)
+    h, w = grid
+    return np.asarray(Image.fromarray(full).resize((w, h), Image.NEAREST)), n
+
+
+def resize_mask(m: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    h, w = grid
+    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+
+
+def analyse(loc, e) -> dict:
+    from lime_edit.demo.metrics import iou
+
+    seg = loc.segments.cpu().numpy()
+    grid = seg.shape
+    gt = resize_mask(e.mask, grid)
+    lab, _ = label_map(e, grid)
+    roi = np.asarray(Image.fromarray(loc.mask.cpu().numpy().astype(np.uint8) * 255)
+                     .resize(e.image.size, Image.NEAREST)) > 0
+    att = loc.attention.cpu().numpy().astype(np.float64)
+    pts = loc.points.cpu().numpy()
+    pure = 0
+    oracle = np.zeros(grid, bool)
+    for s in np.unique(seg):
+        sel = seg == s
+        counts = np.bincount(lab[sel])
+        pure += counts.max()
+        if gt[sel].mean() > 0.5:
+            oracle |= sel
+    return {"roi_iou": iou(roi, e.mask),
+            "attn_share": float((att * gt).sum() / max(att.sum(), 1e-12)),
+            "points_in_mask": float(gt[pts[:, 0], pts[:, 1]].mean()) if len(pts) else 0.0,
+            "purity": float(pure / seg.size),
+            "oracle_iou": iou(oracle, gt),
+            "mask_area": float(gt.mean()),
+            "num_segments": int(len(np.unique(seg))), "grid": list(grid), "top_k": int(loc.top_k)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="demo", help="model folder (default: the bundled demo model)")
+    ap.add_argument("--n", type=int, default=40, help="held-out scenes (default 40)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--per-level", action="store_true",
+                    help="also the per-level attention share of the object words (train.measure_attention)")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from lime_edit import LimePipeline
+    from lime_edit.cli import _parse_set
+    from lime_edit.demo.scenes import make_edit
+    from lime_edit.loading import resolve_model
+
+    model = resolve_model(args.model)
+    lp = LimePipeline.from_pretrained(model)
+    lp.pipe.set_progress_bar_config(disable=True)
+    overrides = dict(_parse_set(item) for item in args.cfg_set)
+    rows = []
+    t0 = time.perf_counter()
+    for s in range(args.n):
+        e = make_edit(s, "test")
+        loc = lp.localize(e.image, e.instruction, seed=s, **overrides)
+        rows.append(analyse(loc, e))
+    keys = ["roi_iou", "attn_share", "points_in_mask", "purity", "oracle_iou", "mask_area", "num_segments"]
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out = {"model": model, "n": args.n, "settings": overrides, "grid": rows[0]["grid"], "top_k": rows[0]["top_k"],
+           "mean": summary, "sec": time.perf_counter() - t0,
+           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "per_scene": rows}
+    if args.per_level:
+        from lime_edit.demo.train import measure_attention
+
+        out["per_level"] = measure_attention(model, n=min(args.n, 32))
+    print(f"model {model}: n={args.n}, localization grid {rows[0]['grid']}, top_k {rows[0]['top_k']}")
+    for k in keys:
+        print(f"  {k:15s} {summary[k]:.3f}")
+    if "per_level" in out:
+        print("  object-word attention inside the mask by grid:", out["per_level"]["share_in_mask_by_grid"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
