@@ -376,8 +376,8 @@ def run_bench(args) -> int:
         p2p_steps = (args.p2p_steps if getattr(args, "p2p_steps", None) is not None
                      else p2p_sampler_defaults()["num_inference_steps"])
     out.mkdir(parents=True, exist_ok=True)
-    sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings, t2i_model, p2p_steps),
-                         bool(getattr(args, "overwrite", False)))
+    sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings, t2i_model,
+                                             p2p_steps), bool(getattr(args, "overwrite", False)))
     _quiet_loading(getattr(args, "verbose", False))
     # each model is loaded only when one of its methods is asked for, before any row is written
     lp = LimePipeline.from_pretrained(model, device=device) if len(p2p_wanted) < len(methods) else None
@@ -494,7 +494,8 @@ def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig:
     if p2p is not None:
         payload["p2p"] = p2p
         header += (f"\n\np2p rows: caption edits on the text-to-image model {p2p['t2i_model']}, "
-                   f"{p2p['num_inference_steps']} {p2p['scheduler']} steps, guidance {p2p['guidance_scale']:g} "
-                   f"(IP2P rows: {steps} steps)")
+                   f"{p2p['num_inference_steps']} {p2p['scheduler']} steps, guidance {p2p['guidance_scale']:g}")
+        if any(r["method"] not in P2P_METHODS for r in rows):
+            header += f" (IP2P rows: {steps} steps)"
     _write_atomic_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     _write_atomic_text(out / "results.md", markdown(rows, n, header))
