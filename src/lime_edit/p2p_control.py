@@ -9,8 +9,9 @@ Three pieces, none of which knows about LIME or a pipeline:
   own attention (alpha 0).  The end token and padding are aligned position by
   position after the end tokens.
 * :func:`ddim_invert` / :func:`ddim_step_forward`: DDIM inversion (x_{t-1} -> x_t with
-  the noise predicted at ``t``, the null-text-inversion convention) for epsilon or
-  v-prediction schedulers.
+  the model output at ``t``, the null-text-inversion convention): the exact inverse of
+  the scheduler's DDIM step for a fixed model output, for epsilon, v-prediction and
+  sample schedulers.
 * :class:`P2PController` + :class:`P2PAttnProcessor` (installed by :func:`p2p_attention`,
   which restores the previous processors): on the conditional rows, the target
   branch's cross-attention probabilities at aligned tokens are replaced by the
@@ -115,33 +116,39 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
 
 
 # ------------------------------------------------------------------------- DDIM inversion
-def _eps_x0(scheduler, model_out: torch.Tensor, x: torch.Tensor, alpha_t: torch.Tensor):
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        eps = model_out
-        x0 = (x - (1 - alpha_t).sqrt() * eps) / alpha_t.sqrt()
-    elif kind == "v_prediction":
-        x0 = alpha_t.sqrt() * x - (1 - alpha_t).sqrt() * model_out
-        eps = alpha_t.sqrt() * model_out + (1 - alpha_t).sqrt() * x
-    elif kind == "sample":
-        x0 = model_out
-        eps = (x - alpha_t.sqrt() * x0) / (1 - alpha_t).sqrt()
-    else:
-        raise ValueError(f"unsupported prediction_type {kind!r}")
-    return eps, x0
+def _ddim_coefficients(kind: str, a_t: torch.Tensor, a_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c_x, c_m)`` of the deterministic DDIM step ``x_prev = c_x * x_t + c_m * model_out``
+    (diffusers' ``DDIMScheduler.step`` with eta 0, no clipping/thresholding) for a
+    scheduler's ``prediction_type``: the model output becomes x0/eps at the level of the
+    sample it was evaluated on (``a_t``), and the step re-noises x0 with eps to ``a_prev``."""
+    s_t, s_p, r_t, r_p = a_t.sqrt(), a_prev.sqrt(), (1 - a_t).sqrt(), (1 - a_prev).sqrt()
+    if kind == "epsilon":        # x0 = (x - r_t m) / s_t, eps = m
+        return s_p / s_t, r_p - s_p * r_t / s_t
+    if kind == "v_prediction":   # x0 = s_t x - r_t m, eps = s_t m + r_t x
+        return s_p * s_t + r_p * r_t, r_p * s_t - s_p * r_t
+    if kind == "sample":         # x0 = m, eps = (x - s_t m) / r_t
+        return r_p / r_t, s_p - r_p * s_t / r_t
+    raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
 def ddim_step_forward(scheduler, model_out: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
     """One inversion step: from the latent at ``t - ratio`` to the latent at ``t`` with the
     model output at ``t`` (null-text inversion's ``next_step``); ``scheduler`` is a
-    DDIM scheduler whose ``set_timesteps`` was called."""
+    DDIM scheduler whose ``set_timesteps`` was called.
+
+    The step is the exact inverse of the scheduler's own DDIM step for that model output
+    (``x_t = (x_prev - c_m * out) / c_x``, see :func:`_ddim_coefficients`), whatever the
+    ``prediction_type``: sampling back from the inverted latent with a model whose output
+    does not depend on its input returns the start latent exactly.  For epsilon models this
+    is null-text inversion's formula; for v-prediction, reading v as if at ``t - ratio``
+    (diffusers' ``DDIMInverseScheduler``) is not DDIM's inverse and drifts (a constant
+    model output gave a 24 % reconstruction error over 10 steps)."""
     ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     prev_t = t - ratio
     ac = scheduler.alphas_cumprod.to(x.device, torch.float32)
     a_prev = ac[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod.to(x.device, torch.float32)
-    a_t = ac[t]
-    eps, x0 = _eps_x0(scheduler, model_out.float(), x.float(), a_prev)
-    return (a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps).to(x.dtype)
+    c_x, c_m = _ddim_coefficients(scheduler.config.prediction_type, ac[t], a_prev)
+    return ((x.float() - c_m * model_out.float()) / c_x).to(x.dtype)
 
 
 @torch.no_grad()

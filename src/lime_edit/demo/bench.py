@@ -15,7 +15,21 @@ lime_agglo_0.4 ...  agglomerative clustering, cosine distance threshold 0.4/0.55
 lime_reward         reward related tokens instead of penalizing unrelated ones
 lime_fast           ``LimeConfig.fast()`` (short localization schedule)
 lime_single_pass    ``schedule="single_pass"`` (one trajectory, IP2P's cost)
+p2p                 Prompt-to-Prompt (DDIM + Direct Inversion, word swap), LIME off
+p2p_local_blend     P2P with its local blend on the changed words, LIME off
+p2p_lime            P2P + LIME, automatic localization (LimeConfig defaults)
 ==================  ==========================================================
+
+The ``p2p*`` rows are caption edits on a text-to-image model (``--t2i-model``, by
+default the bundled ``demo-t2i``, the text-to-image stage of the same training
+recipe), loaded only when one of them is asked for: source caption = the scene's
+caption, target caption = the same caption with the edited object's colour word
+replaced by the new colour (:func:`lime_edit.demo.scenes.caption_pair`); same
+scenes, seeds, metrics and ground truth as the IP2P rows.  They run at the p2p
+backbone's sampler defaults, P2P's own for Stable Diffusion: ``--p2p-steps`` DDIM
+steps (default 50), guidance 7.5 for the edit and (p2p_lime) the localization pass,
+cross-attention replaced for the first 40 % of the steps, self-attention for 60 %;
+``--steps`` is the IP2P rows' only.  ``results.json`` records them under ``"p2p"``.
 
 Metrics are defined in ``lime_edit.demo.metrics``; ``roi_iou`` is the IoU of the
 predicted RoI (resized to the image with nearest neighbour) with the
@@ -35,7 +49,8 @@ only allowed with the same results-changing settings: ``DIR/signature.json``
 (written before the first row) holds the model's identity (a SHA-256 of its
 files for a local folder or file, the name for a Hub id), the device, the
 batch size, the lime-edit version and each method's mask kind and effective
-``LimeConfig`` (steps included).  A rerun that differs is refused with a
+``LimeConfig`` (steps included); with a ``p2p*`` method also the text-to-image
+model's identity (``t2i_model``) and the methods' backbone and P2P options.  A rerun that differs is refused with a
 one-line message naming what changed (``--overwrite`` starts the folder afresh);
 methods and scenes may be added (``--methods``, a larger ``--n``), since each row
 is one (method, scene seed) pair whose result does not depend on the others.
@@ -75,7 +90,27 @@ def method_table() -> dict[str, tuple[str, dict]]:
         "lime_reward": ("auto", {"mode": "reward"}),
         "lime_fast": ("auto", fast),
         "lime_single_pass": ("auto", {"schedule": "single_pass"}),
+        "p2p": ("none", {}),
+        "p2p_local_blend": ("none", {}),
+        "p2p_lime": ("auto", {}),
     }
+
+
+#: The methods that are caption edits with the p2p backbone on the text-to-image model:
+#: name -> P2P backbone options (:class:`lime_edit.backbones.p2p.P2PSettings`).
+P2P_METHODS: dict[str, dict[str, Any]] = {
+    "p2p": {},
+    "p2p_local_blend": {"local_blend": True},
+    "p2p_lime": {},
+}
+
+
+def p2p_sampler_defaults() -> dict[str, Any]:
+    """The p2p rows' LimeConfig base: the p2p backbone's sampler defaults (50 DDIM steps,
+    guidance 7.5 as P2P on Stable Diffusion)."""
+    from ..backbones.p2p import P2PBackbone
+
+    return dict(P2PBackbone.sampler_defaults)
 
 
 def save_png(img, path: Path) -> None:
@@ -202,29 +237,50 @@ def model_identity(model: str) -> dict[str, Any]:
 
 
 def make_signature(model: str, device: str, batch: int, methods: list[str], steps: int | None,
-                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything that changes a row of ``samples.jsonl`` (see the module docstring)."""
+                   settings: dict[str, Any] | None = None, t2i_model: str | None = None,
+                   p2p_steps: int | None = None) -> dict[str, Any]:
+    """Everything that changes a row of ``samples.jsonl`` (see the module docstring).
+    ``t2i_model`` / ``p2p_steps``: the text-to-image model and steps of the ``p2p*`` methods."""
     from .. import LimeConfig
     from ..cli import _version
 
     table = method_table()
     extra = {"num_inference_steps": steps} if steps is not None else {}
-    return {"format": 1, "lime_edit": _version(), "model": model_identity(model), "device": str(device),
-            "batch": int(batch),
-            "methods": {m: {"mask": table[m][0],
-                            "settings": LimeConfig().replace(**{**(settings or {}), **extra,
-                                                                **table[m][1]}).to_dict()}
-                        for m in methods}}
+    p2p_extra = {"num_inference_steps": p2p_steps} if p2p_steps is not None else {}
+
+    def entry(m: str) -> dict[str, Any]:
+        if m not in P2P_METHODS:
+            return {"mask": table[m][0],
+                    "settings": LimeConfig().replace(**{**(settings or {}), **extra, **table[m][1]}).to_dict()}
+        cfg = LimeConfig(**p2p_sampler_defaults()).replace(**{**(settings or {}), **p2p_extra, **table[m][1]})
+        return {"mask": table[m][0], "backbone": "p2p", "p2p": dict(P2P_METHODS[m]), "settings": cfg.to_dict()}
+
+    sig = {"format": 1, "lime_edit": _version(), "model": model_identity(model), "device": str(device),
+           "batch": int(batch), "methods": {m: entry(m) for m in methods}}
+    if any(m in P2P_METHODS for m in methods):
+        if t2i_model is None:
+            raise ValueError("make_signature: p2p methods need t2i_model")
+        sig["t2i_model"] = model_identity(t2i_model)
+    return sig
+
+
+#: Top-level signature entries only some runs have (the text-to-image model: runs with a p2p
+#: method): compared when both runs have one, and kept from the earlier run otherwise.
+_OPTIONAL_KEYS = ("t2i_model",)
 
 
 def _signature_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    diff = [k for k in sorted(set(old) | set(new)) if k != "methods" and old.get(k) != new.get(k)]
+    diff = [k for k in sorted(set(old) | set(new)) if k != "methods" and old.get(k) != new.get(k)
+            and not (k in _OPTIONAL_KEYS and (k not in old or k not in new))]
     old_m, new_m = old.get("methods") or {}, new.get("methods") or {}
     changed: list[str] = []
     for m in sorted(set(old_m) & set(new_m)):
         a, b = old_m[m], new_m[m]
         if a.get("mask") != b.get("mask") and "mask kind" not in changed:
             changed.append("mask kind")
+        for key, what in (("backbone", "backbone"), ("p2p", "P2P options")):
+            if a.get(key) != b.get(key) and what not in changed:
+                changed.append(what)
         sa, sb = a.get("settings") or {}, b.get("settings") or {}
         changed += [k for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k) and k not in changed]
     return diff + changed
@@ -263,7 +319,8 @@ def prepare_folder(out: Path, sig: dict[str, Any], overwrite: bool) -> dict[str,
     if diff:
         raise LimeEditError(f"{out}: holds results made with other {', '.join(diff)}; "
                             "use a new --out, or --overwrite to start afresh")
-    return {**sig, "methods": {**(old.get("methods") or {}), **sig["methods"]}}
+    kept = {k: old[k] for k in _OPTIONAL_KEYS if k in old and k not in sig}
+    return {**sig, **kept, "methods": {**(old.get("methods") or {}), **sig["methods"]}}
 
 
 def _quiet_loading(verbose: bool = False) -> None:
@@ -289,9 +346,9 @@ def run_bench(args) -> int:
     from ..errors import LimeEditError
     from . import bundled_model_path
     from .metrics import all_metrics, iou, to_float
-    from .scenes import make_edit
+    from .scenes import caption_pair, make_edit
 
-    check_counts(args, {"n": 1, "steps": 1, "batch": 1, "examples": 0, "threads": 0})
+    check_counts(args, {"n": 1, "steps": 1, "batch": 1, "examples": 0, "threads": 0, "p2p_steps": 1})
     if getattr(args, "threads", 0):
         import torch
 
@@ -309,16 +366,46 @@ def run_bench(args) -> int:
     device = getattr(args, "device", "cpu")
     batch = int(args.batch)
     steps = args.steps if args.steps is not None else LimeConfig().num_inference_steps
+    p2p_wanted = [m for m in methods if m in P2P_METHODS]
+    t2i_model, p2p_steps, p2p_info = None, None, None
+    if p2p_wanted:
+        from . import bundled_t2i_path
+
+        t2i_model = getattr(args, "t2i_model", None) or "demo-t2i"
+        t2i_model = str(bundled_t2i_path()) if t2i_model == "demo-t2i" else str(t2i_model)
+        p2p_steps = (args.p2p_steps if getattr(args, "p2p_steps", None) is not None
+                     else p2p_sampler_defaults()["num_inference_steps"])
     out.mkdir(parents=True, exist_ok=True)
-    sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings),
-                         bool(getattr(args, "overwrite", False)))
+    sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings, t2i_model,
+                                             p2p_steps), bool(getattr(args, "overwrite", False)))
     _quiet_loading(getattr(args, "verbose", False))
-    lp = LimePipeline.from_pretrained(model, device=device)
-    try:
-        lp.pipe.set_progress_bar_config(disable=True)
-    except Exception:  # noqa: BLE001
-        pass
+    # each model is loaded only when one of its methods is asked for, before any row is written
+    lp = LimePipeline.from_pretrained(model, device=device) if len(p2p_wanted) < len(methods) else None
+    p2p_pipes: dict[str, LimePipeline] = {}
+    if p2p_wanted:
+        try:
+            base = LimePipeline.from_pretrained(t2i_model, backbone="p2p", device=device)
+        except LimeEditError as err:
+            where = "--t2i-model" if t2i_model in str(err) else f"--t2i-model {t2i_model}"
+            raise type(err)(f"{where}: {err}") from None
+        for m in p2p_wanted:        # the P2P options are the backbone's: one LimePipeline each, one U-Net
+            p2p_pipes[m] = (base if not P2P_METHODS[m] else
+                            LimePipeline(base.pipe, config=base.config, backbone="p2p", **P2P_METHODS[m]))
+        cfg0 = base.config.replace(**{**settings, "num_inference_steps": p2p_steps})
+        p2p_info = {"t2i_model": t2i_model, "captions": "lime_edit.demo.scenes.caption_pair",
+                    "scheduler": type(base.pipe.scheduler).__name__,
+                    "prediction_type": base.pipe.scheduler.config.get("prediction_type"),
+                    "num_inference_steps": p2p_steps, "guidance_scale": cfg0.guidance_scale,
+                    "localization_guidance_scale": cfg0.localization_guidance_scale,
+                    "methods": {m: p2p_pipes[m].backbone.describe()["p2p"] for m in p2p_wanted}}
+    for pipe in [lp, *p2p_pipes.values()]:
+        try:
+            if pipe is not None:
+                pipe.pipe.set_progress_bar_config(disable=True)
+        except Exception:  # noqa: BLE001
+            pass
     extra = {**settings, "num_inference_steps": steps}
+    p2p_extra = {**settings, "num_inference_steps": p2p_steps}
     _write_atomic_text(out / "signature.json", json.dumps(sig, indent=2) + "\n")  # before any row
     samples_path = out / "samples.jsonl"
     done = load_done(samples_path)
@@ -335,8 +422,14 @@ def run_bench(args) -> int:
                 kind, ov = table[m]
                 masks = [None if kind == "none" else ("auto" if kind == "auto" else e.mask) for e in items]
                 t0 = time.perf_counter()
-                results = lp.edit([e.image for e in items], [e.instruction for e in items], mask=masks,
-                                  seed=[e.seed for e in items], **{**extra, **ov})
+                if m in P2P_METHODS:
+                    pairs = [caption_pair(e) for e in items]
+                    results = p2p_pipes[m].edit_captions(
+                        [e.image for e in items], [a for a, _ in pairs], [b for _, b in pairs], mask=masks,
+                        seed=[e.seed for e in items], **{**p2p_extra, **ov})
+                else:
+                    results = lp.edit([e.image for e in items], [e.instruction for e in items], mask=masks,
+                                      seed=[e.seed for e in items], **{**extra, **ov})
                 dt = (time.perf_counter() - t0) / len(items)
                 for e, r in zip(items, results):
                     o = to_float(r.image)
@@ -350,7 +443,7 @@ def run_bench(args) -> int:
                                         .resize(e.image.size, Image.NEAREST)) > 0
                         roi = iou(pm, e.mask)
                     elif kind == "auto":
-                        roi = 0.0  # fell back to plain IP2P: no RoI, counts as a miss
+                        roi = 0.0  # fell back to plain IP2P / P2P: no RoI, counts as a miss
                     rec["roi_iou"] = roi
                     rec["lime_applied"] = None if kind == "none" else bool(r.lime_applied)
                     rec["sec_per_edit"] = dt
@@ -361,10 +454,10 @@ def run_bench(args) -> int:
                         save_png(r.image, out / "images" / f"{e.seed:05d}_{m}.png")
                 bar.update(len(items))
             rows = aggregate(done, methods, n)
-            _write_results(out, rows, n, args, model, steps, batch, sig)
+            _write_results(out, rows, n, args, model, steps, batch, sig, p2p_info)
     bar.close()
     rows = aggregate(done, methods, n)
-    _write_results(out, rows, n, args, model, steps, batch, sig)
+    _write_results(out, rows, n, args, model, steps, batch, sig, p2p_info)
     _examples_grid(out, samples, methods, args.examples)
     print(markdown(rows, n, f"## Synthetic benchmark (n = {n})"))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'examples.png'}")
@@ -384,7 +477,8 @@ def _settings(args) -> dict:
     return settings
 
 
-def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig: dict) -> None:
+def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig: dict,
+                   p2p: dict | None = None) -> None:
     cmd = "lime-edit bench synthetic " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else \
         f"lime-edit bench synthetic --n {n} --out {args.out}"
     import platform
@@ -396,6 +490,12 @@ def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig:
                else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
     payload = {"n": n, "rows": rows, "model": str(model), "steps": steps, "settings": _settings(args), "batch": batch, "command": cmd,
                "device": str(dev), "machine": machine, "torch": torch.__version__, "signature": sig}
+    header = f"## Synthetic benchmark (n = {n})\n\n`{cmd}` on {machine}, torch {torch.__version__}"
+    if p2p is not None:
+        payload["p2p"] = p2p
+        header += (f"\n\np2p rows: caption edits on the text-to-image model {p2p['t2i_model']}, "
+                   f"{p2p['num_inference_steps']} {p2p['scheduler']} steps, guidance {p2p['guidance_scale']:g}")
+        if any(r["method"] not in P2P_METHODS for r in rows):
+            header += f" (IP2P rows: {steps} steps)"
     _write_atomic_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
-    _write_atomic_text(out / "results.md", markdown(rows, n, f"## Synthetic benchmark (n = {n})\n\n"
-                                                             f"`{cmd}` on {machine}, torch {torch.__version__}"))
+    _write_atomic_text(out / "results.md", markdown(rows, n, header))

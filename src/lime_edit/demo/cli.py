@@ -79,9 +79,10 @@ def register(subparsers) -> None:
     b.set_defaults(func=_bench, _parser=b)
     s = bs.add_parser(
         "synthetic", help="IP2P vs IP2P+LIME variants on held-out synthetic scenes with exact ground truth",
-        description="Compare plain IP2P and LIME variants on N held-out synthetic scenes (identical inputs "
-                    "and seeds); writes results.json, results.md and examples.png. Resumable: rerun the same "
-                    "command (more --methods or a larger --n add rows; other settings are refused).")
+        description="Compare plain IP2P and LIME variants (and Prompt-to-Prompt with and without LIME on the "
+                    "text-to-image model: methods p2p, p2p_local_blend, p2p_lime) on N held-out synthetic "
+                    "scenes (identical inputs and seeds); writes results.json, results.md and examples.png. "
+                    "Resumable: rerun the same command (more --methods or a larger --n add rows; other settings are refused).")
     s.add_argument("--n", type=int, default=200, help="number of held-out scenes (default 200)")
     s.add_argument("-o", "--out", default="bench-synthetic", help="output folder (default: ./bench-synthetic)")
     s.add_argument("--methods", default=None,
@@ -89,11 +90,17 @@ def register(subparsers) -> None:
     s.add_argument("--steps", type=int, default=None, help="denoising steps (default: LimeConfig's, 30)")
     s.add_argument("--batch", type=int, default=8, help="scenes per pipeline call (default 8)")
     s.add_argument("--model", default=None, help="model folder (default: the bundled demo model)")
+    s.add_argument("--t2i-model", default=None,
+                   help="text-to-image model of the p2p* methods (Hub id, folder or file; default: the bundled "
+                        "demo-t2i), loaded only when a p2p method is asked for")
+    s.add_argument("--p2p-steps", type=int, default=None,
+                   help="DDIM steps of the p2p* methods (default: P2P's 50; --steps is the IP2P methods')")
     s.add_argument("--examples", type=int, default=6, help="scenes shown in examples.png (default 6)")
     s.add_argument("--device", default="cpu", help="torch device (default cpu; e.g. cuda)")
     s.add_argument("--overwrite", action="store_true",
                    help="start afresh: drop the results already in --out (without it, a rerun resumes, and "
-                        "is refused if the model, steps, device, batch or a method's settings differ)")
+                        "is refused if the model, text-to-image model, steps, device, batch or a method's "
+                        "settings differ)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
