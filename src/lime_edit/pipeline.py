@@ -132,15 +132,23 @@ class LimePipeline:
     __call__ = edit
 
     def edit_captions(self, image, source, target, mask: Any = "auto", seed: int | Sequence[int] = 0,
-                      **overrides):
+                      p2p: dict[str, Any] | None = None, **overrides):
         """Caption editing (backbones with ``caption_editing``, e.g. ``"p2p"``): the input
         is described by ``source`` and the result by ``target`` (a string, or one per
         image).  The related tokens are the target's content words that were added or
         replaced; ``mask`` and the results are as for :meth:`edit`.  Identical captions
-        give the reconstruction of the input and a warning."""
+        give the reconstruction of the input and a warning.  ``p2p``: the backbone's
+        Prompt-to-Prompt settings for this call only, e.g. ``{"cross_replace": 0.6,
+        "local_blend": True}`` (fields of :class:`~lime_edit.backbones.p2p.P2PSettings`;
+        default: the backbone's own, set when it was loaded)."""
         if not getattr(self.backbone, "caption_editing", False):
             raise LimeEditError(f"edit_captions needs a caption-editing backbone (p2p) on a text-to-image "
                                 f"model; this pipeline is {self.backbone.name}: use edit(image, instruction)")
+        if p2p:
+            if not hasattr(self.backbone, "using"):
+                raise LimeEditError(f"p2p: the {self.backbone.name} backbone has no Prompt-to-Prompt settings")
+            with self.backbone.using(**p2p):
+                return self.edit_captions(image, source, target, mask=mask, seed=seed, **overrides)
         cfg = self._config(overrides)
         items, single = self._items(image, target, mask, seed, cfg)
         sources = _broadcast(source, len(items), "source", str)
