@@ -642,3 +642,195 @@ def test_serve_removes_its_files_when_stopped(tiny_model_dir, scene_file, tmp_pa
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("lime-web-")], list(tmp_path.iterdir())
     # nothing in Gradio's shared temp folder either (it makes an empty folder there on start)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()], list(tmp_path.rglob("*"))
+
+
+# ----------------------------------------------------------------------------- issue 11: caption mode
+SRC, TGT = "a red circle and a blue square", "a green circle and a blue square"
+
+
+class CaptionSpy:
+    """A caption-editing LimePipeline that records every call (and forwards it)."""
+
+    def __init__(self, lp):
+        self.lp, self.config, self.backbone, self.calls = lp, lp.config, lp.backbone, []
+
+    def edit_captions(self, image, source, target, mask="auto", seed=0, p2p=None, **overrides):
+        self.calls.append(("edit_captions", source, target, mask, seed, p2p, overrides))
+        return self.lp.edit_captions(image, source, target, mask=mask, seed=seed, p2p=p2p, **overrides)
+
+
+def _caption_settings(app: LimeWebApp, **kw):
+    """run_captions' settings after the captions: steps, seed, guidance, clusters, top_k, P2P's four."""
+    d = dict(app.defaults(), steps=STEPS, clusters=4, top_k=10)
+    d.update(kw)
+    return [d["steps"], d["seed"], d["guidance"], d["clusters"], d["top_k"], d["cross_replace"],
+            d["self_replace"], d["local_blend"], d["reweight"]]
+
+
+@pytest.fixture(scope="module")
+def t2i_lp(tmp_path_factory):
+    from lime_edit.testing import tiny_t2i_pipeline
+
+    return LimePipeline(tiny_t2i_pipeline(tmp_path_factory.mktemp("web_t2i")), backbone="p2p")
+
+
+@pytest.fixture(scope="module")
+def cap_spy(t2i_lp):
+    return CaptionSpy(t2i_lp)
+
+
+@pytest.fixture(scope="module")
+def cap_app(cap_spy, tmp_path_factory):
+    return LimeWebApp(cap_spy, model_name="tiny-t2i", workdir=tmp_path_factory.mktemp("web-cap-files"))
+
+
+@pytest.fixture(scope="module")
+def cap_ran(cap_app, cap_spy, scene_file):
+    cap_spy.calls.clear()
+    out = cap_app.run_captions(str(scene_file), f"  {SRC} ", TGT, *_caption_settings(cap_app, reweight="green=2"),
+                               True, None, None)
+    return out, list(cap_spy.calls)
+
+
+def test_caption_mode_is_chosen_by_the_backbone(cap_app, app, t2i_lp):
+    assert t2i_lp.backbone.caption_editing and cap_app.caption_mode and not app.caption_mode
+    d = cap_app.defaults()
+    p = t2i_lp.backbone.settings
+    assert (d["cross_replace"], d["self_replace"], d["local_blend"], d["reweight"]) == \
+        (p.cross_replace, p.self_replace, p.local_blend, "")
+    assert d["steps"] == t2i_lp.config.num_inference_steps and d["guidance"] == t2i_lp.config.guidance_scale
+
+
+def test_caption_mode_run_shows_every_view_and_writes_source_and_target(cap_ran, scene_file):
+    (roi, seg, attn, plain, result, info, files, s), calls = cap_ran
+    assert isinstance(s.localization, Localization) and s.source == SRC and s.instruction == TGT
+    for view in (roi, seg, attn, plain, result):
+        assert isinstance(view, Image.Image) and view.size == s.view_size == (384, 384)
+    assert "Related tokens: `green`" in info and "LIME applied" in info
+    # P2P + LIME with automatic localization, then plain P2P: same captions, seed and settings
+    p2p = dict(cross_replace=0.4, self_replace=0.6, local_blend=False, reweight=(("green", 2.0),))
+    overrides = dict(num_inference_steps=STEPS, guidance_scale=7.5, num_clusters=4, top_k=10)
+    assert calls == [("edit_captions", SRC, TGT, "auto", 0, p2p, overrides),
+                     ("edit_captions", SRC, TGT, None, 0, p2p, overrides)]
+    by_name = {Path(f).name: Path(f) for f in files}
+    assert set(by_name) == {"result.png", "p2p.png", "mask.png", "settings.json"}
+    assert np.array_equal(np.asarray(Image.open(by_name["result.png"])), np.asarray(s.result.image))
+    assert np.array_equal(np.asarray(Image.open(by_name["p2p.png"])), np.asarray(s.plain))
+    meta = json.loads(by_name["settings.json"].read_text())
+    assert (meta["source"], meta["target"]) == (SRC, TGT) and "instruction" not in meta
+    assert meta["p2p"] == dict(p2p, reweight={"green": 2.0}) and meta["lime_applied"] is True
+    assert meta["settings"]["source"] == SRC and meta["settings"]["target"] == TGT
+    assert meta["settings"]["p2p"]["reweight"] == {"green": 2.0} and meta["settings"]["backbone"] == "p2p"
+    assert "image_guidance_scale" not in meta["overrides"]
+
+
+def test_caption_mode_apply_reuses_the_segmentation_with_the_pages_p2p_settings(cap_app, cap_spy, cap_ran):
+    (*_, s), _ = cap_ran
+    loc = s.localization
+    others = [v for v in range(loc.num_segments) if v not in s.selected]
+    *_, s2 = cap_app.toggle_at(s, *_click_on(s, others[0] if others else s.selected[0]))
+    if not s2.selected:
+        *_, s2 = cap_app.toggle_at(s2, *_click_on(s, s.selected[0]))
+    cap_spy.calls.clear()
+    roi, seg, result, info, files, s3 = cap_app.apply_captions(STEPS, 3, 7.5, 0.2, 0.5, True, "", s2)
+    (kind, src, tgt, mask, seed, p2p, overrides), = cap_spy.calls
+    assert (kind, src, tgt, seed) == ("edit_captions", SRC, TGT, 3)
+    assert isinstance(mask, Localization) and mask.segments is loc.segments
+    assert p2p == dict(cross_replace=0.2, self_replace=0.5, local_blend=True, reweight=())
+    assert s3.result.lime_applied and s3.p2p == p2p and s3.applied == s2.selected
+    meta = json.loads(Path([f for f in files if f.endswith("settings.json")][0]).read_text())
+    assert meta["settings"]["p2p"]["local_blend"] is True and meta["settings"]["p2p"]["cross_replace"] == 0.2
+    assert meta["p2p"]["reweight"] == {} and meta["target"] == TGT
+
+
+def test_caption_mode_uploaded_mask(cap_app, cap_spy, scene_file, tmp_path):
+    arr = np.zeros((32, 32), np.uint8)
+    arr[:, :16] = 255
+    Image.fromarray(arr).save(tmp_path / "mask.png")
+    cap_spy.calls.clear()
+    *_, info, files, s = cap_app.run_captions(str(scene_file), SRC, TGT, *_caption_settings(cap_app), False,
+                                              str(tmp_path / "mask.png"), None)
+    (_, _, _, mask, *_), = cap_spy.calls
+    assert torch.is_tensor(mask) and s.mask_source == "uploaded" and s.result.lime_applied
+    assert {Path(f).name for f in files} == {"result.png", "mask.png", "settings.json"}
+
+
+@pytest.mark.parametrize("source, target, kw, expect", [
+    ("", TGT, {}, "Type a source caption"),
+    (SRC, "   ", {}, "Type a target caption"),
+    (SRC, TGT, {"cross_replace": 1.5}, "Cross-attention replace: expected a number from 0.0 to 1.0"),
+    (SRC, TGT, {"self_replace": float("nan")}, "Self-attention replace: expected a number"),
+    (SRC, TGT, {"local_blend": "yes"}, "Local blend: expected true or false"),
+    (SRC, TGT, {"reweight": "green"}, "Reweight: expected WORD=SCALE"),
+    (SRC, TGT, {"reweight": "green=inf"}, "Reweight: expected WORD=SCALE"),
+    (SRC, TGT, {"reweight": "green=99"}, "Reweight: expected WORD=SCALE with a number from -10 to 10"),
+    (SRC, TGT, {"reweight": "purple=2"}, "reweight: 'purple' is not a word of the target caption"),
+    (SRC, TGT, {"guidance": 1.0}, "guidance_scale: P2P runs with classifier-free guidance"),
+    (SRC, TGT, {"seed": -1}, "Seed:"),
+    (SRC, TGT, {"steps": 0}, "Steps:"),
+])
+def test_caption_mode_errors_are_one_readable_line(cap_app, scene_file, source, target, kw, expect):
+    with pytest.raises(gr.Error) as err:
+        _readable_errors(cap_app.run_captions)(str(scene_file), source, target, *_caption_settings(cap_app, **kw),
+                                               False, None, None)
+    msg = err.value.message
+    assert msg.startswith(expect) and "\n" not in msg and "server log" not in msg, msg
+
+
+def test_each_mode_refuses_the_others_callbacks(cap_app, app, scene_file):
+    with pytest.raises(gr.Error, match="This model edits by captions"):
+        cap_app.run(str(scene_file), "make it red", *_settings(app), False, None, None)
+    with pytest.raises(gr.Error, match="This model edits by instructions"):
+        app.run_captions(str(scene_file), SRC, TGT, *_caption_settings(cap_app), False, None, None)
+    with pytest.raises(gr.Error, match="Upload an image"):
+        cap_app.run_captions(None, SRC, TGT, *_caption_settings(cap_app), False, None, None)
+
+
+def _page(demo) -> tuple[set[str], set[str]]:
+    ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    apis = {f.api_name for f in demo.fns.values() if f.api_name and f.api_visibility != "private"}
+    return ids, apis
+
+
+def test_caption_mode_page_and_instruction_page(cap_app, app):
+    ids, apis = _page(cap_app.build())
+    assert {"lime-source", "lime-target", "lime-cross-replace", "lime-self-replace", "lime-local-blend",
+            "lime-reweight", "lime-run", "lime-apply", "lime-result", "lime-plain", "lime-roi"} <= ids
+    assert not {"lime-instruction", "lime-image-guidance"} & ids
+    assert {"edit_captions", "apply"} <= apis and "edit" not in apis
+    ids, apis = _page(app.build())  # instruction editors keep their page
+    assert {"lime-instruction", "lime-image-guidance"} <= ids and not {"lime-source", "lime-reweight"} & ids
+    assert {"edit", "apply"} <= apis and "edit_captions" not in apis
+
+
+def test_caption_examples_for_the_demo_text_to_image_model(cap_spy, tmp_path):
+    from lime_edit.demo.scenes import caption_pair, make_edit
+    from lime_edit.web.cli import demo_examples
+
+    examples = demo_examples(2, captions=True)
+    assert [e[1:] for e in examples] == [caption_pair(make_edit(i, "test")) for i in range(2)]
+    assert all(Path(e[0]).is_file() for e in examples)
+    LimeWebApp(cap_spy, workdir=tmp_path / "a", examples=examples).build()
+    with pytest.raises(ValueError, match="image, source, target"):
+        LimeWebApp(cap_spy, workdir=tmp_path / "b", examples=demo_examples(1))
+
+
+def test_caption_mode_over_http(cap_spy, scene_file, tmp_path):
+    """The served caption page: /edit_captions, then /apply, through Gradio's client."""
+    from gradio_client import Client, handle_file
+
+    demo = build_app(cap_spy, model_name="tiny-t2i", workdir=tmp_path)
+    port = _free_port()
+    launch(demo, port=port, block=False, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match="Type a target caption"):
+            client.predict(handle_file(str(scene_file)), SRC, "", STEPS, 0, 7.5, 4, 10, 0.4, 0.6, False, "",
+                           False, None, api_name="/edit_captions")
+        out = client.predict(handle_file(str(scene_file)), SRC, TGT, STEPS, 0, 7.5, 4, 10, 0.4, 0.6, True, "",
+                             False, None, api_name="/edit_captions")
+        assert Path(out[4]).is_file() and "Related tokens: `green`" in out[5]
+        again = client.predict(STEPS, 1, 7.5, 0.4, 0.6, False, "", api_name="/apply")
+        assert Path(again[2]).is_file()
+    finally:
+        demo.close()
