@@ -834,3 +834,15 @@ def test_caption_mode_over_http(cap_spy, scene_file, tmp_path):
         assert Path(again[2]).is_file()
     finally:
         demo.close()
+
+
+def test_caption_mode_identical_captions_give_the_reconstruction_with_readable_notes(cap_app, scene_file):
+    *_, info, files, s = cap_app.run_captions(str(scene_file), SRC, SRC, *_caption_settings(cap_app), False,
+                                              None, None)
+    assert not s.result.lime_applied and s.localization is None
+    assert "**Plain Prompt-to-Prompt**: LIME was not applied." in info
+    assert "source and target captions are identical" in info
+    assert "no content word of the target caption was added or replaced: LIME skipped, plain P2P result" in info
+    assert "IP2P" not in info and "instruction" not in info
+    with pytest.raises(gr.Error, match="LIME found no region for these captions"):
+        cap_app.toggle_at(s, 1, 1)

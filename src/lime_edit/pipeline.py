@@ -349,18 +349,21 @@ class LimePipeline:
         masks: list[torch.Tensor | None] = [None] * len(items)
         locs: list[Localization | None] = [None] * len(items)
         auto: list[int] = []
+        # what the warnings call the input text and the result without LIME
+        plain = "plain P2P" if getattr(self.backbone, "caption_editing", False) else "plain IP2P"
         for j, it in enumerate(items):
             if it.notice:
                 warnings[j].append(it.notice)
             if it.tokens.truncated:
-                warnings[j].append(f"instruction is longer than the text encoder's "
-                                   f"{self.backbone.max_tokens} tokens and was truncated")
+                warnings[j].append(f"{'instruction' if it.source is None else 'target caption'} is longer than "
+                                   f"the text encoder's {self.backbone.max_tokens} tokens and was truncated")
             m = it.mask
             if m is None:
                 continue
             if not it.tokens.has_related:
-                warnings[j].append("no related token left in the instruction (only stop words, verbs or "
-                                   "punctuation): LIME skipped, plain IP2P result")
+                why = ("no related token left in the instruction (only stop words, verbs or punctuation)"
+                       if it.source is None else "no content word of the target caption was added or replaced")
+                warnings[j].append(f"{why}: LIME skipped, {plain} result")
                 continue
             if isinstance(m, str):
                 if m != "auto":
@@ -371,7 +374,7 @@ class LimePipeline:
             if isinstance(m, Localization):
                 locs[j] = m
             if not grid_mask.any():
-                warnings[j].append("mask is empty: LIME skipped, plain IP2P result")
+                warnings[j].append(f"mask is empty: LIME skipped, {plain} result")
                 continue
             if grid_mask.all():
                 warnings[j].append("mask covers the whole image: every pixel is regularized")
@@ -385,7 +388,7 @@ class LimePipeline:
             for j, loc in zip(auto, self._localize(sub, cfg)):
                 locs[j], masks[j] = loc, loc.mask
                 if not loc.mask.any():
-                    warnings[j].append("localization found no region: plain IP2P result")
+                    warnings[j].append(f"localization found no region: {plain} result")
                     masks[j] = None
             t_loc = time.perf_counter() - t1
 
@@ -418,7 +421,7 @@ class LimePipeline:
                         regularized[j] = True
                         st.roi[j] = loc.mask
                     else:
-                        warnings[j].append("localization found no region: plain IP2P result")
+                        warnings[j].append(f"localization found no region: {plain} result")
                 st._rows.clear()
                 st._bias.clear()
                 st.features.clear()
