@@ -846,3 +846,69 @@ def test_caption_mode_identical_captions_give_the_reconstruction_with_readable_n
     assert "IP2P" not in info and "instruction" not in info
     with pytest.raises(gr.Error, match="LIME found no region for these captions"):
         cap_app.toggle_at(s, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def caption_server(t2i_lp, tmp_path_factory):
+    """The caption page served on a free port: the bundled demo text-to-image model when it
+    is installed (with its example scenes), else the tiny random one."""
+    from lime_edit.web.cli import demo_examples
+
+    try:
+        from lime_edit.demo import bundled_t2i_path
+
+        bundled_t2i_path()
+        lp, model, steps = LimePipeline.from_pretrained("demo-t2i", device="cpu"), "demo-t2i", 20
+    except (ImportError, LimeEditError):
+        lp, model, steps = t2i_lp, "tiny-t2i", STEPS
+    demo = build_app(lp, model_name=model, workdir=tmp_path_factory.mktemp("served-cap"),
+                     examples=demo_examples(4, captions=True))
+    port = _free_port()
+    launch(demo, port=port, block=False, quiet=True)
+    yield f"http://127.0.0.1:{port}/", model, steps
+    demo.close()
+
+
+@pytest.mark.browser
+def test_browser_caption_mode(caption_server, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
+                    "or set LIME_EDIT_CHROMIUM)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from lime_edit.demo.scenes import caption_pair, make_edit
+
+    url, model, steps = caption_server
+    sample = make_edit(3, "test")
+    source, target = caption_pair(sample)
+    sample.image.save(tmp_path / "scene.png")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            expect(page.locator("#lime-source textarea")).to_be_visible(timeout=30_000)
+            assert page.locator("#lime-instruction").count() == 0
+            page.locator("#lime-input input[type=file]").set_input_files(str(tmp_path / "scene.png"))
+            page.locator("#lime-source textarea").fill(source)
+            page.click("#lime-run")  # no target caption yet: a readable message
+            expect(page.get_by_text("Type a target caption")).to_be_visible(timeout=30_000)
+            for close in page.locator(".toast-close").all():
+                close.click()
+            page.locator("#lime-target textarea").fill(target)
+            page.locator("#lime-steps input[type=number]").fill(str(steps))
+            page.click("#lime-run")
+            info = page.locator("#lime-info")
+            expect(info).to_contain_text(f"Related tokens: {sample.target_colour}", timeout=120_000)
+            for view in ("#lime-result img", "#lime-plain img", "#lime-roi img", "#lime-segments img"):
+                expect(page.locator(view)).to_be_visible()
+            expect(page.locator("#lime-downloads a[href$='p2p.png']")).to_have_count(1)
+            shot = Path(os.environ.get("LIME_EDIT_CAPTION_SCREENSHOT",
+                                       REPO / "docs" / "web-demo-captions.png" if model == "demo-t2i"
+                                       else tmp_path / "captions.png"))
+            page.mouse.move(0, 0)
+            page.wait_for_timeout(600)
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
