@@ -403,30 +403,6 @@ def make_edit(seed: int, split: str = "test", size: int = 64, noisy: bool | None
         caption=cap, caption_owners=owners, object_masks=cov > 0, off_target=off)
 
 
-def caption_pair(e: EditSample) -> tuple[str, str]:
-    """``(source, target)`` captions of an edit, for caption editors (Prompt-to-Prompt).
-
-    ``source`` is the scene caption ``e.caption``; ``target`` is the same caption with
-    the edited object's colour word (the word owned by ``e.object_index`` that reads
-    ``e.source_colour``) replaced by ``e.target_colour``, articles fixed ("an orange
-    circle" -> "a red circle" and back).  Every other word stays, so the captions have
-    the same word count and differ in exactly that one word.
-    """
-    words = e.caption.split()
-    if len(words) != len(e.caption_owners):
-        raise ValueError(f"caption of sample {e.seed} has {len(words)} words for "
-                         f"{len(e.caption_owners)} owners")
-    hits = [k for k, (w, o) in enumerate(zip(words, e.caption_owners))
-            if o == e.object_index and w == e.source_colour]
-    if len(hits) != 1:
-        raise ValueError(f"caption of sample {e.seed} names the colour {e.source_colour!r} of object "
-                         f"{e.object_index} {len(hits)} times: {e.caption!r}")
-    words[hits[0]] = e.target_colour
-    # the articles follow the words after them: undo "an", then apply the rule again
-    target = " ".join(_articles(["a" if w == "an" else w for w in words]))
-    return e.caption, target
-
-
 def nearest_colour(rgb) -> str:
     """Name of the palette colour nearest (Euclidean RGB) to ``rgb``."""
     v = np.asarray(rgb, np.float32)
@@ -437,4 +413,4 @@ def nearest_colour(rgb) -> str:
 
 __all__ = ["COLOURS", "SHAPES", "TEMPLATES", "VOCAB", "P_OTHER_RECOLOUR", "P_GLOBAL_TINT",
            "Obj", "Scene", "EditSample", "make_scene", "make_edit", "render", "coverage", "caption",
-           "caption_pair", "nearest_colour", "BACKGROUND"]
+           "nearest_colour", "BACKGROUND"]
