@@ -114,3 +114,33 @@ def test_nearest_colour_and_metrics():
     assert unchanged["edit_success"] == 0.0 and unchanged["in_mask_l1"] > 0.05
     assert ssim(inp, inp) == pytest.approx(1.0)
     assert iou(e.mask, e.mask) == 1.0 and iou(e.mask, ~e.mask) == 0.0
+
+
+def test_caption_pair_swaps_only_the_edited_objects_colour_word():
+    article_changes = 0
+    for seed in range(200):
+        e = S.make_edit(seed, "test")
+        src, tgt = S.caption_pair(e)
+        assert src == e.caption
+        a, b = src.split(), tgt.split()
+        assert len(a) == len(b) == len(e.caption_owners)      # a word swap for P2P
+        k = [i for i, (w, o) in enumerate(zip(a, e.caption_owners))
+             if o == e.object_index and w == e.source_colour]
+        assert len(k) == 1 and b[k[0]] == e.target_colour
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        assert diff in ([k[0]], [k[0] - 1, k[0]]), (src, tgt)
+        if len(diff) == 2:
+            article_changes += 1
+        for i, w in enumerate(b[:-1]):                        # articles agree with the next word
+            if w in ("a", "an"):
+                assert w == ("an" if b[i + 1][0] in "aeiou" else "a"), tgt
+    assert article_changes > 0        # "an orange circle" <-> "a green circle" does occur
+
+
+def test_caption_pair_refuses_a_caption_without_the_colour_word():
+    import dataclasses
+
+    e = S.make_edit(0, "test")
+    bad = dataclasses.replace(e, source_colour="nonsense")
+    with pytest.raises(ValueError, match="does not name object"):
+        S.caption_pair(bad)

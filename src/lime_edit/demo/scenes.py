@@ -319,6 +319,26 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> tuple[str, 
     return " ".join(_articles(words)), owners
 
 
+def caption_pair(e: EditSample) -> tuple[str, str]:
+    """Source and target captions of an edit, for caption editing (Prompt-to-Prompt).
+
+    The source is the scene caption ``e.caption``; the target is the same caption with
+    the edited object's colour word (the word owned by ``e.object_index`` whose text is
+    ``e.source_colour``) replaced by ``e.target_colour``, articles fixed ("an orange
+    circle" -> "a green circle").  Both have the same number of words, and only that
+    word (and possibly its article) differs, so P2P sees a word swap.
+    """
+    words = e.caption.split()
+    hits = [k for k, (w, o) in enumerate(zip(words, e.caption_owners))
+            if o == e.object_index and w == e.source_colour]
+    if len(words) != len(e.caption_owners) or len(hits) != 1:
+        raise ValueError(f"edit {e.seed} ({e.split}): the caption {e.caption!r} does not name object "
+                         f"{e.object_index}'s colour {e.source_colour!r} exactly once")
+    plain = ["a" if w == "an" else w for w in words]     # undo the articles, then redo them
+    plain[hits[0]] = e.target_colour
+    return e.caption, " ".join(_articles(plain))
+
+
 def _articles(words: list[str]) -> list[str]:
     """"a" -> "an" before a vowel (keeps one word per position)."""
     return ["an" if w == "a" and i + 1 < len(words) and words[i + 1][0] in "aeiou" else w
@@ -413,4 +433,4 @@ def nearest_colour(rgb) -> str:
 
 __all__ = ["COLOURS", "SHAPES", "TEMPLATES", "VOCAB", "P_OTHER_RECOLOUR", "P_GLOBAL_TINT",
            "Obj", "Scene", "EditSample", "make_scene", "make_edit", "render", "coverage", "caption",
-           "nearest_colour", "BACKGROUND"]
+           "caption_pair", "nearest_colour", "BACKGROUND"]
