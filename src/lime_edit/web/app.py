@@ -629,7 +629,7 @@ class LimeWebApp:
     def _first_run(self, s: Session, compare: Any, user_mask: str | None):
         """The edit of a Run (LIME, and the plain editor when ``compare``) for a checked
         request ``s``; returns the views, the files and the new session."""
-        compare = flag("Compare", compare)
+        compare = flag(f"Also run plain {self.method}", compare)
         mask_arg: Any = "auto" if user_mask is None else self._read(user_mask, "mask", lio.load_mask)
         with self.pool.borrow() as lp:
             res = self._call(lp, s, mask_arg, s.seed, s.overrides)
