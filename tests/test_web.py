@@ -912,3 +912,27 @@ def test_browser_caption_mode(caption_server, tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_serve_demo_t2i_gives_the_caption_page_with_scene_examples(t2i_lp, monkeypatch):
+    """``lime-edit serve --model demo-t2i`` (the model load and the server replaced): the
+    caption page, with held-out scenes and their caption pairs as examples."""
+    from lime_edit.demo.scenes import caption_pair, make_edit
+    from lime_edit.web import app as app_module
+    from lime_edit.web.cli import register
+
+    loaded, served = [], []
+    monkeypatch.setattr(LimePipeline, "from_pretrained",
+                        classmethod(lambda cls, model, **kw: loaded.append((model, kw)) or t2i_lp))
+    monkeypatch.setattr(app_module, "launch", lambda demo, **kw: served.append(demo))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", "demo-t2i", "--port", str(_free_port())])
+    assert args.func(args) == 0
+    assert loaded[0][0] == "demo-t2i"
+    (demo,) = served
+    ids, apis = _page(demo)
+    assert "lime-source" in ids and "edit_captions" in apis
+    (dataset,) = [b for b in demo.blocks.values() if isinstance(b, gr.Dataset)]
+    pairs = [tuple(sample[1:]) for sample in dataset.samples]
+    assert pairs == [caption_pair(make_edit(i, "test")) for i in range(len(pairs))] and len(pairs) == 6
