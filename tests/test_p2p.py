@@ -239,7 +239,7 @@ def test_bad_input(lp, t2i, tiny_pipe, small_scene):
         lp.edit_captions(small_scene, " ", TGT, **FAST)
     long = " ".join(["red circle"] * 60)
     res = lp.edit_captions(small_scene, long, long + " green", mask=None, **FAST)
-    assert any("target" not in w and "truncated" in w for w in res.warnings)      # target's own warning
+    assert any(w.startswith("target caption is longer") for w in res.warnings)    # target's own warning
     assert any(w.startswith("source caption is longer") for w in res.warnings)
     # an instruction editor (8-channel U-Net) given to the p2p backbone
     with pytest.raises(LimeEditError, match="needs a text-to-image Stable Diffusion model.*8 input channels"):
@@ -354,3 +354,24 @@ def test_reweighting_scales_the_target_word_during_the_replacement_steps(t2i):
     assert torch.allclose(out[3, ..., 2], 2 * probs[2, ..., 2]) and torch.equal(out[3, ..., 3], probs[2, ..., 3])
     with pytest.raises(LimeEditError, match="unknown option"):
         P2PBackbone(t2i, cross_replce=0.5)
+
+
+def test_p2p_settings_per_call_equal_a_backbone_loaded_with_them(lp, t2i, small_scene):
+    opts = dict(cross_replace=0.0, self_replace=1.0, local_blend=True, blend_start=0.0, blend_level=2,
+                blend_threshold=0.99)
+    before = lp.backbone.settings
+    per_call = lp.edit_captions(small_scene, SRC, TGT, mask=None, p2p=opts, **FAST)
+    assert lp.backbone.settings is before                                   # restored after the call
+    loaded = LimePipeline(t2i, backbone="p2p", **opts).edit_captions(small_scene, SRC, TGT, mask=None, **FAST)
+    assert np.array_equal(np.asarray(per_call.image), np.asarray(loaded.image))
+    assert per_call.settings["p2p"]["local_blend"] is True and per_call.settings["p2p"]["cross_replace"] == 0.0
+    default = lp.edit_captions(small_scene, SRC, TGT, mask=None, **FAST)
+    assert not np.array_equal(np.asarray(default.image), np.asarray(per_call.image))
+    assert default.settings["p2p"]["cross_replace"] == before.cross_replace
+    with pytest.raises(LimeEditError, match="unknown option.*crossreplace"):
+        lp.edit_captions(small_scene, SRC, TGT, p2p={"crossreplace": 0.5}, **FAST)
+    with pytest.raises(LimeEditError, match="cross_replace: must be in"):
+        lp.edit_captions(small_scene, SRC, TGT, p2p={"cross_replace": 1.5}, **FAST)
+    with pytest.raises(LimeEditError, match="reweight"):                      # an error inside the call ...
+        lp.edit_captions(small_scene, SRC, TGT, p2p={"reweight": {"purple": 2.0}}, **FAST)
+    assert lp.backbone.settings is before                                   # ... restores them too

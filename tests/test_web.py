@@ -642,3 +642,297 @@ def test_serve_removes_its_files_when_stopped(tiny_model_dir, scene_file, tmp_pa
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("lime-web-")], list(tmp_path.iterdir())
     # nothing in Gradio's shared temp folder either (it makes an empty folder there on start)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()], list(tmp_path.rglob("*"))
+
+
+# ----------------------------------------------------------------------------- issue 11: caption mode
+SRC, TGT = "a red circle and a blue square", "a green circle and a blue square"
+
+
+class CaptionSpy:
+    """A caption-editing LimePipeline that records every call (and forwards it)."""
+
+    def __init__(self, lp):
+        self.lp, self.config, self.backbone, self.calls = lp, lp.config, lp.backbone, []
+
+    def edit_captions(self, image, source, target, mask="auto", seed=0, p2p=None, **overrides):
+        self.calls.append(("edit_captions", source, target, mask, seed, p2p, overrides))
+        return self.lp.edit_captions(image, source, target, mask=mask, seed=seed, p2p=p2p, **overrides)
+
+
+def _caption_settings(app: LimeWebApp, **kw):
+    """run_captions' settings after the captions: steps, seed, guidance, clusters, top_k, P2P's four."""
+    d = dict(app.defaults(), steps=STEPS, clusters=4, top_k=10)
+    d.update(kw)
+    return [d["steps"], d["seed"], d["guidance"], d["clusters"], d["top_k"], d["cross_replace"],
+            d["self_replace"], d["local_blend"], d["reweight"]]
+
+
+@pytest.fixture(scope="module")
+def t2i_lp(tmp_path_factory):
+    from lime_edit.testing import tiny_t2i_pipeline
+
+    return LimePipeline(tiny_t2i_pipeline(tmp_path_factory.mktemp("web_t2i")), backbone="p2p")
+
+
+@pytest.fixture(scope="module")
+def cap_spy(t2i_lp):
+    return CaptionSpy(t2i_lp)
+
+
+@pytest.fixture(scope="module")
+def cap_app(cap_spy, tmp_path_factory):
+    return LimeWebApp(cap_spy, model_name="tiny-t2i", workdir=tmp_path_factory.mktemp("web-cap-files"))
+
+
+@pytest.fixture(scope="module")
+def cap_ran(cap_app, cap_spy, scene_file):
+    cap_spy.calls.clear()
+    out = cap_app.run_captions(str(scene_file), f"  {SRC} ", TGT, *_caption_settings(cap_app, reweight="green=2"),
+                               True, None, None)
+    return out, list(cap_spy.calls)
+
+
+def test_caption_mode_is_chosen_by_the_backbone(cap_app, app, t2i_lp):
+    assert t2i_lp.backbone.caption_editing and cap_app.caption_mode and not app.caption_mode
+    d = cap_app.defaults()
+    p = t2i_lp.backbone.settings
+    assert (d["cross_replace"], d["self_replace"], d["local_blend"], d["reweight"]) == \
+        (p.cross_replace, p.self_replace, p.local_blend, "")
+    assert d["steps"] == t2i_lp.config.num_inference_steps and d["guidance"] == t2i_lp.config.guidance_scale
+
+
+def test_caption_mode_run_shows_every_view_and_writes_source_and_target(cap_ran, scene_file):
+    (roi, seg, attn, plain, result, info, files, s), calls = cap_ran
+    assert isinstance(s.localization, Localization) and s.source == SRC and s.instruction == TGT
+    for view in (roi, seg, attn, plain, result):
+        assert isinstance(view, Image.Image) and view.size == s.view_size == (384, 384)
+    assert "Related tokens: `green`" in info and "LIME applied" in info
+    # P2P + LIME with automatic localization, then plain P2P: same captions, seed and settings
+    p2p = dict(cross_replace=0.4, self_replace=0.6, local_blend=False, reweight=(("green", 2.0),))
+    overrides = dict(num_inference_steps=STEPS, guidance_scale=7.5, num_clusters=4, top_k=10)
+    assert calls == [("edit_captions", SRC, TGT, "auto", 0, p2p, overrides),
+                     ("edit_captions", SRC, TGT, None, 0, p2p, overrides)]
+    by_name = {Path(f).name: Path(f) for f in files}
+    assert set(by_name) == {"result.png", "p2p.png", "mask.png", "settings.json"}
+    assert np.array_equal(np.asarray(Image.open(by_name["result.png"])), np.asarray(s.result.image))
+    assert np.array_equal(np.asarray(Image.open(by_name["p2p.png"])), np.asarray(s.plain))
+    meta = json.loads(by_name["settings.json"].read_text())
+    assert (meta["source"], meta["target"]) == (SRC, TGT) and "instruction" not in meta
+    assert meta["p2p"] == dict(p2p, reweight={"green": 2.0}) and meta["lime_applied"] is True
+    assert meta["settings"]["source"] == SRC and meta["settings"]["target"] == TGT
+    assert meta["settings"]["p2p"]["reweight"] == {"green": 2.0} and meta["settings"]["backbone"] == "p2p"
+    assert "image_guidance_scale" not in meta["overrides"]
+
+
+def test_caption_mode_apply_reuses_the_segmentation_with_the_pages_p2p_settings(cap_app, cap_spy, cap_ran):
+    (*_, s), _ = cap_ran
+    loc = s.localization
+    others = [v for v in range(loc.num_segments) if v not in s.selected]
+    *_, s2 = cap_app.toggle_at(s, *_click_on(s, others[0] if others else s.selected[0]))
+    if not s2.selected:
+        *_, s2 = cap_app.toggle_at(s2, *_click_on(s, s.selected[0]))
+    cap_spy.calls.clear()
+    roi, seg, result, info, files, s3 = cap_app.apply_captions(STEPS, 3, 7.5, 0.2, 0.5, True, "", s2)
+    (kind, src, tgt, mask, seed, p2p, overrides), = cap_spy.calls
+    assert (kind, src, tgt, seed) == ("edit_captions", SRC, TGT, 3)
+    assert isinstance(mask, Localization) and mask.segments is loc.segments
+    assert p2p == dict(cross_replace=0.2, self_replace=0.5, local_blend=True, reweight=())
+    assert s3.result.lime_applied and s3.p2p == p2p and s3.applied == s2.selected
+    meta = json.loads(Path([f for f in files if f.endswith("settings.json")][0]).read_text())
+    assert meta["settings"]["p2p"]["local_blend"] is True and meta["settings"]["p2p"]["cross_replace"] == 0.2
+    assert meta["p2p"]["reweight"] == {} and meta["target"] == TGT
+
+
+def test_caption_mode_uploaded_mask(cap_app, cap_spy, scene_file, tmp_path):
+    arr = np.zeros((32, 32), np.uint8)
+    arr[:, :16] = 255
+    Image.fromarray(arr).save(tmp_path / "mask.png")
+    cap_spy.calls.clear()
+    *_, info, files, s = cap_app.run_captions(str(scene_file), SRC, TGT, *_caption_settings(cap_app), False,
+                                              str(tmp_path / "mask.png"), None)
+    (_, _, _, mask, *_), = cap_spy.calls
+    assert torch.is_tensor(mask) and s.mask_source == "uploaded" and s.result.lime_applied
+    assert {Path(f).name for f in files} == {"result.png", "mask.png", "settings.json"}
+
+
+@pytest.mark.parametrize("source, target, kw, expect", [
+    ("", TGT, {}, "Type a source caption"),
+    (SRC, "   ", {}, "Type a target caption"),
+    (SRC, TGT, {"cross_replace": 1.5}, "Cross-attention replace: expected a number from 0.0 to 1.0"),
+    (SRC, TGT, {"self_replace": float("nan")}, "Self-attention replace: expected a number"),
+    (SRC, TGT, {"local_blend": "yes"}, "Local blend: expected true or false"),
+    (SRC, TGT, {"reweight": "green"}, "Reweight: expected WORD=SCALE"),
+    (SRC, TGT, {"reweight": "green=inf"}, "Reweight: expected WORD=SCALE"),
+    (SRC, TGT, {"reweight": "green=99"}, "Reweight: expected WORD=SCALE with a number from -10 to 10"),
+    (SRC, TGT, {"reweight": "purple=2"}, "reweight: 'purple' is not a word of the target caption"),
+    (SRC, TGT, {"guidance": 1.0}, "guidance_scale: P2P runs with classifier-free guidance"),
+    (SRC, TGT, {"seed": -1}, "Seed:"),
+    (SRC, TGT, {"steps": 0}, "Steps:"),
+])
+def test_caption_mode_errors_are_one_readable_line(cap_app, scene_file, source, target, kw, expect):
+    with pytest.raises(gr.Error) as err:
+        _readable_errors(cap_app.run_captions)(str(scene_file), source, target, *_caption_settings(cap_app, **kw),
+                                               False, None, None)
+    msg = err.value.message
+    assert msg.startswith(expect) and "\n" not in msg and "server log" not in msg, msg
+
+
+def test_each_mode_refuses_the_others_callbacks(cap_app, app, scene_file):
+    with pytest.raises(gr.Error, match="This model edits by captions"):
+        cap_app.run(str(scene_file), "make it red", *_settings(app), False, None, None)
+    with pytest.raises(gr.Error, match="This model edits by instructions"):
+        app.run_captions(str(scene_file), SRC, TGT, *_caption_settings(cap_app), False, None, None)
+    with pytest.raises(gr.Error, match="Upload an image"):
+        cap_app.run_captions(None, SRC, TGT, *_caption_settings(cap_app), False, None, None)
+
+
+def _page(demo) -> tuple[set[str], set[str]]:
+    ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    apis = {f.api_name for f in demo.fns.values() if f.api_name and f.api_visibility != "private"}
+    return ids, apis
+
+
+def test_caption_mode_page_and_instruction_page(cap_app, app):
+    ids, apis = _page(cap_app.build())
+    assert {"lime-source", "lime-target", "lime-cross-replace", "lime-self-replace", "lime-local-blend",
+            "lime-reweight", "lime-run", "lime-apply", "lime-result", "lime-plain", "lime-roi"} <= ids
+    assert not {"lime-instruction", "lime-image-guidance"} & ids
+    assert {"edit_captions", "apply"} <= apis and "edit" not in apis
+    ids, apis = _page(app.build())  # instruction editors keep their page
+    assert {"lime-instruction", "lime-image-guidance"} <= ids and not {"lime-source", "lime-reweight"} & ids
+    assert {"edit", "apply"} <= apis and "edit_captions" not in apis
+
+
+def test_caption_examples_for_the_demo_text_to_image_model(cap_spy, tmp_path):
+    from lime_edit.demo.scenes import caption_pair, make_edit
+    from lime_edit.web.cli import demo_examples
+
+    examples = demo_examples(2, captions=True)
+    assert [e[1:] for e in examples] == [caption_pair(make_edit(i, "test")) for i in range(2)]
+    assert all(Path(e[0]).is_file() for e in examples)
+    LimeWebApp(cap_spy, workdir=tmp_path / "a", examples=examples).build()
+    with pytest.raises(ValueError, match="image, source, target"):
+        LimeWebApp(cap_spy, workdir=tmp_path / "b", examples=demo_examples(1))
+
+
+def test_caption_mode_over_http(cap_spy, scene_file, tmp_path):
+    """The served caption page: /edit_captions, then /apply, through Gradio's client."""
+    from gradio_client import Client, handle_file
+
+    demo = build_app(cap_spy, model_name="tiny-t2i", workdir=tmp_path)
+    port = _free_port()
+    launch(demo, port=port, block=False, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match="Type a target caption"):
+            client.predict(handle_file(str(scene_file)), SRC, "", STEPS, 0, 7.5, 4, 10, 0.4, 0.6, False, "",
+                           False, None, api_name="/edit_captions")
+        out = client.predict(handle_file(str(scene_file)), SRC, TGT, STEPS, 0, 7.5, 4, 10, 0.4, 0.6, True, "",
+                             False, None, api_name="/edit_captions")
+        assert Path(out[4]).is_file() and "Related tokens: `green`" in out[5]
+        again = client.predict(STEPS, 1, 7.5, 0.4, 0.6, False, "", api_name="/apply")
+        assert Path(again[2]).is_file()
+    finally:
+        demo.close()
+
+
+def test_caption_mode_identical_captions_give_the_reconstruction_with_readable_notes(cap_app, scene_file):
+    *_, info, files, s = cap_app.run_captions(str(scene_file), SRC, SRC, *_caption_settings(cap_app), False,
+                                              None, None)
+    assert not s.result.lime_applied and s.localization is None
+    assert "**Plain Prompt-to-Prompt**: LIME was not applied." in info
+    assert "source and target captions are identical" in info
+    assert "no content word of the target caption was added or replaced: LIME skipped, plain P2P result" in info
+    assert "IP2P" not in info and "instruction" not in info
+    with pytest.raises(gr.Error, match="LIME found no region for these captions"):
+        cap_app.toggle_at(s, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def caption_server(t2i_lp, tmp_path_factory):
+    """The caption page served on a free port: the bundled demo text-to-image model when it
+    is installed (with its example scenes), else the tiny random one."""
+    from lime_edit.web.cli import demo_examples
+
+    try:
+        from lime_edit.demo import bundled_t2i_path
+
+        bundled_t2i_path()
+        lp, model, steps = LimePipeline.from_pretrained("demo-t2i", device="cpu"), "demo-t2i", 20
+    except (ImportError, LimeEditError):
+        lp, model, steps = t2i_lp, "tiny-t2i", STEPS
+    demo = build_app(lp, model_name=model, workdir=tmp_path_factory.mktemp("served-cap"),
+                     examples=demo_examples(4, captions=True))
+    port = _free_port()
+    launch(demo, port=port, block=False, quiet=True)
+    yield f"http://127.0.0.1:{port}/", model, steps
+    demo.close()
+
+
+@pytest.mark.browser
+def test_browser_caption_mode(caption_server, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
+                    "or set LIME_EDIT_CHROMIUM)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from lime_edit.demo.scenes import caption_pair, make_edit
+
+    url, model, steps = caption_server
+    sample = make_edit(3, "test")
+    source, target = caption_pair(sample)
+    sample.image.save(tmp_path / "scene.png")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            expect(page.locator("#lime-source textarea")).to_be_visible(timeout=30_000)
+            assert page.locator("#lime-instruction").count() == 0
+            page.locator("#lime-input input[type=file]").set_input_files(str(tmp_path / "scene.png"))
+            page.locator("#lime-source textarea").fill(source)
+            page.click("#lime-run")  # no target caption yet: a readable message
+            expect(page.get_by_text("Type a target caption")).to_be_visible(timeout=30_000)
+            for close in page.locator(".toast-close").all():
+                close.click()
+            page.locator("#lime-target textarea").fill(target)
+            page.locator("#lime-steps input[type=number]").fill(str(steps))
+            page.click("#lime-run")
+            info = page.locator("#lime-info")
+            expect(info).to_contain_text(f"Related tokens: {sample.target_colour}", timeout=120_000)
+            for view in ("#lime-result img", "#lime-plain img", "#lime-roi img", "#lime-segments img"):
+                expect(page.locator(view)).to_be_visible()
+            expect(page.locator("#lime-downloads a[href$='p2p.png']")).to_have_count(1)
+            shot = Path(os.environ.get("LIME_EDIT_CAPTION_SCREENSHOT",
+                                       REPO / "docs" / "web-demo-captions.png" if model == "demo-t2i"
+                                       else tmp_path / "captions.png"))
+            page.mouse.move(0, 0)
+            page.wait_for_timeout(600)
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+
+
+def test_serve_demo_t2i_gives_the_caption_page_with_scene_examples(t2i_lp, monkeypatch):
+    """``lime-edit serve --model demo-t2i`` (the model load and the server replaced): the
+    caption page, with held-out scenes and their caption pairs as examples."""
+    from lime_edit.demo.scenes import caption_pair, make_edit
+    from lime_edit.web import app as app_module
+    from lime_edit.web.cli import register
+
+    loaded, served = [], []
+    monkeypatch.setattr(LimePipeline, "from_pretrained",
+                        classmethod(lambda cls, model, **kw: loaded.append((model, kw)) or t2i_lp))
+    monkeypatch.setattr(app_module, "launch", lambda demo, **kw: served.append(demo))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", "demo-t2i", "--port", str(_free_port())])
+    assert args.func(args) == 0
+    assert loaded[0][0] == "demo-t2i"
+    (demo,) = served
+    ids, apis = _page(demo)
+    assert "lime-source" in ids and "edit_captions" in apis
+    (dataset,) = [b for b in demo.blocks.values() if isinstance(b, gr.Dataset)]
+    pairs = [tuple(sample[1:]) for sample in dataset.samples]
+    assert pairs == [caption_pair(make_edit(i, "test")) for i in range(len(pairs))] and len(pairs) == 6

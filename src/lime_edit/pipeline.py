@@ -132,15 +132,23 @@ class LimePipeline:
     __call__ = edit
 
     def edit_captions(self, image, source, target, mask: Any = "auto", seed: int | Sequence[int] = 0,
-                      **overrides):
+                      p2p: dict[str, Any] | None = None, **overrides):
         """Caption editing (backbones with ``caption_editing``, e.g. ``"p2p"``): the input
         is described by ``source`` and the result by ``target`` (a string, or one per
         image).  The related tokens are the target's content words that were added or
         replaced; ``mask`` and the results are as for :meth:`edit`.  Identical captions
-        give the reconstruction of the input and a warning."""
+        give the reconstruction of the input and a warning.  ``p2p``: the backbone's
+        Prompt-to-Prompt settings for this call only, e.g. ``{"cross_replace": 0.6,
+        "local_blend": True}`` (fields of :class:`~lime_edit.backbones.p2p.P2PSettings`;
+        default: the backbone's own, set when it was loaded)."""
         if not getattr(self.backbone, "caption_editing", False):
             raise LimeEditError(f"edit_captions needs a caption-editing backbone (p2p) on a text-to-image "
                                 f"model; this pipeline is {self.backbone.name}: use edit(image, instruction)")
+        if p2p:
+            if not hasattr(self.backbone, "using"):
+                raise LimeEditError(f"p2p: the {self.backbone.name} backbone has no Prompt-to-Prompt settings")
+            with self.backbone.using(**p2p):
+                return self.edit_captions(image, source, target, mask=mask, seed=seed, **overrides)
         cfg = self._config(overrides)
         items, single = self._items(image, target, mask, seed, cfg)
         sources = _broadcast(source, len(items), "source", str)
@@ -341,18 +349,21 @@ class LimePipeline:
         masks: list[torch.Tensor | None] = [None] * len(items)
         locs: list[Localization | None] = [None] * len(items)
         auto: list[int] = []
+        # what the warnings call the input text and the result without LIME
+        plain = "plain P2P" if getattr(self.backbone, "caption_editing", False) else "plain IP2P"
         for j, it in enumerate(items):
             if it.notice:
                 warnings[j].append(it.notice)
             if it.tokens.truncated:
-                warnings[j].append(f"instruction is longer than the text encoder's "
-                                   f"{self.backbone.max_tokens} tokens and was truncated")
+                warnings[j].append(f"{'instruction' if it.source is None else 'target caption'} is longer than "
+                                   f"the text encoder's {self.backbone.max_tokens} tokens and was truncated")
             m = it.mask
             if m is None:
                 continue
             if not it.tokens.has_related:
-                warnings[j].append("no related token left in the instruction (only stop words, verbs or "
-                                   "punctuation): LIME skipped, plain IP2P result")
+                why = ("no related token left in the instruction (only stop words, verbs or punctuation)"
+                       if it.source is None else "no content word of the target caption was added or replaced")
+                warnings[j].append(f"{why}: LIME skipped, {plain} result")
                 continue
             if isinstance(m, str):
                 if m != "auto":
@@ -363,7 +374,7 @@ class LimePipeline:
             if isinstance(m, Localization):
                 locs[j] = m
             if not grid_mask.any():
-                warnings[j].append("mask is empty: LIME skipped, plain IP2P result")
+                warnings[j].append(f"mask is empty: LIME skipped, {plain} result")
                 continue
             if grid_mask.all():
                 warnings[j].append("mask covers the whole image: every pixel is regularized")
@@ -377,7 +388,7 @@ class LimePipeline:
             for j, loc in zip(auto, self._localize(sub, cfg)):
                 locs[j], masks[j] = loc, loc.mask
                 if not loc.mask.any():
-                    warnings[j].append("localization found no region: plain IP2P result")
+                    warnings[j].append(f"localization found no region: {plain} result")
                     masks[j] = None
             t_loc = time.perf_counter() - t1
 
@@ -410,7 +421,7 @@ class LimePipeline:
                         regularized[j] = True
                         st.roi[j] = loc.mask
                     else:
-                        warnings[j].append("localization found no region: plain IP2P result")
+                        warnings[j].append(f"localization found no region: {plain} result")
                 st._rows.clear()
                 st._bias.clear()
                 st.features.clear()

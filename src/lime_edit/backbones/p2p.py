@@ -34,7 +34,10 @@ for the first 40 % of steps, self-attention for the first 60 % at the coarse lay
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -85,6 +88,16 @@ class P2PSettings:
             object.__setattr__(self, "reweight", tuple(self.reweight.items()))
 
 
+def _settings(base: P2PSettings, options: dict[str, Any]) -> P2PSettings:
+    """``base`` with ``options`` replaced; unknown names are one ``LimeEditError``."""
+    keys = set(P2PSettings.__dataclass_fields__)
+    unknown = sorted(set(options) - keys)
+    if unknown:
+        raise LimeEditError(f"p2p backbone: unknown option(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(keys))})")
+    return dataclasses.replace(base, **options)
+
+
 class P2PBackbone(Backbone):
     name = "p2p"
     description = "Prompt-to-Prompt with Direct Inversion on a text-to-image Stable Diffusion model (SD1.x/2.x)"
@@ -105,12 +118,7 @@ class P2PBackbone(Backbone):
         return {}
 
     def __init__(self, pipe, *, prompt_suffix: str | None = None, **options: Any):
-        keys = {f for f in P2PSettings.__dataclass_fields__}
-        unknown = sorted(set(options) - keys)
-        if unknown:
-            raise LimeEditError(f"p2p backbone: unknown option(s) {', '.join(unknown)} "
-                                f"(known: {', '.join(sorted(keys))})")
-        self.settings = P2PSettings(**options)
+        self.settings = _settings(P2PSettings(), options)
         super().__init__(pipe, prompt_suffix=prompt_suffix)
         from diffusers import DDIMScheduler
 
@@ -119,6 +127,18 @@ class P2PBackbone(Backbone):
         self._inversion: tuple[tuple, list[torch.Tensor]] | None = None
         #: the local-blend mask of the last pass, (B, 1, h, w) on the latent grid (None without blend)
         self.last_blend_mask: torch.Tensor | None = None
+
+    @contextmanager
+    def using(self, **options: Any) -> Iterator[P2PSettings]:
+        """These settings (fields of :class:`P2PSettings`) instead of the backbone's for the
+        calls inside the block; the backbone's own come back afterwards, also on error.
+        An unknown name or a bad value is a ``LimeEditError`` before anything changes."""
+        saved = self.settings
+        self.settings = _settings(saved, options)
+        try:
+            yield self.settings
+        finally:
+            self.settings = saved
 
     def check_pipeline(self, pipe) -> None:
         unet = getattr(pipe, "unet", None)

@@ -1,10 +1,17 @@
 """The Gradio app behind ``lime-edit serve``: edit, see LIME's region, refine it by clicking.
 
-Built on the public task API only (``LimePipeline.edit`` and ``Localization``):
+Built on the public task API only (``LimePipeline.edit`` / ``edit_captions`` and
+``Localization``):
 
 * **Run** calls ``lp.edit(image, instruction, mask="auto" | uploaded mask)`` and,
   for comparison, ``lp.edit(..., mask=None)`` (plain InstructPix2Pix) with the
   same seed and settings.
+* **Caption mode**: when the model's backbone edits by captions
+  (``lp.backbone.caption_editing``: Prompt-to-Prompt on a text-to-image model) the
+  page asks for a source and a target caption instead of an instruction, shows
+  Prompt-to-Prompt's settings next to LIME's, and Run / Apply call
+  ``lp.edit_captions(image, source, target, p2p={...})`` instead (plain P2P for the
+  comparison).  Everything else (views, clicks, downloads, limits) is the same.
 * Clicking a segment toggles it in the region of interest
   (``Localization.with_segments``); nothing is recomputed.
 * **Apply** re-runs only the edit pass with ``mask=localization.with_segments(...)``,
@@ -71,7 +78,12 @@ SLIDERS = {
     "image_guidance": ("Image guidance", 0.0, 5.0, False),
     "clusters": ("Segments (clusters)", 1, 16, True),
     "top_k": ("Top-k attention points (per 128x128 grid)", 1, 1000, True),
+    "cross_replace": ("Cross-attention replace", 0.0, 1.0, False),
+    "self_replace": ("Self-attention replace", 0.0, 1.0, False),
 }
+#: Reweighting (caption mode): at most this many words, each scale within +-REWEIGHT_MAX.
+REWEIGHT_WORDS = 8
+REWEIGHT_MAX = 10.0
 
 
 def uploaded_image(**kwargs: Any) -> gr.Image:
@@ -106,6 +118,40 @@ def setting(name: str, value: Any) -> int | float:
     return int(v) if whole else v
 
 
+def flag(label: str, value: Any) -> bool:
+    """A checkbox's value: ``True``/``False`` only (an API client may send anything)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise LimeEditError(f"{label}: expected true or false, got {value!r}")
+
+
+def reweight_words(text: Any) -> tuple[tuple[str, float], ...]:
+    """The page's reweighting, ``"glitter=2, red=0.5"`` -> ``(("glitter", 2.0), ("red", 0.5))``
+    (empty: none); a one-line error naming the entry otherwise. Whether each word is in
+    the target caption is checked by the backbone."""
+    if text is None:
+        return ()
+    if not isinstance(text, str):
+        raise LimeEditError(f"Reweight: expected text such as 'glitter=2', got {type(text).__name__}")
+    out: dict[str, float] = {}
+    for item in (p.strip() for p in text.replace(";", ",").replace("\n", ",").split(",")):
+        if not item:
+            continue
+        word, sep, value = item.partition("=")
+        word = word.strip()
+        try:
+            scale = float(value)
+        except ValueError:
+            scale = float("nan")
+        if not sep or not word or not math.isfinite(scale) or abs(scale) > REWEIGHT_MAX:
+            raise LimeEditError(f"Reweight: expected WORD=SCALE with a number from {-REWEIGHT_MAX:g} to "
+                                f"{REWEIGHT_MAX:g}, e.g. glitter=2; got {_one_line(item, 60)!r}")
+        out[word] = scale
+    if len(out) > REWEIGHT_WORDS:
+        raise LimeEditError(f"Reweight: at most {REWEIGHT_WORDS} words, got {len(out)}")
+    return tuple(out.items())
+
+
 def seed_value(value: Any) -> int:
     """The page's seed as an int in 0..2**64-1 (``check_seed``), or a one-line error."""
     if isinstance(value, float):
@@ -134,6 +180,12 @@ class ModelPool:
             raise ValueError("ModelPool needs at least one pipeline")
         self.size = len(pipelines)
         self.config = pipelines[0].config
+        backbone = getattr(pipelines[0], "backbone", None)
+        #: the model edits by source/target captions (Prompt-to-Prompt), not by instructions
+        self.caption_editing = bool(getattr(backbone, "caption_editing", False))
+        #: the loaded backbone's Prompt-to-Prompt settings (the page's defaults in caption mode)
+        self.p2p_defaults: dict[str, Any] = dict(backbone.describe().get("p2p", {})) \
+            if self.caption_editing and hasattr(backbone, "describe") else {}
         self._free: queue.Queue = queue.Queue()
         for p in pipelines:
             self._free.put(p)
@@ -152,6 +204,9 @@ class Session:
     """What one browser session has done so far (held in ``gr.State``).
 
     image: the RGB image that was edited (after the ``max_side`` downscale).
+    instruction: the instruction, or in caption mode the target caption.
+    source: the source caption (caption mode; None for instruction editors).
+    p2p: Prompt-to-Prompt settings of the shown result (caption mode).
     localization: LIME's stage-1 output of the last **Run** (None when the user
         uploaded a mask); its segmentation is what clicks refine.
     selected: segment labels in the region currently shown.
@@ -175,6 +230,8 @@ class Session:
     plain: Image.Image | None = None
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    source: str | None = None
+    p2p: dict[str, Any] = field(default_factory=dict)
 
     @property
     def view_size(self) -> tuple[int, int]:
@@ -256,7 +313,12 @@ class LimeWebApp:
         uploads and served pictures there count towards ``max_disk_mb``. Never
         pass a shared folder: its oldest files would be deleted.
     examples: ``[(image_path, instruction), ...]`` offered under the inputs
-        (e.g. synthetic scenes for the demo model, which knows nothing else).
+        (e.g. synthetic scenes for the demo model, which knows nothing else); in
+        caption mode ``[(image_path, source, target), ...]``.
+
+    The page is in caption mode when the pipelines' backbone edits by captions
+    (``lp.backbone.caption_editing``, the ``p2p`` backbone): :meth:`run_captions`
+    and :meth:`apply_captions` are its Run and Apply.
     """
 
     def __init__(self, pipelines: Any | Sequence[Any], *, model_name: str = "",
@@ -279,7 +341,12 @@ class LimeWebApp:
         self.max_pixels = max_pixels
         self.max_queue = max_queue
         self.keep_files_s = keep_files_s
-        self.examples = [(str(p), str(i)) for p, i in examples]
+        self.caption_mode = self.pool.caption_editing
+        self.examples = [tuple(str(v) for v in e) for e in examples]
+        arity = 3 if self.caption_mode else 2
+        if any(len(e) != arity for e in self.examples):
+            fields = "image, source, target" if self.caption_mode else "image, instruction"
+            raise ValueError(f"examples: expected ({fields}) tuples")
         self.max_disk_bytes = None if max_disk_mb is None else int(max_disk_mb * 1024 * 1024)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._own_workdir = not workdir
@@ -313,10 +380,21 @@ class LimeWebApp:
         return t
 
     # ---- helpers ---------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        """The plain editor LIME is compared with, as the page names it."""
+        return "Prompt-to-Prompt" if self.caption_mode else "InstructPix2Pix"
+
     def defaults(self) -> dict[str, Any]:
         c = self.pool.config
-        return dict(steps=c.num_inference_steps, seed=0, guidance=c.guidance_scale,
-                    image_guidance=c.image_guidance_scale, clusters=c.num_clusters, top_k=c.top_k)
+        d = dict(steps=c.num_inference_steps, seed=0, guidance=c.guidance_scale,
+                 image_guidance=c.image_guidance_scale, clusters=c.num_clusters, top_k=c.top_k)
+        if self.caption_mode:
+            p = self.pool.p2p_defaults
+            d.update(cross_replace=p.get("cross_replace", 0.4), self_replace=p.get("self_replace", 0.6),
+                     local_blend=bool(p.get("local_blend", False)),
+                     reweight=", ".join(f"{w}={v:g}" for w, v in dict(p.get("reweight") or {}).items()))
+        return d
 
     def _read(self, path: str, what: str, loader: Callable) -> Any:
         """Read an upload with ``lime_edit.io`` (safe decoding, pixel limit); its
@@ -340,9 +418,29 @@ class LimeWebApp:
         return img, notes
 
     @staticmethod
-    def _edit_overrides(steps, guidance, image_guidance) -> dict[str, Any]:
-        return dict(num_inference_steps=setting("steps", steps), guidance_scale=setting("guidance", guidance),
-                    image_guidance_scale=setting("image_guidance", image_guidance))
+    def _edit_overrides(steps, guidance, image_guidance=None) -> dict[str, Any]:
+        """Sampler overrides; ``image_guidance`` None (caption mode: Prompt-to-Prompt has
+        no image guidance) leaves it out."""
+        out = dict(num_inference_steps=setting("steps", steps), guidance_scale=setting("guidance", guidance))
+        if image_guidance is not None:
+            out["image_guidance_scale"] = setting("image_guidance", image_guidance)
+        return out
+
+    @staticmethod
+    def _p2p_settings(cross_replace, self_replace, local_blend, reweight) -> dict[str, Any]:
+        """The page's Prompt-to-Prompt settings, checked (``edit_captions(p2p=...)``)."""
+        return dict(cross_replace=setting("cross_replace", cross_replace),
+                    self_replace=setting("self_replace", self_replace),
+                    local_blend=flag("Local blend", local_blend), reweight=reweight_words(reweight))
+
+    @staticmethod
+    def _call(lp, s: "Session", mask: Any, seed: int, overrides: dict[str, Any]):
+        """One edit of the session's image through the public API: ``edit`` for an
+        instruction, ``edit_captions`` in caption mode."""
+        if s.source is None:
+            return lp.edit(s.image, s.instruction, mask=mask, seed=seed, **overrides)
+        return lp.edit_captions(s.image, s.source, s.instruction, mask=mask, seed=seed, p2p=dict(s.p2p),
+                                **overrides)
 
     def _write_files(self, s: Session) -> list[str]:
         """result.png, mask.png, settings.json (and ip2p.png) in a fresh folder."""
@@ -362,8 +460,9 @@ class LimeWebApp:
         res.image.save(folder / "result.png", pnginfo=info)
         files.append(folder / "result.png")
         if s.plain is not None:
-            s.plain.save(folder / "ip2p.png", pnginfo=info)
-            files.append(folder / "ip2p.png")
+            plain = "p2p.png" if s.source is not None else "ip2p.png"
+            s.plain.save(folder / plain, pnginfo=info)
+            files.append(folder / plain)
         if res.mask is not None:
             render.mask_image(_np(res.mask), res.image.size).save(folder / "mask.png", pnginfo=info)
             files.append(folder / "mask.png")
@@ -372,7 +471,8 @@ class LimeWebApp:
             "edit_id": edit_id,
             "lime_edit_version": _version(),
             "model": self.model_name,
-            "instruction": s.instruction,
+            **({"instruction": s.instruction} if s.source is None else
+               {"source": s.source, "target": s.instruction, "p2p": _jsonable(s.p2p)}),
             "seed": s.seed,
             "image_size": list(s.image.size),
             "mask": s.mask_source,
@@ -463,7 +563,7 @@ class LimeWebApp:
                 where = "your mask" if s.mask_source == "uploaded" else "segments " + _labels(s.applied)
                 lines.append(f"**LIME applied** ({where}).")
             else:
-                lines.append("**Plain InstructPix2Pix**: LIME was not applied.")
+                lines.append(f"**Plain {self.method}**: LIME was not applied.")
         if loc is not None:
             toks = ", ".join(f"`{viz.token_label(t)}`" for t in loc.tokens) or "none"
             lines.append(f"Related tokens: {toks}. {loc.num_segments} segments; "
@@ -489,6 +589,9 @@ class LimeWebApp:
             compare, user_mask, session: Session | None):
         """Run: LIME edit (auto or uploaded mask) + plain IP2P.
         Returns (roi, segments, attention, plain, result, info, files, session)."""
+        if self.caption_mode:
+            raise gr.Error("This model edits by captions: give a source and a target caption "
+                           "(the page's Run does; API: /edit_captions).", print_exception=False)
         instruction = (instruction or "").strip()
         img, notes = self._prepare(image)
         if not instruction:
@@ -496,10 +599,41 @@ class LimeWebApp:
         seed = seed_value(seed)
         overrides = dict(self._edit_overrides(steps, guidance, image_guidance),
                          num_clusters=setting("clusters", clusters), top_k=setting("top_k", top_k))
+        return self._first_run(Session(image=img, instruction=instruction, seed=seed, overrides=overrides,
+                                       localization=None, selected=(), applied=(), mask=None,
+                                       mask_source="auto", notes=notes), compare, user_mask)
+
+    def run_captions(self, image, source, target, steps, seed, guidance, clusters, top_k, cross_replace,
+                     self_replace, local_blend, reweight, compare, user_mask, session: Session | None):
+        """Run in caption mode: Prompt-to-Prompt + LIME (auto or uploaded mask) + plain P2P.
+        Returns (roi, segments, attention, plain, result, info, files, session)."""
+        if not self.caption_mode:
+            raise gr.Error("This model edits by instructions: type an instruction "
+                           "(the page's Run does; API: /edit).", print_exception=False)
+        img, notes = self._prepare(image)
+        source, target = (source or "").strip(), (target or "").strip()
+        if not source:
+            raise gr.Error("Type a source caption: what the image shows, e.g. “a red circle and a blue "
+                           "square”.", print_exception=False)
+        if not target:
+            raise gr.Error("Type a target caption: the source caption with the words changed, e.g. "
+                           "“a green circle and a blue square”.", print_exception=False)
+        seed = seed_value(seed)
+        overrides = dict(self._edit_overrides(steps, guidance),
+                         num_clusters=setting("clusters", clusters), top_k=setting("top_k", top_k))
+        p2p = self._p2p_settings(cross_replace, self_replace, local_blend, reweight)
+        return self._first_run(Session(image=img, instruction=target, source=source, p2p=p2p, seed=seed,
+                                       overrides=overrides, localization=None, selected=(), applied=(),
+                                       mask=None, mask_source="auto", notes=notes), compare, user_mask)
+
+    def _first_run(self, s: Session, compare: Any, user_mask: str | None):
+        """The edit of a Run (LIME, and the plain editor when ``compare``) for a checked
+        request ``s``; returns the views, the files and the new session."""
+        compare = flag(f"Also run plain {self.method}", compare)
         mask_arg: Any = "auto" if user_mask is None else self._read(user_mask, "mask", lio.load_mask)
         with self.pool.borrow() as lp:
-            res = lp.edit(img, instruction, mask=mask_arg, seed=seed, **overrides)
-            plain = lp.edit(img, instruction, mask=None, seed=seed, **overrides).image if compare else None
+            res = self._call(lp, s, mask_arg, s.seed, s.overrides)
+            plain = self._call(lp, s, None, s.seed, s.overrides).image if compare else None
         loc = res.localization if user_mask is None else None
         if user_mask is not None:
             shown = _np(res.mask) if res.mask is not None else _np(mask_arg)
@@ -507,10 +641,8 @@ class LimeWebApp:
         else:
             shown = _np(loc.mask) if loc is not None else None
             selected = tuple(sorted(int(v) for v in loc.selected_segments)) if loc is not None else ()
-        s = Session(image=img, instruction=instruction, seed=seed, overrides=overrides,
-                    localization=loc, selected=selected, applied=selected, mask=shown,
-                    mask_source="uploaded" if user_mask is not None else "auto",
-                    result=res, plain=plain, notes=notes)
+        s = replace(s, localization=loc, selected=selected, applied=selected, mask=shown,
+                    mask_source="uploaded" if user_mask is not None else "auto", result=res, plain=plain)
         s.files = self._write_files(s)
         return (self.view_roi(s), self.view_segments(s), self.view_attention(s),
                 self.view_result(s, plain), self.view_result(s, res.image), self.info(s), s.files, s)
@@ -533,14 +665,27 @@ class LimeWebApp:
         """Re-run only the edit pass with the refined region.
         Returns (roi, segments, result, info, files, session)."""
         s = self._need_segments(session)
+        return self._reapply(s, self._edit_overrides(steps, guidance, image_guidance), seed, s.p2p)
+
+    def apply_captions(self, steps, seed, guidance, cross_replace, self_replace, local_blend, reweight,
+                       session: Session | None):
+        """Caption mode's Apply: the edit pass again with the refined region and the
+        page's sampler and Prompt-to-Prompt settings.
+        Returns (roi, segments, result, info, files, session)."""
+        s = self._need_segments(session)
+        return self._reapply(s, self._edit_overrides(steps, guidance), seed,
+                             self._p2p_settings(cross_replace, self_replace, local_blend, reweight))
+
+    def _reapply(self, s: Session, sampler: dict[str, Any], seed: Any, p2p: dict[str, Any]):
         if not s.selected:
             raise gr.Error("The region is empty: click at least one segment, or press Reset.",
                            print_exception=False)
         refined = s.localization.with_segments(list(s.selected))
-        overrides = dict(s.overrides, **self._edit_overrides(steps, guidance, image_guidance))
+        overrides = dict(s.overrides, **sampler)
         seed = seed_value(seed)
+        s = replace(s, p2p=p2p)
         with self.pool.borrow() as lp:
-            res = lp.edit(s.image, s.instruction, mask=refined, seed=seed, **overrides)
+            res = self._call(lp, s, refined, seed, overrides)
         auto = tuple(sorted(int(v) for v in s.localization.selected_segments))
         s = replace(s, result=res, seed=seed, overrides=overrides, applied=s.selected,
                     mask_source="auto" if s.selected == auto else "refined")
@@ -556,7 +701,8 @@ class LimeWebApp:
             raise gr.Error("This edit used your uploaded mask, so there are no segments to "
                            "click: clear the mask and press Run.", print_exception=False)
         if s.localization is None:
-            raise gr.Error("LIME found no region for this instruction, so there are no segments "
+            what = "these captions" if s.source is not None else "this instruction"
+            raise gr.Error(f"LIME found no region for {what}, so there are no segments "
                            "to click (see the notes under the pictures).", print_exception=False)
         return s
 
@@ -576,21 +722,41 @@ class LimeWebApp:
         with gr.Blocks(title="LIME: localized image editing", analytics_enabled=False,
                        delete_cache=(1800, 3600)) as demo:
             state = gr.State(None, time_to_live=3600)  # idle sessions are dropped after an hour
-            gr.Markdown(
-                "## LIME: localized instruction-based image editing\n"
-                "Upload an image, describe the edit, press **Run**. LIME finds the region the "
-                "instruction is about and keeps the edit there. Click segments to change the "
-                "region, then **Apply refined region**."
-                + (f" Model: `{self.model_name}`." if self.model_name else ""))
+            model = f" Model: `{self.model_name}`." if self.model_name else ""
+            if self.caption_mode:
+                gr.Markdown(
+                    "## LIME + Prompt-to-Prompt: localized caption-based image editing\n"
+                    "Upload an image, describe it (**source caption**) and the result you want "
+                    "(**target caption**: the same words with some replaced or added), press **Run**. "
+                    "The image is inverted and regenerated under the target caption with "
+                    "Prompt-to-Prompt; LIME finds the region of the words that changed and keeps the "
+                    "edit there. Click segments to change the region, then **Apply refined region**."
+                    + model)
+            else:
+                gr.Markdown(
+                    "## LIME: localized instruction-based image editing\n"
+                    "Upload an image, describe the edit, press **Run**. LIME finds the region the "
+                    "instruction is about and keeps the edit there. Click segments to change the "
+                    "region, then **Apply refined region**." + model)
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
                     image = uploaded_image(label="Image", image_mode=None,
                                            sources=["upload", "clipboard"], elem_id="lime-input")
-                    instruction = gr.Textbox(label="Instruction", placeholder="make the sky red",
-                                             lines=1, max_lines=3, elem_id="lime-instruction")
+                    if self.caption_mode:
+                        source = gr.Textbox(label="Source caption (what the image shows)",
+                                            placeholder="a red circle and a blue square", lines=1,
+                                            max_lines=3, elem_id="lime-source")
+                        target = gr.Textbox(label="Target caption (the result)",
+                                            placeholder="a green circle and a blue square", lines=1,
+                                            max_lines=3, elem_id="lime-target")
+                        texts = [source, target]
+                    else:
+                        instruction = gr.Textbox(label="Instruction", placeholder="make the sky red",
+                                                 lines=1, max_lines=3, elem_id="lime-instruction")
+                        texts = [instruction]
                     run_btn = gr.Button("Run", variant="primary", elem_id="lime-run")
                     if self.examples:
-                        gr.Examples([list(e) for e in self.examples], inputs=[image, instruction],
+                        gr.Examples([list(e) for e in self.examples], inputs=[image, *texts],
                                     label="Examples", examples_per_page=8, cache_examples=False)
                     with gr.Accordion("Settings", open=True):
                         steps = gr.Slider(1, 100, value=d["steps"], step=1, label="Steps",
@@ -599,16 +765,39 @@ class LimeWebApp:
                                          info="a whole number in 0..2**64-1", elem_id="lime-seed")
                         guidance = gr.Slider(0, 20, value=d["guidance"], step=0.1,
                                              label="Text guidance", elem_id="lime-guidance")
-                        image_guidance = gr.Slider(0, 5, value=d["image_guidance"], step=0.05,
-                                                   label="Image guidance",
-                                                   elem_id="lime-image-guidance")
+                        if not self.caption_mode:  # Prompt-to-Prompt has no image guidance
+                            image_guidance = gr.Slider(0, 5, value=d["image_guidance"], step=0.05,
+                                                       label="Image guidance",
+                                                       elem_id="lime-image-guidance")
                         clusters = gr.Slider(1, 16, value=d["clusters"], step=1,
                                              label="Segments (clusters)", elem_id="lime-clusters")
                         top_k = gr.Slider(1, 1000, value=d["top_k"], step=1,
                                           label="Top-k attention points (per 128x128 grid, scaled to the "
                                                 "model's grid)", elem_id="lime-topk")
-                        compare = gr.Checkbox(value=True, label="Also run plain InstructPix2Pix",
+                        compare = gr.Checkbox(value=True, label=f"Also run plain {self.method}",
                                               elem_id="lime-compare")
+                    if self.caption_mode:
+                        with gr.Accordion("Prompt-to-Prompt", open=True):
+                            cross = gr.Slider(0, 1, value=d["cross_replace"], step=0.05,
+                                              label="Cross-attention replace",
+                                              info="fraction of the steps in which the target caption's "
+                                                   "shared words take the source's attention maps",
+                                              elem_id="lime-cross-replace")
+                            self_ = gr.Slider(0, 1, value=d["self_replace"], step=0.05,
+                                              label="Self-attention replace",
+                                              info="fraction of the steps in which the coarse layers' "
+                                                   "self-attention is the source's (keeps the layout)",
+                                              elem_id="lime-self-replace")
+                            blend = gr.Checkbox(value=d["local_blend"],
+                                                label="Local blend (P2P's own localization: keep the "
+                                                      "source outside the changed words' attention)",
+                                                elem_id="lime-local-blend")
+                            reweight = gr.Textbox(value=d["reweight"], label="Reweight target words",
+                                                  placeholder="glitter=2, red=0.5", lines=1, max_lines=1,
+                                                  info=f"WORD=SCALE, comma-separated (at most "
+                                                       f"{REWEIGHT_WORDS}; scales within ±{REWEIGHT_MAX:g})",
+                                                  elem_id="lime-reweight")
+                        p2p_inputs = [cross, self_, blend, reweight]
                     with gr.Accordion("Your own mask (optional)", open=False):
                         user_mask = uploaded_image(label="Mask: white = edit", image_mode=None,
                                                    sources=["upload"], elem_id="lime-mask")
@@ -625,25 +814,34 @@ class LimeWebApp:
                         reset_btn = gr.Button("Reset region", elem_id="lime-reset")
                     info = gr.Markdown(elem_id="lime-info")
                     with gr.Row():
-                        plain_view = gr.Image(label="InstructPix2Pix (same settings, no LIME)",
+                        plain_view = gr.Image(label=f"{self.method} (same settings, no LIME)",
                                               elem_id="lime-plain", **out_img)
-                        lime_view = gr.Image(label="InstructPix2Pix + LIME", elem_id="lime-result",
+                        lime_view = gr.Image(label=f"{self.method} + LIME", elem_id="lime-result",
                                              **out_img)
                     files = gr.File(label="Downloads: result, mask, settings", file_count="multiple",
                                     interactive=False, elem_id="lime-downloads")
 
             heavy = dict(concurrency_limit=self.pool.size, concurrency_id="model")
-            run_inputs = [image, instruction, steps, seed, guidance, image_guidance, clusters,
-                          top_k, compare, user_mask, state]
+            if self.caption_mode:
+                run_fn, run_api, apply_fn = self.run_captions, "edit_captions", self.apply_captions
+                run_inputs = [image, source, target, steps, seed, guidance, clusters, top_k,
+                              *p2p_inputs, compare, user_mask, state]
+                apply_inputs = [steps, seed, guidance, *p2p_inputs, state]
+            else:
+                run_fn, run_api, apply_fn = self.run, "edit", self.apply
+                run_inputs = [image, instruction, steps, seed, guidance, image_guidance, clusters,
+                              top_k, compare, user_mask, state]
+                apply_inputs = [steps, seed, guidance, image_guidance, state]
             run_outputs = [roi_view, seg_view, attn_view, plain_view, lime_view, info, files, state]
             # every callback also updates the Apply button: highlighted while a refinement is pending
             def wire(fn: Callable) -> Callable:
                 return _apply_hint(_readable_errors(fn))
 
             run_outputs.append(apply_btn)
-            run_btn.click(wire(self.run), run_inputs, run_outputs, api_name="edit", **heavy)
-            instruction.submit(wire(self.run), run_inputs, run_outputs, api_visibility="private", **heavy)
-            apply_btn.click(wire(self.apply), [steps, seed, guidance, image_guidance, state],
+            run_btn.click(wire(run_fn), run_inputs, run_outputs, api_name=run_api, **heavy)
+            for text in texts:
+                text.submit(wire(run_fn), run_inputs, run_outputs, api_visibility="private", **heavy)
+            apply_btn.click(wire(apply_fn), apply_inputs,
                             [roi_view, seg_view, lime_view, info, files, state, apply_btn],
                             api_name="apply", **heavy)
             sel_outputs = [roi_view, seg_view, info, state, apply_btn]
@@ -711,6 +909,11 @@ class UploadLimit:
 
 def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    """Prompt-to-Prompt settings for settings.json (reweighting as ``{word: scale}``)."""
+    return {k: dict(v) if k == "reweight" else v for k, v in settings.items()}
 
 
 def _labels(labels) -> str:

@@ -16,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "region LIME edits and refine it with clicks. Needs the 'web' extra "
                     "(pip install 'lime-edit[web]').")
     p.add_argument("--model", default="demo",
-                   help="model to load: 'demo' (bundled, offline; default), a Hub id, a local "
-                        "diffusers folder or a .safetensors file")
+                   help="model to load: 'demo' (bundled, offline; default), 'demo-t2i' (the bundled "
+                        "text-to-image model: caption mode with Prompt-to-Prompt), a Hub id, a local "
+                        "diffusers folder or a .safetensors file. A text-to-image model (or --backbone "
+                        "p2p) gives the caption mode: source and target captions instead of an instruction")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: auto)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
     add_family_args(p)
@@ -77,26 +79,29 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def demo_examples(n: int = 6) -> list[tuple[str, str]]:
+def demo_examples(n: int = 6, captions: bool = False) -> list[tuple[str, ...]]:
     """``(image_path, instruction)`` pairs of synthetic test scenes, the kind of
-    image the bundled demo model was trained on (written to a temporary folder)."""
+    image the bundled demo models were trained on (written to a temporary folder);
+    ``captions=True``: ``(image_path, source, target)`` for the caption mode
+    (``scenes.caption_pair``: the scene's caption, and the same with the edited
+    object's colour changed)."""
     import atexit
     import shutil
     import tempfile
     from pathlib import Path
 
     try:
-        from lime_edit.demo.scenes import make_edit
+        from lime_edit.demo.scenes import caption_pair, make_edit
     except ImportError:
         return []
     folder = Path(tempfile.mkdtemp(prefix="lime-web-examples-"))
     atexit.register(shutil.rmtree, folder, True)
-    out = []
+    out: list[tuple[str, ...]] = []
     for seed in range(n):
         sample = make_edit(seed, "test")
         path = folder / f"scene-{seed}.png"
         sample.image.save(path)
-        out.append((str(path), sample.instruction))
+        out.append((str(path), *caption_pair(sample)) if captions else (str(path), sample.instruction))
     return out
 
 
@@ -144,7 +149,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this machine can use the "
               "demo", file=sys.stderr)
-    examples = demo_examples() if args.model == "demo" else []
+    captions = bool(getattr(pipelines[0].backbone, "caption_editing", False))
+    examples = demo_examples(captions=captions) if args.model in ("demo", "demo-t2i") else []
     with private_files() as (downloads, cache):
         app = LimeWebApp(pipelines, model_name=args.model, max_side=args.max_side, max_queue=args.max_queue,
                          max_pixels=_max_pixels(args.max_pixels), max_disk_mb=args.max_disk_mb,
