@@ -61,6 +61,21 @@ def test_bundled_weights_are_a_plain_diffusers_folder():
     assert sum(p.stat().st_size for p in files) < 25 * 2 ** 20
 
 
+def test_bundled_text_to_image_model_is_a_plain_sd_folder_and_loads_as_p2p():
+    from lime_edit.demo import bundled_t2i_path
+
+    path = bundled_t2i_path()
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+    both = files + [p for p in bundled_model_path().rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in both) < 25 * 2 ** 20      # the weight budget, both models
+    lp = LimePipeline.from_pretrained("demo-t2i", device="cpu")
+    assert lp.backbone.name == "p2p" and lp.pipe.unet.config.in_channels == 4
+    assert lp.native_size == (64, 64)
+
+
 def test_loads_through_the_normal_path(lp):
     pipe = lp.pipe
     assert pipe.unet.config.in_channels == 8
@@ -152,7 +167,7 @@ def test_demo_help_states_the_scene_rule(capsys):
 def test_photo_far_above_native_size_runs_at_native_size(lp):
     from PIL import Image
 
-    assert lp.native_size == (64, 64)      # sample_size 16 x VAE scale factor 4, from the config
+    assert lp.native_size == (64, 64)      # sample_size 32 x VAE scale factor 2, from the config
     photo = S.make_edit(0, "test").image.resize((500, 500), Image.BICUBIC)
     res = lp.edit(photo, "make the circle red", num_inference_steps=2, localization_steps=2, capture_at=0.0)
     assert res.image.size == (500, 500) and res.settings["processed_size"] == [64, 64]

@@ -44,8 +44,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn-loss", type=float, default=0.5,
                    help="weight of the attention-alignment loss (0 = plain lineage, no alignment)")
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: on a shared 2-core machine 2 threads ran 10x slower)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2, both cores of the 2-core machine the shipped run used; "
+                        "when other jobs share the cores set OMP_WAIT_POLICY=PASSIVE or use 1)")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--install", action="store_true",
                    help="also copy the final pipeline into the package's demo/weights folder")

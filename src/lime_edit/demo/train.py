@@ -11,19 +11,23 @@ Data: ``lime_edit.demo.scenes`` train split (seeds disjoint from the test split)
 noisy on purpose (another object recoloured 30 %, global tint 25 %), like
 IP2P's generated pairs.
 
-(a) VAE: ``AutoencoderKL`` with three blocks (16, 32, 64 channels, no mid
-    attention): scale factor 4, so a 64x64 image has a 16x16x4 latent; LIME's
-    levels latent/2, /4, /8 are 8, 4 and 2 token grids (an object of radius
-    8-15 px is 2-4 cells wide at latent/2 and 1-2 at latent/4: coarse).  A
-    32x32 latent was planned but cost 2-4x more per step on the shared CPUs.
-    Trained on 24x24 crops, L1 + MSE, KL weight 1e-6; ``scaling_factor`` =
-    1 / std of the training latents.
+(a) VAE: ``AutoencoderKL`` with two blocks (32, 64 channels, no mid attention):
+    scale factor 2, so a 64x64 image has a 32x32x4 latent and LIME's levels latent/2,
+    /4, /8 are 16, 8 and 4 token grids, the grids SD1.5 has at 256 px (32/16/8 at 512 px)
+    (an object of radius 8-15 px is 4-7 cells wide at latent/2).  The first demo model
+    (2026-11-24) used scale factor 4 (16x16 latents, grids 8/4/2): its RoI IoU stayed
+    near 0.3 because its feature grids could not resolve single objects (issue 10).
+    Trained on 24x24 crops, L1 + MSE, KL weight 1e-6; the latents are then
+    standardized per channel and the map folded into the VAE (``scaling_factor`` 1).
 (b) Text-to-image pre-training on captions ("a red circle and a small blue
     square on a grey background"): ``CLIPTextModel`` (2 layers, width 64) with
     the demo ``CLIPTokenizer`` (every word one token) trained jointly with a
     4-input-channel ``UNet2DConditionModel`` (blocks 32/64/64/64, self- and
-    cross-attention at latent/1, /2, /4 and in the mid block at /8; 1.97 M params), epsilon objective, DDPM
-    scaled-linear betas (SD's), caption dropout 10 %.
+    cross-attention at latent/1, /2, /4 and in the mid block at /8, SD1.5's layout;
+    2.2 M params, ``sample_size`` 32), v-prediction objective, DDPM scaled-linear betas
+    (SD's), caption dropout 10 %.  This stage is also saved as a
+    ``StableDiffusionPipeline`` (DDIM scheduler) in ``DIR/t2i_pipeline``: the bundled
+    ``demo-t2i`` model that Prompt-to-Prompt runs on.
     *Deviation, documented*: Stable Diffusion's word-to-pixel binding emerges
     from billions of captions; at this size and budget it does not emerge
     reliably, so an auxiliary attention-alignment loss is added (weight
@@ -44,22 +48,27 @@ IP2P's generated pairs.
 The saved pipeline is a plain ``StableDiffusionInstructPix2PixPipeline`` folder
 (``model_index.json`` + safetensors) with the Euler-ancestral scheduler; a
 checkpoint of the editor is written every ``--ckpt-every`` steps, so a partial
-run is usable.  ``DIR/train.log`` holds losses and timings; ``DIR/report.json``
-the attention measurements (share of the named object's token attention
-inside its mask, per grid) on held-out test scenes.
+run is usable, and rerunning the same command resumes: a finished VAE or
+text-to-image stage is reused, the editor continues from its last checkpoint
+(with a fresh optimizer and data order, so a resumed run is not bit-identical).
+``DIR/train.log`` holds losses and timings; ``DIR/report.json`` the attention
+measurements (share of the named object's token attention inside its mask, per
+grid) on held-out test scenes.  ``--install`` copies the editor to the package's
+``demo/weights`` and the text-to-image pipeline to ``demo/weights_t2i``.
 
-Measured on the shared 2-core CPU machine (see DIR/train.log of the shipped run,
-numbers also copied below by the person who ran it):
+Measured on the shared 2-core CPU machine (DIR/train.log of the shipped run):
 
-    shipped run, 2026-11-24: `lime-edit train-demo --out DIR --threads 1
-    --budget-min 5 16 28 --ckpt-every 250` (every stage ended on its step count,
-    not its time budget, so `lime-edit train-demo --out DIR` gives the same
-    steps), one torch thread, another job on the second core:
-    data 38 s; (a) VAE 1500 steps, 161 s, round-trip L1 0.039 (0..1 scale);
-    (b) t2i 2500 steps, 763 s, ~0.28 s/step; (c) editor 3500 steps, 947 s,
-    ~0.28 s/step, final v-MSE ~0.10; total 1909 s (32 min).  Attention share
-    of the focus tokens inside the GT mask (32 test scenes, capture noise
-    level): grid 16: 0.94, 8: 0.92, 4: 0.68, 2: 0.32 (uniform map: 0.11).
+    shipped run, 2026-11-25: `lime-edit train-demo --out DIR --threads 2` (the defaults:
+    6000 samples, VAE 1500, t2i 2500, editor 3000 steps, batch 16), OMP_WAIT_POLICY=PASSIVE,
+    while other jobs shared the machine for much of the time:
+    data 22 s; (a) VAE 191 s, round-trip L1 0.021 (0..1 scale); (b) t2i 1793 s,
+    0.72 s/step, final v-MSE ~0.20; (c) editor 2660 s, 0.89 s/step, final v-MSE
+    ~0.065; total 4667 s (78 min; about 60 min on a quiet machine by the per-step
+    times measured alone: 0.52 s/step for the editor with 2 threads).  Attention share
+    of the focus tokens inside the GT mask (32 test scenes, capture noise level):
+    grid 32: 0.97, 16: 0.97, 8: 0.96, 4: 0.71 (uniform map: 0.11); the first model's
+    were 16: 0.94, 8: 0.92, 4: 0.68, 2: 0.32 on its coarser grids.
+    Weights: 12 MB per pipeline folder (editor and text-to-image), safetensors.
     An earlier run (2026-11-23) with epsilon prediction and unstandardized
     latents trained to a low loss but did not reconstruct its input through
     the stock pipeline (background L1 ~0.4): its one-step predictions were
