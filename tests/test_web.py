@@ -312,12 +312,13 @@ def _free_port() -> int:
 
 
 def _model_for_serving(tiny_model_dir) -> tuple[str, int]:
-    """The bundled demo model when it is installed (few steps), else the tiny one."""
+    """The bundled demo model when it is installed (with the defaults ``lime-edit serve`` uses,
+    so the screenshot shows what a user gets), else the tiny one (few steps)."""
     try:
         from lime_edit.demo import bundled_model_path
 
         bundled_model_path()
-        return "demo", 8
+        return "demo", None
     except (ImportError, LimeEditError):
         return str(tiny_model_dir), STEPS
 
@@ -329,8 +330,8 @@ def server(tiny_model_dir, scene_file, tmp_path_factory):
     from lime_edit.web.cli import demo_examples
 
     model, steps = _model_for_serving(tiny_model_dir)
-    lp = LimePipeline.from_pretrained(model, config=LimeConfig.fast(num_inference_steps=steps),
-                                      device="cpu")
+    config = LimeConfig.fast(num_inference_steps=steps) if steps else None
+    lp = LimePipeline.from_pretrained(model, config=config, device="cpu")
     examples = demo_examples(4) if model == "demo" else [(str(scene_file), "make the red square blue")]
     demo = build_app(lp, model_name=model, workdir=tmp_path_factory.mktemp("served"), examples=examples)
     port = _free_port()
@@ -426,7 +427,7 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
     if model == "demo":
         from lime_edit.demo.scenes import make_edit
 
-        sample = make_edit(3, "test")
+        sample = make_edit(0, "test")   # the first held-out scene, as `lime-edit demo`
         image = scene_file.with_name("demo-scene.png")
         sample.image.save(image)
         instruction = sample.instruction
@@ -449,6 +450,15 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
                          "#lime-attention img"):
                 expect(page.locator(view)).to_be_visible()
             first = page.locator("#lime-result img").get_attribute("src")
+            # the screenshot shows the automatic region (no click yet), as a user first sees it
+            for close in page.locator(".toast-close").all():  # the earlier error message
+                close.click()
+            shot = Path(os.environ.get("LIME_EDIT_SCREENSHOT", REPO / "docs" / "web-demo.png"))
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.mouse.move(0, 0)
+            page.wait_for_timeout(600)  # let the toast close
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
 
             # click a segment outside the region (the first one is enough: any click toggles)
             seg = page.locator("#lime-segments img")
@@ -465,15 +475,6 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
             expect(link).to_have_count(1)
             meta = httpx.get(link.get_attribute("href"), timeout=30).json()
             assert meta["mask"] == "refined" and meta["instruction"] == instruction
-            for close in page.locator(".toast-close").all():  # the earlier error message
-                close.click()
-
-            shot = Path(os.environ.get("LIME_EDIT_SCREENSHOT", REPO / "docs" / "web-demo.png"))
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.mouse.move(0, 0)
-            page.wait_for_timeout(600)  # let the button's colour transition finish
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
         finally:
             browser.close()
 
@@ -879,7 +880,7 @@ def test_browser_caption_mode(caption_server, tmp_path):
     from lime_edit.demo.scenes import caption_pair, make_edit
 
     url, model, steps = caption_server
-    sample = make_edit(3, "test")
+    sample = make_edit(0, "test")   # the first held-out scene, as `lime-edit demo`
     source, target = caption_pair(sample)
     sample.image.save(tmp_path / "scene.png")
     with sync_playwright() as pw:
