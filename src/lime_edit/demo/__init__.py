@@ -13,27 +13,26 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 T2I_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights_t2i"
 
 
+def _bundled(folder: Path, what: str) -> Path:
+    from ..errors import ModelLoadError
+
+    if not (folder / "model_index.json").is_file() or not any(folder.glob("unet/*.safetensors")):
+        raise ModelLoadError(f"bundled demo {what} weights not found in {folder} "
+                             "(reinstall lime-edit, or run `lime-edit train-demo --out DIR --install`)")
+    return folder
+
+
 def bundled_model_path() -> Path:
     """Folder of the bundled demo IP2P pipeline (``model_index.json`` + safetensors).
 
     Raises ``lime_edit.errors.ModelLoadError`` when the weights are not installed.
     """
-    from ..errors import ModelLoadError
-
-    if not (WEIGHTS_DIR / "model_index.json").is_file() or not any(WEIGHTS_DIR.glob("unet/*.safetensors")):
-        raise ModelLoadError(f"bundled demo weights not found in {WEIGHTS_DIR} "
-                             "(reinstall lime-edit, or run `lime-edit train-demo --out DIR`)")
-    return WEIGHTS_DIR
+    return _bundled(WEIGHTS_DIR, "editor")
 
 
 def bundled_t2i_path() -> Path:
     """Folder of the bundled demo text-to-image pipeline (the editor's pre-training stage)."""
-    from ..errors import ModelLoadError
-
-    if not (T2I_WEIGHTS_DIR / "model_index.json").is_file() or not any(T2I_WEIGHTS_DIR.glob("unet/*.safetensors")):
-        raise ModelLoadError(f"bundled demo text-to-image weights not found in {T2I_WEIGHTS_DIR} "
-                             "(reinstall lime-edit, or run `lime-edit train-demo --out DIR --install`)")
-    return T2I_WEIGHTS_DIR
+    return _bundled(T2I_WEIGHTS_DIR, "text-to-image")
 
 
 __all__ = ["bundled_model_path", "bundled_t2i_path", "T2I_WEIGHTS_DIR", "WEIGHTS_DIR"]

@@ -344,7 +344,7 @@ def run_bench(args) -> int:
 
     from .. import LimeConfig, LimePipeline
     from ..errors import LimeEditError
-    from . import bundled_model_path
+    from ..loading import resolve_model
     from .metrics import all_metrics, iou, to_float
     from .scenes import caption_pair, make_edit
 
@@ -361,18 +361,14 @@ def run_bench(args) -> int:
         raise LimeEditError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(table)}")
     n = int(args.n)
     settings = _settings(args)
-    model = args.model or str(bundled_model_path())
-    model = str(bundled_model_path()) if model == "demo" else model
+    model = resolve_model(args.model or "demo")
     device = getattr(args, "device", "cpu")
     batch = int(args.batch)
     steps = args.steps if args.steps is not None else LimeConfig().num_inference_steps
     p2p_wanted = [m for m in methods if m in P2P_METHODS]
     t2i_model, p2p_steps, p2p_info = None, None, None
     if p2p_wanted:
-        from . import bundled_t2i_path
-
-        t2i_model = getattr(args, "t2i_model", None) or "demo-t2i"
-        t2i_model = str(bundled_t2i_path()) if t2i_model == "demo-t2i" else str(t2i_model)
+        t2i_model = resolve_model(getattr(args, "t2i_model", None) or "demo-t2i")
         p2p_steps = (args.p2p_steps if getattr(args, "p2p_steps", None) is not None
                      else p2p_sampler_defaults()["num_inference_steps"])
     out.mkdir(parents=True, exist_ok=True)
@@ -381,24 +377,27 @@ def run_bench(args) -> int:
     _quiet_loading(getattr(args, "verbose", False))
     # each model is loaded only when one of its methods is asked for, before any row is written
     lp = LimePipeline.from_pretrained(model, device=device) if len(p2p_wanted) < len(methods) else None
-    p2p_pipes: dict[str, LimePipeline] = {}
+    p2p_lp: LimePipeline | None = None
     if p2p_wanted:
         try:
             base = LimePipeline.from_pretrained(t2i_model, backbone="p2p", device=device)
         except LimeEditError as err:
             where = "--t2i-model" if t2i_model in str(err) else f"--t2i-model {t2i_model}"
             raise type(err)(f"{where}: {err}") from None
-        for m in p2p_wanted:        # the P2P options are the backbone's: one LimePipeline each, one U-Net
-            p2p_pipes[m] = (base if not P2P_METHODS[m] else
-                            LimePipeline(base.pipe, config=base.config, backbone="p2p", **P2P_METHODS[m]))
+        p2p_lp = base                # each method's P2P options go with its calls (edit_captions(p2p=...))
         cfg0 = base.config.replace(**{**settings, "num_inference_steps": p2p_steps})
+
+        def described(m: str) -> dict[str, Any]:
+            with base.backbone.using(**P2P_METHODS[m]):
+                return base.backbone.describe()["p2p"]
+
         p2p_info = {"t2i_model": t2i_model, "captions": "lime_edit.demo.scenes.caption_pair",
                     "scheduler": type(base.pipe.scheduler).__name__,
                     "prediction_type": base.pipe.scheduler.config.get("prediction_type"),
                     "num_inference_steps": p2p_steps, "guidance_scale": cfg0.guidance_scale,
                     "localization_guidance_scale": cfg0.localization_guidance_scale,
-                    "methods": {m: p2p_pipes[m].backbone.describe()["p2p"] for m in p2p_wanted}}
-    for pipe in [lp, *p2p_pipes.values()]:
+                    "methods": {m: described(m) for m in p2p_wanted}}
+    for pipe in (lp, p2p_lp):
         try:
             if pipe is not None:
                 pipe.pipe.set_progress_bar_config(disable=True)
@@ -424,9 +423,9 @@ def run_bench(args) -> int:
                 t0 = time.perf_counter()
                 if m in P2P_METHODS:
                     pairs = [caption_pair(e) for e in items]
-                    results = p2p_pipes[m].edit_captions(
+                    results = p2p_lp.edit_captions(
                         [e.image for e in items], [a for a, _ in pairs], [b for _, b in pairs], mask=masks,
-                        seed=[e.seed for e in items], **{**p2p_extra, **ov})
+                        seed=[e.seed for e in items], p2p=P2P_METHODS[m], **{**p2p_extra, **ov})
                 else:
                     results = lp.edit([e.image for e in items], [e.instruction for e in items], mask=masks,
                                       seed=[e.seed for e in items], **{**extra, **ov})

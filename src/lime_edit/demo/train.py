@@ -504,6 +504,11 @@ def save_pipeline(folder: Path, unet, vae, text_encoder, tok):
     pipe = StableDiffusionInstructPix2PixPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tok, scheduler=make_scheduler_infer(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    _save_atomically(pipe, folder)
+
+
+def _save_atomically(pipe, folder: Path) -> None:
+    """``save_pretrained`` into ``folder``: written next to it, then swapped in by renames."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -528,11 +533,7 @@ def save_t2i_pipeline(folder: Path, unet, vae, text_encoder, tok):
                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tok, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    _save_atomically(pipe, folder)
     unet.set_attn_processor(procs)
 
 
