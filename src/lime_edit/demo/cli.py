@@ -37,7 +37,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--t2i-steps", type=int, default=2500)
-    p.add_argument("--edit-steps", type=int, default=3000)
+    p.add_argument("--edit-steps", type=int, default=7000)
+    p.add_argument("--input-pass-from", type=int, default=3000,
+                   help="editor step from which the attention-alignment loss also runs on a noisy latent made "
+                        "from the input image (default 3000; see lime_edit.demo.train)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--budget-min", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("VAE", "T2I", "EDIT"),
                    help="optional wall-clock cap per stage in minutes (0 = none; the steps reached are logged)")
