@@ -101,3 +101,24 @@ def test_results_without_a_signature_are_not_resumed(tmp_path, capsys, no_model_
     (out / "samples.jsonl").write_text(json.dumps({"method": "ip2p", "seed": 0}) + "\n")
     assert _bench(out, "--methods", "ip2p") == 2
     assert "signature.json" in capsys.readouterr().err
+
+
+def test_signature_starts_from_the_models_recommended_settings(tmp_path):
+    """A model folder's lime_edit.json changes the defaults every row starts from (as
+    LimePipeline.from_pretrained builds them), so the signature records them; an explicit
+    per-method K (lime_k8) still wins."""
+    import json
+
+    from lime_edit.demo.bench import make_signature
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    plain = make_signature(str(folder), "cpu", 1, ["lime", "lime_k8"], 30)
+    assert plain["methods"]["lime"]["settings"]["num_clusters"] == 8
+    (folder / "lime_edit.json").write_text(json.dumps({"lime_config": {"num_clusters": 5}}))
+    sig = make_signature(str(folder), "cpu", 1, ["lime", "lime_k8", "ip2p_low_guidance"], 30)
+    assert sig["methods"]["lime"]["settings"]["num_clusters"] == 5
+    assert sig["methods"]["lime_k8"]["settings"]["num_clusters"] == 8
+    assert sig["methods"]["ip2p_low_guidance"]["settings"]["guidance_scale"] == 2.0
+    assert sig["model"] != plain["model"]          # the settings file is part of the model's identity

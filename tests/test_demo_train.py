@@ -1,6 +1,7 @@
 """`lime-edit train-demo`'s driver on a few steps: every stage runs, the editor's input
-pass runs from its step, a rerun resumes from the last checkpoint, and the report
-carries both attention measurements (input-noised and target-noised latents)."""
+pass runs from its step, a rerun resumes from the last checkpoint, the report carries both
+attention measurements (input-noised and target-noised latents), and the recommended K is
+written where ``LimePipeline.from_pretrained`` reads it."""
 
 import json
 
@@ -11,7 +12,8 @@ from lime_edit.demo import train as T
 
 def _run(out, edit_steps):
     return T.run(out, n_train=12, vae_steps=2, t2i_steps=2, edit_steps=edit_steps, batch=2,
-                 attn_loss=0.5, seed=0, threads=1, ckpt_every=2, install_to=None, input_pass_from=2)
+                 attn_loss=0.5, seed=0, threads=1, ckpt_every=2, install_to=None, input_pass_from=2,
+                 recommend_n=2)
 
 
 def test_train_demo_runs_resumes_and_reports(tmp_path):
@@ -30,6 +32,13 @@ def test_train_demo_runs_resumes_and_reports(tmp_path):
         for key in ("share_in_mask_by_grid", "share_in_mask_by_grid_target_noised"):
             assert set(rep[key]) >= {"8", "16", "32"}
             assert all(0.0 <= v <= 1.0 for v in rep[key].values())
+
+        # the recommended K, chosen on validation scenes, is read back as the pipeline's default
+        rec = json.loads((tmp_path / "pipeline" / "lime_edit.json").read_text())
+        k = rec["lime_config"]["num_clusters"]
+        assert k in T.VALIDATION_KS and set(rec["validation_roi_iou_by_k"]) == {str(k) for k in T.VALIDATION_KS}
+        from lime_edit import LimePipeline
+        assert LimePipeline.from_pretrained(str(tmp_path / "pipeline")).config.num_clusters == k
 
         assert _run(tmp_path, 4) == 0              # a longer rerun continues from step 3
         log = (tmp_path / "train.log").read_text()

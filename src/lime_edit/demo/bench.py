@@ -8,9 +8,12 @@ Methods (``--methods`` takes a comma-separated subset):
 ip2p                plain IP2P at its usual text guidance 7.5
 ip2p_low_guidance   plain IP2P at LIME's edit-pass guidance (LimeConfig default,
                     2.0), to separate the regularization from the lower guidance
-lime                IP2P+LIME, LimeConfig defaults (K-means, K = 8, penalize)
+lime                IP2P+LIME with the model's defaults: LimeConfig's (K-means, K = 8,
+                    penalize), updated by the model folder's recommended settings
+                    (``lime_edit.json``; the bundled demo model recommends its K)
 lime_gt_mask        LIME's regularization with the ground-truth mask as RoI
-lime_k4, lime_k16   K = 4 / 16 (K = 8 is ``lime``)
+lime_k4, lime_k8,   K = 4 / 8 (the paper's) / 16, whatever the model recommends
+lime_k16
 lime_agglo_0.4 ...  agglomerative clustering, cosine distance threshold 0.4/0.55/0.7
 lime_reward         reward related tokens instead of penalizing unrelated ones
 lime_fast           ``LimeConfig.fast()`` (short localization schedule)
@@ -79,10 +82,11 @@ def method_table() -> dict[str, tuple[str, dict]]:
     fast = {k: v for k, v in LimeConfig.fast().to_dict().items() if base.to_dict()[k] != v}
     return {
         "ip2p": ("none", {"guidance_scale": 7.5}),
-        "ip2p_low_guidance": ("none", {"guidance_scale": base.guidance_scale}),
+        "ip2p_low_guidance": ("none", {}),      # the pipeline's default guidance = LIME's edit pass
         "lime": ("auto", {}),
         "lime_gt_mask": ("gt", {}),
         "lime_k4": ("auto", {"num_clusters": 4}),
+        "lime_k8": ("auto", {"num_clusters": 8}),
         "lime_k16": ("auto", {"num_clusters": 16}),
         "lime_agglo_0.4": ("auto", {"clustering": "agglomerative", "distance_threshold": 0.4}),
         "lime_agglo_0.55": ("auto", {"clustering": "agglomerative", "distance_threshold": 0.55}),
@@ -236,6 +240,15 @@ def model_identity(model: str) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "files": len(files), "bytes": total}
 
 
+def recommended_settings(model: str | None) -> dict[str, Any]:
+    """A local model folder's recommended ``LimeConfig`` fields (its ``lime_edit.json``), else ``{}``."""
+    from ..loading import read_model_settings
+
+    if model is None or not Path(model).is_dir():
+        return {}
+    return dict(read_model_settings(Path(model)).get("lime_config", {}))
+
+
 def make_signature(model: str, device: str, batch: int, methods: list[str], steps: int | None,
                    settings: dict[str, Any] | None = None, t2i_model: str | None = None,
                    p2p_steps: int | None = None) -> dict[str, Any]:
@@ -247,12 +260,16 @@ def make_signature(model: str, device: str, batch: int, methods: list[str], step
     table = method_table()
     extra = {"num_inference_steps": steps} if steps is not None else {}
     p2p_extra = {"num_inference_steps": p2p_steps} if p2p_steps is not None else {}
+    # the defaults every row starts from: LimeConfig's, then the model folder's recommended
+    # settings (lime_edit.json), exactly as LimePipeline.from_pretrained builds them
+    base = LimeConfig(**recommended_settings(model))
 
     def entry(m: str) -> dict[str, Any]:
         if m not in P2P_METHODS:
             return {"mask": table[m][0],
-                    "settings": LimeConfig().replace(**{**(settings or {}), **extra, **table[m][1]}).to_dict()}
-        cfg = LimeConfig(**p2p_sampler_defaults()).replace(**{**(settings or {}), **p2p_extra, **table[m][1]})
+                    "settings": base.replace(**{**(settings or {}), **extra, **table[m][1]}).to_dict()}
+        cfg = LimeConfig(**{**p2p_sampler_defaults(), **recommended_settings(t2i_model)}).replace(
+            **{**(settings or {}), **p2p_extra, **table[m][1]})
         return {"mask": table[m][0], "backbone": "p2p", "p2p": dict(P2P_METHODS[m]), "settings": cfg.to_dict()}
 
     sig = {"format": 1, "lime_edit": _version(), "model": model_identity(model), "device": str(device),

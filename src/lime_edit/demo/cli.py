@@ -37,7 +37,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--t2i-steps", type=int, default=2500)
-    p.add_argument("--edit-steps", type=int, default=7000)
+    p.add_argument("--edit-steps", type=int, default=5000)
+    p.add_argument("--recommend-n", type=int, default=60,
+                   help="validation scenes on which the finished editor's recommended K-means K is chosen "
+                        "and written to its lime_edit.json (default 60; 0 = skip)")
     p.add_argument("--input-pass-from", type=int, default=3000,
                    help="editor step from which the attention-alignment loss also runs on a noisy latent made "
                         "from the input image (default 3000; see lime_edit.demo.train)")
