@@ -18,7 +18,8 @@ defaults (plus any ``--set NAME=VALUE``) and reports, averaged over scenes:
   (segments taken when most of their pixels are on the object): the ceiling the
   segments put on localization, whatever the attention does.
 - per latent level, the share of the object words' cross-attention inside the mask at the
-  capture noise level (``lime_edit.demo.train.measure_attention``) with ``--per-level``.
+  capture noise level (``lime_edit.demo.train.measure_attention``) with ``--per-level``,
+  with the noisy latent made from the input image and from the edited target.
 
 Together they say whether a poor RoI comes from the attention (low attn_share /
 points_in_mask) or from the segments (low purity / oracle_iou).
@@ -122,7 +123,10 @@ def main(argv=None) -> int:
     for k in keys:
         print(f"  {k:15s} {summary[k]:.3f}")
     if "per_level" in out:
-        print("  object-word attention inside the mask by grid:", out["per_level"]["share_in_mask_by_grid"])
+        print("  object-word attention inside the mask by grid, latent noised from the input image:",
+              out["per_level"]["share_in_mask_by_grid"])
+        print("  the same, latent noised from the edited target (the object shows its new colour):",
+              out["per_level"]["share_in_mask_by_grid_target_noised"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

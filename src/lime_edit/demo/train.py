@@ -47,8 +47,8 @@ IP2P's generated pairs.
     *Input pass* (from editor step ``--input-pass-from``, default 3000): in the IP2P
     objective the noisy latent is made from the *target*, where the object already
     shows its new colour, and the alignment loss is met by following that colour: on
-    held-out scenes the v2 editor (3000 steps, no input pass) put 0.97 of the focus
-    words' attention on the object at grid 8 with a target-noised latent but 0.48 with
+    held-out scenes the v2 editor (3000 steps, no input pass) put 0.96 of the focus
+    words' attention on the object at grid 8 with a target-noised latent but 0.39 with
     a latent noised from the input image, where only the reference ("the red
     circle") can find the object, and at sampling time no target exists.  So from
     that step each batch also runs half its items with a noisy latent made from the
@@ -67,18 +67,28 @@ measurements (share of the named object's token attention inside its mask, per
 grid) on held-out test scenes.  ``--install`` copies the editor to the package's
 ``demo/weights`` and the text-to-image pipeline to ``demo/weights_t2i``.
 
-Measured on the shared 2-core CPU machine (DIR/train.log of the shipped run):
+Measured on the shared 2-core CPU machine (DIR/train.log of the shipped runs):
 
-    shipped run, 2026-11-25: `lime-edit train-demo --out DIR --threads 2` (the defaults:
-    6000 samples, VAE 1500, t2i 2500, editor 3000 steps, batch 16), OMP_WAIT_POLICY=PASSIVE,
-    while other jobs shared the machine for much of the time:
+    v2 run, 2026-11-25: `lime-edit train-demo --out DIR --threads 2 --edit-steps 3000`
+    (6000 samples, VAE 1500, t2i 2500, editor 3000 steps without the input pass, batch
+    16), OMP_WAIT_POLICY=PASSIVE, while other jobs shared the machine for much of the time:
     data 22 s; (a) VAE 191 s, round-trip L1 0.021 (0..1 scale); (b) t2i 1793 s,
     0.72 s/step, final v-MSE ~0.20; (c) editor 2660 s, 0.89 s/step, final v-MSE
-    ~0.065; total 4667 s (78 min; about 60 min on a quiet machine by the per-step
-    times measured alone: 0.52 s/step for the editor with 2 threads).  Attention share
-    of the focus tokens inside the GT mask (32 test scenes, capture noise level):
-    grid 32: 0.97, 16: 0.97, 8: 0.96, 4: 0.71 (uniform map: 0.11); the first model's
-    were 16: 0.94, 8: 0.92, 4: 0.68, 2: 0.32 on its coarser grids.
+    ~0.065; total 4667 s (78 min).
+    Shipped run (v3), 2026-12-05: the v2 run's folder resumed with the defaults
+    (`--edit-steps 5000 --input-pass-from 3000`): editor steps 3000 -> 5000 with the input
+    pass, 3125 s (1.56 s/step with diagnostics sharing the machine, 1.34-1.38 s/step
+    without), final v-MSE ~0.06; the input pass's attention share on training batches
+    rose 0.57 -> 0.74.  The resume restarted the optimizer state (see above), so one
+    uninterrupted run of the defaults is the same recipe but not bit-identical; its
+    time by these per-step figures: about 0.7 + 3 + 30 + 44 + 46 min = 2.1 h.
+    Attention share of the focus tokens inside the GT mask (32 test scenes, capture
+    noise level, ``measure_attention``), latent noised from the input image / from the
+    edited target: v3 grid 32: 0.72 / 0.95, 16: 0.78 / 0.94, 8: 0.74 / 0.94,
+    4: 0.57 / 0.69 (uniform map: 0.11); v2: 32: 0.34 / 0.97, 16: 0.37 / 0.96,
+    8: 0.39 / 0.96, 4: 0.31 / 0.70 (the v2 report gave only the target-noised figures).  Recommended K (``recommend_settings``, 60
+    validation scenes, RoI IoU by K): 3: 0.484, 4: 0.472, 5: 0.455, 6: 0.436, 8: 0.383
+    -> K = 3 in ``weights/lime_edit.json``.
     Weights: 12 MB per pipeline folder (editor and text-to-image), safetensors.
     An earlier run (2026-11-23) with epsilon prediction and unstandardized
     latents trained to a low loss but did not reconstruct its input through
@@ -541,6 +551,10 @@ def _save_atomically(pipe, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    for cfg in tmp.glob("*/config.json"):       # a resumed stage records where it was loaded from
+        data = json.loads(cfg.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -632,7 +646,7 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
     reference in the instruction can find it, as at the start of sampling) and from
     the *target* (``share_in_mask_by_grid_target_noised``: the object already shows
     its new colour, which the attention can simply follow; the first v2 report gave
-    only this one, 0.96-0.97, while the input-noised share was 0.48 at grid 8)."""
+    only this one, 0.96-0.97, while the input-noised share was 0.39 at grid 8)."""
     import torch
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
