@@ -31,6 +31,10 @@ def no_model_load(monkeypatch):
     (["bench", "synthetic", "--batch", "0"], "--batch 0"),
     (["bench", "synthetic", "--n", "0"], "--n 0"),
     (["demo", "--steps", "0"], "--steps 0"),
+    (["train-demo", "--edit-steps", "0"], "--edit-steps 0"),
+    (["train-demo", "--batch", "0"], "--batch 0"),
+    (["train-demo", "--recommend-n", "-1"], "--recommend-n -1"),
+    (["train-demo", "--input-pass-from", "-5"], "--input-pass-from -5"),
 ])
 def test_bad_counts_are_usage_errors(tmp_path, capsys, no_model_load, argv, flag):
     assert lime_cli.main([*argv, "--out", str(tmp_path / "o")]) == 2

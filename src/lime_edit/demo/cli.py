@@ -27,8 +27,11 @@ def _bench(args) -> int:
 
 
 def _train(args) -> int:
+    from .bench import check_counts
     from .train import main
 
+    check_counts(args, {"n_train": 1, "vae_steps": 1, "t2i_steps": 1, "edit_steps": 1, "batch": 1,
+                        "ckpt_every": 1, "input_pass_from": 0, "recommend_n": 0, "threads": 0})
     return main(args)
 
 
