@@ -55,14 +55,12 @@ def resize_mask(m: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def analyse(loc, e) -> dict:
-    from lime_edit.demo.metrics import iou
+    from lime_edit.demo.metrics import iou, roi_iou
 
     seg = loc.segments.cpu().numpy()
     grid = seg.shape
     gt = resize_mask(e.mask, grid)
     lab, _ = label_map(e, grid)
-    roi = np.asarray(Image.fromarray(loc.mask.cpu().numpy().astype(np.uint8) * 255)
-                     .resize(e.image.size, Image.NEAREST)) > 0
     att = loc.attention.cpu().numpy().astype(np.float64)
     pts = loc.points.cpu().numpy()
     pure = 0
@@ -73,7 +71,7 @@ def analyse(loc, e) -> dict:
         pure += counts.max()
         if gt[sel].mean() > 0.5:
             oracle |= sel
-    return {"roi_iou": iou(roi, e.mask),
+    return {"roi_iou": roi_iou(loc.mask, e.mask),
             "attn_share": float((att * gt).sum() / max(att.sum(), 1e-12)),
             "points_in_mask": float(gt[pts[:, 0], pts[:, 1]].mean()) if len(pts) else 0.0,
             "purity": float(pure / seg.size),

@@ -362,7 +362,7 @@ def run_bench(args) -> int:
     from .. import LimeConfig, LimePipeline
     from ..errors import LimeEditError
     from ..loading import resolve_model
-    from .metrics import all_metrics, iou, to_float
+    from .metrics import all_metrics, roi_iou, to_float
     from .scenes import caption_pair, make_edit
 
     check_counts(args, {"n": 1, "steps": 1, "batch": 1, "examples": 0, "threads": 0, "p2p_steps": 1})
@@ -453,11 +453,7 @@ def run_bench(args) -> int:
                            **all_metrics(o, to_float(e.image), to_float(e.clean_target), e.mask, e.target_colour)}
                     roi = None
                     if kind == "auto" and r.mask is not None:
-                        from PIL import Image
-
-                        pm = np.asarray(Image.fromarray(r.mask.cpu().numpy().astype(np.uint8) * 255)
-                                        .resize(e.image.size, Image.NEAREST)) > 0
-                        roi = iou(pm, e.mask)
+                        roi = roi_iou(r.mask, e.mask)
                     elif kind == "auto":
                         roi = 0.0  # fell back to plain IP2P / P2P: no RoI, counts as a miss
                     rec["roi_iou"] = roi

@@ -85,6 +85,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / u) if u else 1.0
 
 
+def roi_iou(roi, gt: np.ndarray) -> float:
+    """IoU of a RoI on the localization grid (bool tensor or array) with the ground-truth
+    mask ``gt`` at image size: the RoI is resized to ``gt``'s shape (nearest) first."""
+    from PIL import Image
+
+    m = roi.cpu().numpy() if hasattr(roi, "cpu") else np.asarray(roi)
+    h, w = gt.shape
+    pm = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+    return iou(pm, gt)
+
+
 def all_metrics(out, inp, target, m, target_colour: str) -> dict:
     """Every per-sample metric except RoI IoU and time."""
     bg = ~m

@@ -602,24 +602,18 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
     The K with the best mean RoI IoU on ``n`` validation scenes (train split, seeds from
     ``VALIDATION_SEED0``, clean targets; ties go to the larger K) is written, with
     every K's score, so the choice is auditable."""
-    from PIL import Image
-
     from .. import LimePipeline
+    from ..io import atomic_write_bytes
     from ..loading import MODEL_SETTINGS_FILE
-    from .metrics import iou
+    from .metrics import roi_iou
 
     pipe = LimePipeline.from_pretrained(str(pipe_dir), device="cpu")
     pipe.pipe.set_progress_bar_config(disable=True)
     scenes = [S.make_edit(VALIDATION_SEED0 + i, "train", noisy=False) for i in range(n)]
     scores: dict[int, float] = {}
     for k in ks:
-        vals = []
-        for e in scenes:
-            loc = pipe.localize(e.image, e.instruction, seed=e.seed, num_clusters=k)
-            pm = np.asarray(Image.fromarray(loc.mask.numpy().astype(np.uint8) * 255)
-                            .resize(e.image.size, Image.NEAREST)) > 0
-            vals.append(iou(pm, e.mask))
-        scores[k] = float(np.mean(vals))
+        scores[k] = float(np.mean([roi_iou(pipe.localize(e.image, e.instruction, seed=e.seed,
+                                                          num_clusters=k).mask, e.mask) for e in scenes]))
         log(f"recommend: K={k} validation RoI IoU {scores[k]:.4f} (n={n})")
     best = max(ks, key=lambda k: (round(scores[k], 3), k))
     data = {"lime_config": {"num_clusters": best},
@@ -628,9 +622,7 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
                     f"{VALIDATION_SEED0 + n - 1}; not the held-out test split)",
             "validation_roi_iou_by_k": {str(k): round(v, 4) for k, v in scores.items()}}
     f = Path(pipe_dir) / MODEL_SETTINGS_FILE
-    tmp = f.with_name(f.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, f)
+    atomic_write_bytes(f, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     log(f"recommend: K={best} written to {f}")
     return data
 
@@ -661,30 +653,26 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
     shares: dict[str, dict[int, list]] = {"input": {}, "target": {}}
     areas = []
     with torch.no_grad():
-        for i, src in ((i, src) for i in range(n) for src in ("input", "target")):
+        for i in range(n):
             e = S.make_edit(i, "test")
-            x = _to_tensor([e.image])
-            cond = vae.encode(x).latent_dist.mode()
-            y_img = e.image if src == "input" else e.target
-            y = vae.encode(_to_tensor([y_img])).latent_dist.mode() * vae.config.scaling_factor
-            xt = y + sig * torch.randn(y.shape, generator=g)
-            xt_in = xt / math.sqrt(sig ** 2 + 1)
-            ids = tokenize(tok, [e.instruction])
-            ehs = te(ids)[0]
-            store.items.clear(); store.on = True
-            unet(torch.cat([xt_in, cond], 1), t, ehs)
-            store.on = False
+            cond = vae.encode(_to_tensor([e.image])).latent_dist.mode()
+            ehs = te(tokenize(tok, [e.instruction]))[0]
             m = torch.nn.functional.avg_pool2d(torch.from_numpy(e.mask.astype(np.float32))[None, None], 2)[0, 0]
             tm = torch.zeros(1, MAX_LEN, 32, 32)
             tw = torch.zeros(1, MAX_LEN)
             for w in e.focus_words:
                 tm[0, w + 1] = m
                 tw[0, w + 1] = 1
-            _, per = attention_share(store.items, tm, tw)
-            for k, v in per.items():
-                shares[src].setdefault(k, []).append(v)
-            if src == "input":
-                areas.append(float(e.mask.mean()))
+            areas.append(float(e.mask.mean()))
+            for src, y in (("input", cond), ("target", vae.encode(_to_tensor([e.target])).latent_dist.mode())):
+                y = y * vae.config.scaling_factor
+                xt = y + sig * torch.randn(y.shape, generator=g)
+                store.items.clear(); store.on = True
+                unet(torch.cat([xt / math.sqrt(sig ** 2 + 1), cond], 1), t, ehs)
+                store.on = False
+                _, per = attention_share(store.items, tm, tw)
+                for k, v in per.items():
+                    shares[src].setdefault(k, []).append(v)
     unet.set_attn_processor(__import__("diffusers").models.attention_processor.AttnProcessor2_0())
     return {"n": n,
             "share_in_mask_by_grid": {str(k): float(np.mean(v)) for k, v in sorted(shares["input"].items())},
