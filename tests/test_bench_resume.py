@@ -126,3 +126,24 @@ def test_signature_starts_from_the_models_recommended_settings(tmp_path):
     assert sig["methods"]["lime_k8"]["settings"]["num_clusters"] == 8
     assert sig["methods"]["ip2p_low_guidance"]["settings"]["guidance_scale"] == 2.0
     assert sig["model"] != plain["model"]          # the settings file is part of the model's identity
+
+
+def test_reference_row_ignores_the_models_recommended_settings(tmp_path):
+    """lime_reference runs LimeConfig's defaults whatever lime_edit.json recommends (what the
+    recommendation buys), while lime starts from the recommendation; a --set still applies
+    to settings the model does not recommend."""
+    import json
+
+    from lime_edit.demo.bench import make_signature, method_overrides
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    (folder / "lime_edit.json").write_text(json.dumps({"lime_config": {"num_clusters": 4, "feature_levels": [1]}}))
+    sig = make_signature(str(folder), "cpu", 1, ["lime", "lime_reference"], 30, {"top_k": 50})
+    lime, ref = sig["methods"]["lime"]["settings"], sig["methods"]["lime_reference"]["settings"]
+    assert (lime["num_clusters"], list(lime["feature_levels"])) == (4, [1])
+    assert (ref["num_clusters"], ref["feature_levels"]) == (8, None)     # None: the backbone's levels
+    assert lime["top_k"] == ref["top_k"] == 50
+    assert method_overrides("lime_reference", str(folder)) == {"num_clusters": 8, "feature_levels": None}
+    assert method_overrides("lime_k8", str(folder)) == {"num_clusters": 8}

@@ -61,16 +61,19 @@ def test_bundled_weights_are_a_plain_diffusers_folder():
     assert sum(p.stat().st_size for p in files) < 25 * 2 ** 20
 
 
-def test_bundled_editor_recommends_its_k_through_lime_edit_json(lp):
-    """The demo editor's K comes from its folder's lime_edit.json (chosen on validation
-    scenes by train-demo), the mechanism any model folder has; nothing keys on "demo"."""
+def test_bundled_editor_recommends_its_settings_through_lime_edit_json(lp):
+    """The demo editor's feature levels and K come from its folder's lime_edit.json (chosen
+    on validation scenes by train-demo), the mechanism any model folder has; nothing keys
+    on "demo", and an explicit config gets LimeConfig's (the reference's) defaults."""
     rec = json.loads((bundled_model_path() / "lime_edit.json").read_text())
     k = rec["lime_config"]["num_clusters"]
-    scores = rec["validation_roi_iou_by_k"]
-    assert scores[str(k)] == max(scores.values())
-    assert lp.config.num_clusters == k
-    assert LimePipeline.from_pretrained(str(bundled_model_path()), device="cpu",
-                                        config=LimeConfig()).config.num_clusters == 8
+    levels = tuple(rec["lime_config"]["feature_levels"])
+    scores = rec["validation_roi_iou"]
+    assert scores[f"levels={','.join(map(str, levels))} K={k}"] == max(scores.values())
+    assert lp.config.num_clusters == k and lp.settings().feature_levels == levels
+    plain = LimePipeline.from_pretrained(str(bundled_model_path()), device="cpu", config=LimeConfig())
+    assert plain.config.num_clusters == 8
+    assert plain.settings().feature_levels == tuple(plain.backbone.default_levels()[0]) != levels
 
 
 def test_bundled_text_to_image_model_is_a_plain_sd_folder_and_loads_as_p2p():

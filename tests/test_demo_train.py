@@ -1,6 +1,6 @@
 """`lime-edit train-demo`'s driver on a few steps: every stage runs, the editor's input
 pass runs from its step, a rerun resumes from the last checkpoint, the report carries both
-attention measurements (input-noised and target-noised latents), and the recommended K is
+attention measurements (input-noised and target-noised latents), and the recommended levels and K are
 written where ``LimePipeline.from_pretrained`` reads it."""
 
 import json
@@ -33,12 +33,20 @@ def test_train_demo_runs_resumes_and_reports(tmp_path):
             assert set(rep[key]) >= {"8", "16", "32"}
             assert all(0.0 <= v <= 1.0 for v in rep[key].values())
 
-        # the recommended K, chosen on validation scenes, is read back as the pipeline's default
+        # the recommended levels and K, chosen on validation scenes, are read back as the
+        # pipeline's defaults; every (level set, K) pair's score is recorded
         rec = json.loads((tmp_path / "pipeline" / "lime_edit.json").read_text())
-        k = rec["lime_config"]["num_clusters"]
-        assert k in T.VALIDATION_KS and set(rec["validation_roi_iou_by_k"]) == {str(k) for k in T.VALIDATION_KS}
         from lime_edit import LimePipeline
-        assert LimePipeline.from_pretrained(str(tmp_path / "pipeline")).config.num_clusters == k
+        lp = LimePipeline.from_pretrained(str(tmp_path / "pipeline"))
+        sets = T.validation_level_sets(lp)
+        assert sets[0] == tuple(lp.backbone.default_levels()[0]) and (min(lp.backbone.levels),) in sets
+        scores = rec["validation_roi_iou"]
+        assert len(scores) == len(sets) * len(T.VALIDATION_KS)
+        k = rec["lime_config"]["num_clusters"]
+        levels = tuple(rec["lime_config"].get("feature_levels", sets[0]))
+        assert k in T.VALIDATION_KS and levels in sets
+        assert round(scores[f"levels={','.join(map(str, levels))} K={k}"], 3) == round(max(scores.values()), 3)
+        assert lp.settings().num_clusters == k and lp.settings().feature_levels == levels
 
         assert _run(tmp_path, 4) == 0              # a longer rerun continues from step 3
         log = (tmp_path / "train.log").read_text()

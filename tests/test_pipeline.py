@@ -363,3 +363,45 @@ def test_config_normalises_numpy_numbers():
                      layers="up_blocks.*")
     assert type(cfg.top_k) is int and type(cfg.guidance_scale) is float and cfg.drop_verbs is False
     assert cfg.layers == ("up_blocks.*",)
+
+
+def test_localize_variants_equal_one_localize_call_per_setting(lp, scene):
+    """One localization pass serves settings that act after the capture step: each
+    variant's result is what localize gives with those settings (same seed, same image);
+    a list input gives a list per variant."""
+    finest = min(lp.backbone.levels)
+    variants = [{}, {"feature_levels": (finest,)}, {"num_clusters": 3, "top_k": 400},
+                {"localize_end_token": False}]
+    prompts = ["make the red square blue", "turn the red square green"]
+    got = lp.localize_variants([scene, scene], prompts, variants, seed=[3, 4], **FAST)
+    assert len(got) == len(variants)
+    for v, locs in zip(variants, got):
+        assert isinstance(locs, list) and len(locs) == 2
+        ref = lp.localize([scene, scene], prompts, seed=[3, 4], **FAST, **v)
+        for a, b in zip(locs, ref):
+            assert torch.equal(a.mask, b.mask) and torch.equal(a.segments, b.segments)
+            assert torch.equal(a.attention, b.attention) and a.tokens == b.tokens and a.top_k == b.top_k
+    single = lp.localize_variants(scene, prompts[0], [{"num_clusters": 2}], seed=3, **FAST)
+    assert isinstance(single[0], Localization)
+
+
+@pytest.mark.parametrize("variants, match", [
+    ([{"capture_at": 0.5}], r"variants\[0\]: capture_at act\(s\) before the capture step"),
+    ([{}, {"guidance_scale": 3.0, "num_clusters": 2}], r"variants\[1\]: guidance_scale"),
+    ([], "non-empty list"),
+    ({"num_clusters": 3}, "non-empty list"),
+    ([{"num_clusters": 0}], "num_clusters"),
+    ([{"feature_levels": (64,)}], "feature_levels"),
+])
+def test_localize_variants_bad_settings_are_one_line_errors(lp, scene, variants, match):
+    with pytest.raises(LimeEditError, match=match) as ei:
+        lp.localize_variants(scene, "make the red square blue", variants, **FAST)
+    assert "\n" not in str(ei.value)
+
+
+def test_settings_are_what_a_call_runs_with(lp):
+    cfg = lp.settings(num_clusters=3)
+    assert isinstance(cfg, LimeConfig) and cfg.num_clusters == 3
+    assert cfg.feature_levels == tuple(lp.backbone.default_levels()[0])   # resolved by the backbone
+    with pytest.raises(LimeEditError, match="num_clusters"):
+        lp.settings(num_clusters=0)

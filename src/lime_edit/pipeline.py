@@ -53,6 +53,13 @@ class _Item:
     notice: str | None = None     # processed far below the input's size (see _processing_size)
 
 
+#: LimeConfig fields that act only after the localization pass's capture step: settings
+#: differing only in these can share one pass (:meth:`LimePipeline.localize_variants`).
+POST_CAPTURE_SETTINGS = frozenset({"feature_levels", "clustering", "num_clusters", "kmeans_iters",
+                                   "distance_threshold", "agglomerative_max_points", "top_k",
+                                   "align_corners", "localize_end_token"})
+
+
 class LimePipeline:
     """LIME around an instruction editor's diffusers pipeline.
 
@@ -107,6 +114,11 @@ class LimePipeline:
         return self.backbone.native_size()
 
     # ------------------------------------------------------------------ public API
+    def settings(self, **overrides) -> LimeConfig:
+        """The settings a call with these overrides runs with: the pipeline's (defaults, the
+        model's recommended settings), the overrides, then the backbone's levels and grid."""
+        return self._config(overrides)
+
     def localize(self, image, instruction, seed: int | Sequence[int] = 0, **overrides):
         """Stage 1 only: returns a :class:`Localization` (a list for list input).
         An instruction with no related token gives an empty mask and no tokens."""
@@ -117,6 +129,44 @@ class LimePipeline:
             for it, loc in zip(group, self._localize(group, cfg)):
                 out[it.index] = loc
         return out[0] if single else out
+
+    def localize_variants(self, image, instruction, variants: Sequence[dict[str, Any]],
+                          seed: int | Sequence[int] = 0, **overrides):
+        """Stage 1 under several RoI settings from ONE localization pass.
+
+        ``variants``: dicts of settings that act only after the capture step
+        (:data:`POST_CAPTURE_SETTINGS`: feature levels, clustering, K, top-k ...), each
+        applied on top of ``overrides``. The pass captures the union of the variants'
+        feature levels; each variant then reads only its own levels. Returns one entry per
+        variant, each exactly what :meth:`localize` returns with those settings (a
+        :class:`Localization`, or a list for list input); used to compare settings (the
+        recommended settings of ``train-demo``, ablations) at the cost of one pass."""
+        if isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants) or not variants:
+            raise LimeEditError("variants: expected a non-empty list of settings dicts")
+        cfgs = []
+        for i, v in enumerate(variants):
+            early = sorted(set(v) - POST_CAPTURE_SETTINGS)
+            if early:
+                raise LimeEditError(f"variants[{i}]: {', '.join(early)} act(s) before the capture step, so one "
+                                    "localization pass cannot serve it; call localize once per setting")
+            cfgs.append(self._config({**overrides, **v}))
+        base = self._config(overrides)
+        union = base.replace(feature_levels=tuple(sorted(set().union(*(c.feature_levels for c in cfgs)))))
+        items, single = self._items(image, instruction, "auto", seed, union)
+        out: list[list[Localization | None]] = [[None] * len(items) for _ in cfgs]
+        for group in self._groups(items):
+            self._retokenize(group, union)
+            st = self._capture_state(group, union)
+            self._run(group, union, steps=union.loc_steps, guidance=union.localization_guidance_scale,
+                      state=st, stop_after=union.capture_step, output_type="latent")
+            for j, c in enumerate(cfgs):
+                keep = set(c.feature_levels)
+                sub = PassState(latent_hw=st.latent_hw, batch=st.batch,
+                                features=[f for f in st.features if f[1] in keep],
+                                cross_probs=[p for p in st.cross_probs if p[1] in keep])
+                for it, loc in zip(group, self._localizations(group, sub, c)):
+                    out[j][it.index] = loc
+        return [o[0] if single else o for o in out]
 
     def edit(self, image, instruction, mask: Any = "auto", seed: int | Sequence[int] = 0, **overrides):
         """Edit with LIME. ``mask``: ``"auto"`` (localize first, same seed), ``None``

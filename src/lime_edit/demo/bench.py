@@ -12,6 +12,8 @@ lime                IP2P+LIME with the model's defaults: LimeConfig's (K-means, 
                     penalize), updated by the model folder's recommended settings
                     (``lime_edit.json``; the bundled demo model recommends its K)
 lime_gt_mask        LIME's regularization with the ground-truth mask as RoI
+lime_reference      IP2P+LIME with LimeConfig's defaults (the reference code's levels,
+                    K = 8), the model's recommended settings ignored: what they buy
 lime_k4, lime_k8,   K = 4 / 8 (the paper's) / 16, whatever the model recommends
 lime_k16
 lime_agglo_0.4 ...  agglomerative clustering, cosine distance threshold 0.4/0.55/0.7
@@ -85,6 +87,7 @@ def method_table() -> dict[str, tuple[str, dict]]:
         "ip2p_low_guidance": ("none", {}),      # the pipeline's default guidance = LIME's edit pass
         "lime": ("auto", {}),
         "lime_gt_mask": ("gt", {}),
+        "lime_reference": ("auto", {}),         # + every recommended setting reset (method_overrides)
         "lime_k4": ("auto", {"num_clusters": 4}),
         "lime_k8": ("auto", {"num_clusters": 8}),
         "lime_k16": ("auto", {"num_clusters": 16}),
@@ -240,6 +243,22 @@ def model_identity(model: str) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "files": len(files), "bytes": total}
 
 
+#: rows that ignore the model's recommended settings (lime_edit.json): LimeConfig's defaults
+IGNORES_RECOMMENDED = frozenset({"lime_reference"})
+
+
+def method_overrides(m: str, model: str | None) -> dict[str, Any]:
+    """The LimeConfig overrides of IP2P-backbone row ``m`` on top of the pipeline's settings
+    (LimeConfig's defaults updated by the model's recommended settings)."""
+    from .. import LimeConfig
+
+    reset = {}
+    if m in IGNORES_RECOMMENDED:
+        defaults = LimeConfig()
+        reset = {k: getattr(defaults, k) for k in recommended_settings(model)}
+    return {**reset, **method_table()[m][1]}
+
+
 def recommended_settings(model: str | None) -> dict[str, Any]:
     """A local model folder's recommended ``LimeConfig`` fields (its ``lime_edit.json``), else ``{}``."""
     from ..loading import read_model_settings
@@ -267,7 +286,7 @@ def make_signature(model: str, device: str, batch: int, methods: list[str], step
     def entry(m: str) -> dict[str, Any]:
         if m not in P2P_METHODS:
             return {"mask": table[m][0],
-                    "settings": base.replace(**{**(settings or {}), **extra, **table[m][1]}).to_dict()}
+                    "settings": base.replace(**{**(settings or {}), **extra, **method_overrides(m, model)}).to_dict()}
         cfg = LimeConfig(**{**p2p_sampler_defaults(), **recommended_settings(t2i_model)}).replace(
             **{**(settings or {}), **p2p_extra, **table[m][1]})
         return {"mask": table[m][0], "backbone": "p2p", "p2p": dict(P2P_METHODS[m]), "settings": cfg.to_dict()}
@@ -435,7 +454,8 @@ def run_bench(args) -> int:
                 items = [e for e in chunk if (m, e.seed) not in done]
                 if not items:
                     continue
-                kind, ov = table[m]
+                kind = table[m][0]
+                ov = table[m][1] if m in P2P_METHODS else method_overrides(m, model)
                 masks = [None if kind == "none" else ("auto" if kind == "auto" else e.mask) for e in items]
                 t0 = time.perf_counter()
                 if m in P2P_METHODS:

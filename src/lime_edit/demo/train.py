@@ -589,19 +589,32 @@ VALIDATION_SEED0 = 50_000
 VALIDATION_KS = (3, 4, 5, 6, 8)
 
 
+def validation_level_sets(pipe) -> list[tuple[int, ...]]:
+    """The feature-level sets the recommendation compares, from the U-Net's own levels:
+    the backbone's default first (SD1.x: the reference's latent/2, /4, /8), then every run
+    of levels from the finest up ((1,), (1, 2), (1, 2, 4) = the paper's, ...)."""
+    present = sorted(pipe.backbone.levels)
+    sets = [tuple(pipe.backbone.default_levels()[0])] + [tuple(present[:i]) for i in range(1, len(present) + 1)]
+    return list(dict.fromkeys(sets))
+
+
 def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, ...] = VALIDATION_KS,
                        log=print) -> dict:
-    """Choose the editor's recommended K-means K on validation scenes and write it to
-    ``pipe_dir/lime_edit.json`` (the general mechanism ``LimePipeline.from_pretrained``
-    reads for any model folder).
+    """Choose the editor's recommended feature levels and K-means K on validation scenes and
+    write them to ``pipe_dir/lime_edit.json`` (the general mechanism
+    ``LimePipeline.from_pretrained`` reads for any model folder).
 
-    LIME's K = 8 is the paper's choice for photographs; these scenes hold 2-4 shapes on
-    a plain, gradient or textured background, and with K = 8 the object's rim (feature
-    cells mixing object and background) often forms its own segment, which the top-k
-    points at the object's centre do not select: the RoI is precise but misses the rim.
-    The K with the best mean RoI IoU on ``n`` validation scenes (train split, seeds from
-    ``VALIDATION_SEED0``, clean targets; ties go to the larger K) is written, with
-    every K's score, so the choice is auditable."""
+    LIME's reference settings (levels latent/2, /4, /8; K = 8) are chosen for 512 px
+    photographs, where an object spans many cells of those grids. These 64 px scenes hold
+    2-4 shapes about 16 px wide: on the latent/4 and /8 grids an object is one to four
+    cells, mostly rim cells that mix object and background; with K = 8 that rim forms its
+    own segment, which the top-k points at the object's centre do not select. Every
+    (level set, K) pair of :func:`validation_level_sets` x ``ks`` is scored by its mean
+    RoI IoU on ``n`` validation scenes (train split, seeds from ``VALIDATION_SEED0``,
+    clean targets), all from one localization pass per scene
+    (:meth:`LimePipeline.localize_variants`); the best is written with every pair's
+    score, so the choice is auditable. Ties (to 3 decimals) go to the backbone's default
+    levels, then to the larger K."""
     from .. import LimePipeline
     from ..io import atomic_write_bytes
     from ..loading import MODEL_SETTINGS_FILE
@@ -609,21 +622,34 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
 
     pipe = LimePipeline.from_pretrained(str(pipe_dir), device="cpu")
     pipe.pipe.set_progress_bar_config(disable=True)
-    scenes = [S.make_edit(VALIDATION_SEED0 + i, "train", noisy=False) for i in range(n)]
-    scores: dict[int, float] = {}
-    for k in ks:
-        scores[k] = float(np.mean([roi_iou(pipe.localize(e.image, e.instruction, seed=e.seed,
-                                                          num_clusters=k).mask, e.mask) for e in scenes]))
-        log(f"recommend: K={k} validation RoI IoU {scores[k]:.4f} (n={n})")
-    best = max(ks, key=lambda k: (round(scores[k], 3), k))
-    data = {"lime_config": {"num_clusters": best},
-            "note": "recommended by lime_edit.demo.train.recommend_settings: the K-means K with the best "
-                    f"mean RoI IoU on {n} validation scenes (train split, seeds {VALIDATION_SEED0}..."
-                    f"{VALIDATION_SEED0 + n - 1}; not the held-out test split)",
-            "validation_roi_iou_by_k": {str(k): round(v, 4) for k, v in scores.items()}}
+    default_levels = tuple(pipe.backbone.default_levels()[0])
+    pairs = [(lv, k) for lv in validation_level_sets(pipe) for k in ks]
+    variants = [{"feature_levels": lv, "num_clusters": k} for lv, k in pairs]
+    sums = np.zeros(len(pairs))
+    for i in range(n):
+        e = S.make_edit(VALIDATION_SEED0 + i, "train", noisy=False)
+        locs = pipe.localize_variants(e.image, e.instruction, variants, seed=e.seed)
+        sums += [roi_iou(loc.mask, e.mask) for loc in locs]
+    scores = {pair: float(v / n) for pair, v in zip(pairs, sums)}
+
+    def name(pair) -> str:
+        return f"levels={','.join(map(str, pair[0]))} K={pair[1]}"
+
+    for pair in pairs:
+        log(f"recommend: {name(pair)} validation RoI IoU {scores[pair]:.4f} (n={n})")
+    best = max(pairs, key=lambda p: (round(scores[p], 3), p[0] == default_levels, p[1]))
+    cfg: dict = {"num_clusters": best[1]}
+    if best[0] != default_levels:
+        cfg["feature_levels"] = list(best[0])
+    data = {"lime_config": cfg,
+            "note": "recommended by lime_edit.demo.train.recommend_settings: the feature levels and K-means K "
+                    f"with the best mean RoI IoU on {n} validation scenes (train split, seeds "
+                    f"{VALIDATION_SEED0}...{VALIDATION_SEED0 + n - 1}; not the held-out test split); "
+                    f"the backbone's default levels are {','.join(map(str, default_levels))}",
+            "validation_roi_iou": {name(p): round(v, 4) for p, v in scores.items()}}
     f = Path(pipe_dir) / MODEL_SETTINGS_FILE
     atomic_write_bytes(f, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
-    log(f"recommend: K={best} written to {f}")
+    log(f"recommend: {name(best)} written to {f}")
     return data
 
 
