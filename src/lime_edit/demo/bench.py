@@ -10,7 +10,7 @@ ip2p_low_guidance   plain IP2P at LIME's edit-pass guidance (LimeConfig default,
                     2.0), to separate the regularization from the lower guidance
 lime                IP2P+LIME with the model's defaults: LimeConfig's (K-means, K = 8,
                     penalize), updated by the model folder's recommended settings
-                    (``lime_edit.json``; the bundled demo model recommends its K)
+                    (``lime_edit.json``; the bundled demo model recommends its levels and K)
 lime_gt_mask        LIME's regularization with the ground-truth mask as RoI
 lime_reference      IP2P+LIME with LimeConfig's defaults (the reference code's levels,
                     K = 8), the model's recommended settings ignored: what they buy

@@ -42,7 +42,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--t2i-steps", type=int, default=2500)
     p.add_argument("--edit-steps", type=int, default=5000)
     p.add_argument("--recommend-n", type=int, default=60,
-                   help="validation scenes on which the finished editor's recommended K-means K is chosen "
+                   help="validation scenes on which the finished editor's recommended feature levels and K-means K are chosen "
                         "and written to its lime_edit.json (default 60; 0 = skip)")
     p.add_argument("--input-pass-from", type=int, default=3000,
                    help="editor step from which the attention-alignment loss also runs on a noisy latent made "

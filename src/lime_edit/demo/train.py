@@ -86,9 +86,13 @@ Measured on the shared 2-core CPU machine (DIR/train.log of the shipped runs):
     noise level, ``measure_attention``), latent noised from the input image / from the
     edited target: v3 grid 32: 0.72 / 0.95, 16: 0.78 / 0.94, 8: 0.74 / 0.94,
     4: 0.57 / 0.69 (uniform map: 0.11); v2: 32: 0.34 / 0.97, 16: 0.37 / 0.96,
-    8: 0.39 / 0.96, 4: 0.31 / 0.70 (the v2 report gave only the target-noised figures).  Recommended K (``recommend_settings``, 60
-    validation scenes, RoI IoU by K): 3: 0.484, 4: 0.472, 5: 0.455, 6: 0.436, 8: 0.383
-    -> K = 3 in ``weights/lime_edit.json``.
+    8: 0.39 / 0.96, 4: 0.31 / 0.70 (the v2 report gave only the target-noised figures).  Recommended settings (``recommend_settings``,
+    60 validation scenes, mean RoI IoU; rerun on the same weights on 2026-12-05 once it
+    swept levels too, 86 s with 2 threads): reference levels 2,4,8 at K = 3/4/5/6/8: 0.484
+    / 0.472 / 0.455 / 0.436 / 0.383; levels 1 (the 32x32 grid alone): 0.639 / 0.642 /
+    0.622 / 0.605 / 0.574; levels 1,2: 0.579 / 0.520 / 0.459 / 0.428 / 0.364; levels
+    1,2,4 (the paper's): 0.524 / 0.547 / 0.508 / 0.479 / 0.389 -> levels (1,), K = 4
+    in ``weights/lime_edit.json`` (the first sweep, K only, had chosen K = 3).
     Weights: 12 MB per pipeline folder (editor and text-to-image), safetensors.
     An earlier run (2026-11-23) with epsilon prediction and unstandardized
     latents trained to a low loss but did not reconstruct its input through

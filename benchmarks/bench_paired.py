@@ -1,0 +1,111 @@
+"""Paired differences between the rows of a ``bench synthetic`` folder, scene by scene.
+
+    python benchmarks/bench_paired.py DIR                          # every LIME row against both IP2P rows
+    python benchmarks/bench_paired.py DIR --pairs lime:ip2p,lime:lime_reference --json out.json
+
+Every method of ``bench synthetic`` sees the same scenes and sampler seeds, so differences are
+taken per scene (``DIR/samples.jsonl``) and reported as mean +- standard error over the scenes
+both rows have, with the relative background change against the second row's mean. With
+``--split-by METHOD`` (default ``lime``) each pair is also reported separately for the scenes
+where that method's RoI hits the object (``roi_iou >= --hit``, default 0.1) and where it misses
+(lands on another object or the background): a miss and a hit fail for different reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("bg_l1", "in_mask_l1", "edit_success", "roi_iou")
+
+
+def load(folder: Path) -> dict[tuple[str, int], dict]:
+    f = folder / "samples.jsonl"
+    if not f.is_file():
+        raise SystemExit(f"error: {f}: not found (a folder written by `lime-edit bench synthetic`)")
+    rows = {}
+    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            rows[(r["method"], int(r["seed"]))] = r
+        except (ValueError, KeyError, TypeError):
+            raise SystemExit(f"error: {f}:{n}: not a bench row") from None
+    return rows
+
+
+def paired(rows: dict, a: str, b: str, seeds: list[int]) -> dict:
+    out: dict = {"n": len(seeds)}
+    if not seeds:
+        return out
+    for k in ("bg_l1", "in_mask_l1", "edit_success"):
+        d = np.array([rows[(a, s)][k] - rows[(b, s)][k] for s in seeds], float)
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[k] = {"diff": float(d.mean()), "se": se}
+    base = float(np.mean([rows[(b, s)]["bg_l1"] for s in seeds]))
+    out["bg_l1"]["relative"] = out["bg_l1"]["diff"] / base if base else float("nan")
+    out["means"] = {m: {k: float(np.mean([rows[(m, s)][k] for s in seeds]))
+                        for k in METRICS if all(rows[(m, s)].get(k) is not None for s in seeds)} for m in (a, b)}
+    return out
+
+
+def fmt(name: str, r: dict) -> str:
+    if r["n"] == 0:
+        return f"{name}: no scenes"
+    bg = r["bg_l1"]
+    return (f"{name} (n={r['n']}): bg_l1 {bg['diff']:+.4f} +- {bg['se']:.4f} ({100 * bg['relative']:+.1f} %), "
+            f"in_mask_l1 {r['in_mask_l1']['diff']:+.4f} +- {r['in_mask_l1']['se']:.4f}, "
+            f"edit_success {r['edit_success']['diff']:+.3f} +- {r['edit_success']['se']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--pairs", default=None,
+                    help="comma-separated A:B pairs (default: every LIME row against ip2p and ip2p_low_guidance)")
+    ap.add_argument("--split-by", default="lime", help="method whose RoI splits the scenes into hits and misses")
+    ap.add_argument("--hit", type=float, default=0.1, help="RoI IoU from which a scene counts as a hit (default 0.1)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    rows = load(args.folder)
+    methods = sorted({m for m, _ in rows})
+    if args.pairs:
+        pairs = []
+        for p in args.pairs.split(","):
+            a, _, b = p.partition(":")
+            if not a or not b:
+                print(f"error: --pairs: {p!r} is not A:B", file=sys.stderr)
+                return 2
+            pairs.append((a.strip(), b.strip()))
+    else:
+        pairs = [(m, b) for m in methods if m.startswith("lime") for b in ("ip2p", "ip2p_low_guidance")]
+    missing = sorted({m for p in pairs for m in p} - set(methods))
+    if missing:
+        print(f"error: --pairs: no rows for {', '.join(missing)} in {args.folder} (has: {', '.join(methods)})",
+              file=sys.stderr)
+        return 2
+    split = args.split_by if args.split_by in methods else None
+    report: dict = {"folder": str(args.folder), "hit": args.hit, "split_by": split, "pairs": {}}
+    for a, b in pairs:
+        seeds = sorted(s for (m, s) in rows if m == a and (b, s) in rows)
+        entry = {"all": paired(rows, a, b, seeds)}
+        print(fmt(f"{a} - {b}", entry["all"]))
+        if split is not None:
+            for part, keep in (("hit", True), ("miss", False)):
+                ss = [s for s in seeds if (split, s) in rows
+                      and ((rows[(split, s)].get("roi_iou") or 0.0) >= args.hit) == keep]
+                entry[part] = paired(rows, a, b, ss)
+                print("  " + fmt(f"where {split}'s RoI {'hits' if keep else 'misses'}", entry[part]))
+        report["pairs"][f"{a}:{b}"] = entry
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""benchmarks/bench_paired.py: per-scene paired differences of a bench folder's rows."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bp():
+    spec = importlib.util.spec_from_file_location("bench_paired", ROOT / "benchmarks" / "bench_paired.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write(folder: Path, rows):
+    folder.mkdir(exist_ok=True)
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_paired_differences_and_hit_split(bp, tmp_path, capsys):
+    rows = []
+    for s, (iou, bg_a, bg_b, ok_a, ok_b) in enumerate([(0.8, 0.04, 0.05, 1, 1), (0.7, 0.02, 0.05, 1, 0),
+                                                      (0.0, 0.06, 0.05, 0, 0)]):
+        rows.append({"method": "lime", "seed": s, "roi_iou": iou, "bg_l1": bg_a, "in_mask_l1": 0.1,
+                     "edit_success": ok_a})
+        rows.append({"method": "ip2p", "seed": s, "roi_iou": None, "bg_l1": bg_b, "in_mask_l1": 0.2,
+                     "edit_success": ok_b})
+    rows.append({"method": "lime", "seed": 3, "roi_iou": 0.9, "bg_l1": 0.0, "in_mask_l1": 0.0, "edit_success": 1})
+    _write(tmp_path, rows)                      # seed 3 has no ip2p row: not paired
+    out = tmp_path / "r.json"
+    assert bp.main([str(tmp_path), "--pairs", "lime:ip2p", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())["pairs"]["lime:ip2p"]
+    assert rep["all"]["n"] == 3
+    assert rep["all"]["bg_l1"]["diff"] == pytest.approx((-0.01 - 0.03 + 0.01) / 3)
+    assert rep["all"]["bg_l1"]["relative"] == pytest.approx(-0.01 / 0.05)
+    assert rep["all"]["edit_success"]["diff"] == pytest.approx(1 / 3)
+    assert rep["hit"]["n"] == 2 and rep["miss"]["n"] == 1
+    assert rep["miss"]["bg_l1"]["diff"] == pytest.approx(0.01)
+    assert "lime - ip2p (n=3)" in capsys.readouterr().out
+
+
+def test_bad_folder_and_pairs_are_one_line_errors(bp, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="samples.jsonl: not found"):
+        bp.main([str(tmp_path / "nothing")])
+    _write(tmp_path, [{"method": "lime", "seed": 0, "bg_l1": 0.1, "in_mask_l1": 0.1, "edit_success": 1}])
+    assert bp.main([str(tmp_path), "--pairs", "lime:ip2p"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --pairs: no rows for ip2p") and len(err.strip().splitlines()) == 1
+    assert bp.main([str(tmp_path), "--pairs", "lime"]) == 2
+    (tmp_path / "samples.jsonl").write_text("{not json\n")
+    with pytest.raises(SystemExit, match=r"samples.jsonl:1: not a bench row"):
+        bp.main([str(tmp_path)])
