@@ -610,8 +610,8 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
 
     LIME's reference settings (levels latent/2, /4, /8; K = 8) are chosen for 512 px
     photographs, where an object spans many cells of those grids. These 64 px scenes hold
-    2-4 shapes about 16 px wide: on the latent/4 and /8 grids an object is one to four
-    cells, mostly rim cells that mix object and background; with K = 8 that rim forms its
+    2-4 shapes 16 to 31 px wide: on the latent/4 and /8 grids an object is one to four
+    cells across, mostly rim cells that mix object and background; with K = 8 that rim forms its
     own segment, which the top-k points at the object's centre do not select. Every
     (level set, K) pair of :func:`validation_level_sets` x ``ks`` is scored by its mean
     RoI IoU on ``n`` validation scenes (train split, seeds from ``VALIDATION_SEED0``,
