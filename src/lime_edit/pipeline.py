@@ -155,10 +155,7 @@ class LimePipeline:
         items, single = self._items(image, instruction, "auto", seed, union)
         out: list[list[Localization | None]] = [[None] * len(items) for _ in cfgs]
         for group in self._groups(items):
-            self._retokenize(group, union)
-            st = self._capture_state(group, union)
-            self._run(group, union, steps=union.loc_steps, guidance=union.localization_guidance_scale,
-                      state=st, stop_after=union.capture_step, output_type="latent")
+            st = self._capture(group, union)
             for j, c in enumerate(cfgs):
                 keep = set(c.feature_levels)
                 sub = PassState(latent_hw=st.latent_hw, batch=st.batch,
@@ -384,12 +381,16 @@ class LimePipeline:
                                     warnings=[it.notice] if it.notice else []))
         return out
 
-    def _localize(self, items: list[_Item], cfg: LimeConfig) -> list[Localization]:
+    def _capture(self, items: list[_Item], cfg: LimeConfig) -> PassState:
+        """The localization pass up to its capture step: features and cross-attention."""
         self._retokenize(items, cfg)
         st = self._capture_state(items, cfg)
         self._run(items, cfg, steps=cfg.loc_steps, guidance=cfg.localization_guidance_scale,
                   state=st, stop_after=cfg.capture_step, output_type="latent")
-        return self._localizations(items, st, cfg)
+        return st
+
+    def _localize(self, items: list[_Item], cfg: LimeConfig) -> list[Localization]:
+        return self._localizations(items, self._capture(items, cfg), cfg)
 
     def _edit(self, items: list[_Item], cfg: LimeConfig) -> list[EditResult]:
         t0 = time.perf_counter()

@@ -443,6 +443,7 @@ def run_bench(args) -> int:
     p2p_extra = {**settings, "num_inference_steps": p2p_steps}
     _write_atomic_text(out / "signature.json", json.dumps(sig, indent=2) + "\n")  # before any row
     samples_path = out / "samples.jsonl"
+    overrides = {m: table[m][1] if m in P2P_METHODS else method_overrides(m, model) for m in methods}
     done = load_done(samples_path)
     samples = [make_edit(s, "test") for s in range(n)]
     todo = sum(1 for m in methods for s in range(n) if (m, s) not in done)
@@ -454,8 +455,7 @@ def run_bench(args) -> int:
                 items = [e for e in chunk if (m, e.seed) not in done]
                 if not items:
                     continue
-                kind = table[m][0]
-                ov = table[m][1] if m in P2P_METHODS else method_overrides(m, model)
+                kind, ov = table[m][0], overrides[m]
                 masks = [None if kind == "none" else ("auto" if kind == "auto" else e.mask) for e in items]
                 t0 = time.perf_counter()
                 if m in P2P_METHODS:

@@ -626,8 +626,9 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
 
     pipe = LimePipeline.from_pretrained(str(pipe_dir), device="cpu")
     pipe.pipe.set_progress_bar_config(disable=True)
-    default_levels = tuple(pipe.backbone.default_levels()[0])
-    pairs = [(lv, k) for lv in validation_level_sets(pipe) for k in ks]
+    level_sets = validation_level_sets(pipe)
+    default_levels = level_sets[0]
+    pairs = [(lv, k) for lv in level_sets for k in ks]
     variants = [{"feature_levels": lv, "num_clusters": k} for lv, k in pairs]
     sums = np.zeros(len(pairs))
     for i in range(n):
