@@ -23,6 +23,11 @@ defaults (plus any ``--set NAME=VALUE``) and reports, averaged over scenes:
 
 Together they say whether a poor RoI comes from the attention (low attn_share /
 points_in_mask) or from the segments (low purity / oracle_iou).
+
+It also counts the *misses*, scenes whose top-k points all lie off the object (how many
+of them still overlap it with IoU >= 0.1, and how they split by the kind of reference the
+instruction uses: shape only, colour and shape, size and shape, position), and gives the RoI
+IoU over the other scenes (``roi_iou_where_points_hit``).
 """
 
 from __future__ import annotations
@@ -52,6 +57,31 @@ def label_map(e, grid: tuple[int, int]) -> np.ndarray:
 def resize_mask(m: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     h, w = grid
     return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+
+
+def reference_kind(e) -> str:
+    """How the instruction names the object: "shape" ("the circle"), "position" ("the circle
+    on the left"), "size" ("the big (red) circle") or "colour" ("the red circle")."""
+    from lime_edit.demo.scenes import SIZES
+
+    words = e.reference.split()
+    if len(words) == 1:
+        return "shape"
+    if "on" in words:
+        return "position"
+    return "size" if words[0] in SIZES else "colour"
+
+
+def misses(rows: list[dict], kinds: list[str]) -> dict:
+    """Scenes whose points all miss the object, overall and by reference kind."""
+    miss = [r["points_in_mask"] == 0 for r in rows]
+    hit_ious = [r["roi_iou"] for r, m in zip(rows, miss) if not m]
+    return {"all_points_miss": int(sum(miss)),
+            "all_points_miss_but_overlap": int(sum(m and r["roi_iou"] >= 0.1 for r, m in zip(rows, miss))),
+            "roi_iou_where_points_hit": float(np.mean(hit_ious)) if hit_ious else None,
+            "by_reference": {k: {"scenes": kinds.count(k), "all_points_miss": int(sum(m for m, q in zip(miss, kinds)
+                                                                                       if q == k))}
+                             for k in sorted(set(kinds))}}
 
 
 def analyse(loc, e) -> dict:
@@ -101,16 +131,17 @@ def main(argv=None) -> int:
     lp = LimePipeline.from_pretrained(model)
     lp.pipe.set_progress_bar_config(disable=True)
     overrides = dict(_parse_set(item) for item in args.cfg_set)
-    rows = []
+    rows, kinds = [], []
     t0 = time.perf_counter()
     for s in range(args.n):
         e = make_edit(s, "test")
         loc = lp.localize(e.image, e.instruction, seed=s, **overrides)
         rows.append(analyse(loc, e))
+        kinds.append(reference_kind(e))
     keys = ["roi_iou", "attn_share", "points_in_mask", "purity", "oracle_iou", "mask_area", "num_segments"]
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     out = {"model": model, "n": args.n, "settings": overrides, "grid": rows[0]["grid"], "top_k": rows[0]["top_k"],
-           "mean": summary, "sec": time.perf_counter() - t0,
+           "mean": summary, "misses": misses(rows, kinds), "sec": time.perf_counter() - t0,
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "per_scene": rows}
     if args.per_level:
@@ -120,6 +151,13 @@ def main(argv=None) -> int:
     print(f"model {model}: n={args.n}, localization grid {rows[0]['grid']}, top_k {rows[0]['top_k']}")
     for k in keys:
         print(f"  {k:15s} {summary[k]:.3f}")
+    ms = out["misses"]
+    hit = ms["roi_iou_where_points_hit"]
+    print(f"  every point off the object in {ms['all_points_miss']} of {args.n} scenes "
+          f"({ms['all_points_miss_but_overlap']} of them still overlap it, IoU >= 0.1); RoI IoU elsewhere "
+          + (f"{hit:.3f}" if hit is not None else "-"))
+    print("  misses by reference: " + ", ".join(f"{k} {v['all_points_miss']}/{v['scenes']}"
+                                               for k, v in ms["by_reference"].items()))
     if "per_level" in out:
         print("  object-word attention inside the mask by grid, latent noised from the input image:",
               out["per_level"]["share_in_mask_by_grid"])

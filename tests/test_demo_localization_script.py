@@ -1,0 +1,36 @@
+"""benchmarks/demo_localization.py's miss counts (pure helpers; the full run needs the model)."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dl():
+    spec = importlib.util.spec_from_file_location("demo_localization", ROOT / "benchmarks" / "demo_localization.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("reference, kind", [("circle", "shape"), ("circle on the left", "position"),
+                                             ("big red circle", "size"), ("small circle", "size"),
+                                             ("red circle", "colour")])
+def test_reference_kind(dl, reference, kind):
+    assert dl.reference_kind(SimpleNamespace(reference=reference)) == kind
+
+
+def test_misses_count_scenes_whose_points_all_miss(dl):
+    rows = [{"points_in_mask": 0.0, "roi_iou": 0.0}, {"points_in_mask": 0.0, "roi_iou": 0.3},
+            {"points_in_mask": 0.5, "roi_iou": 0.8}, {"points_in_mask": 1.0, "roi_iou": 0.6}]
+    m = dl.misses(rows, ["shape", "colour", "shape", "size"])
+    assert m["all_points_miss"] == 2 and m["all_points_miss_but_overlap"] == 1
+    assert m["roi_iou_where_points_hit"] == pytest.approx(0.7)
+    assert m["by_reference"] == {"colour": {"scenes": 1, "all_points_miss": 1},
+                                 "shape": {"scenes": 2, "all_points_miss": 1},
+                                 "size": {"scenes": 1, "all_points_miss": 0}}
+    assert dl.misses([{"points_in_mask": 0.0, "roi_iou": 0.0}], ["shape"])["roi_iou_where_points_hit"] is None
