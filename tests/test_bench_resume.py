@@ -35,6 +35,9 @@ def no_model_load(monkeypatch):
     (["train-demo", "--batch", "0"], "--batch 0"),
     (["train-demo", "--recommend-n", "-1"], "--recommend-n -1"),
     (["train-demo", "--input-pass-from", "-5"], "--input-pass-from -5"),
+    (["train-demo", "--ema-from", "-1"], "--ema-from -1"),
+    (["train-demo", "--ema-decay", "1"], "--ema-decay 1"),
+    (["train-demo", "--ema-decay", "nan"], "--ema-decay nan"),
 ])
 def test_bad_counts_are_usage_errors(tmp_path, capsys, no_model_load, argv, flag):
     assert lime_cli.main([*argv, "--out", str(tmp_path / "o")]) == 2

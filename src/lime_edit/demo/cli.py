@@ -31,7 +31,12 @@ def _train(args) -> int:
     from .train import main
 
     check_counts(args, {"n_train": 1, "vae_steps": 1, "t2i_steps": 1, "edit_steps": 1, "batch": 1,
-                        "ckpt_every": 1, "input_pass_from": 0, "recommend_n": 0, "threads": 0})
+                        "ckpt_every": 1, "input_pass_from": 0, "recommend_n": 0, "threads": 0, "ema_from": 0})
+    decay = getattr(args, "ema_decay", 0.0)
+    if decay is not None and not 0.0 <= decay < 1.0:        # also refuses nan
+        from ..cli import UsageError
+
+        raise UsageError(f"--ema-decay {decay}: must be at least 0 and below 1 (0 = no moving average)")
     return main(args)
 
 
@@ -40,13 +45,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--t2i-steps", type=int, default=2500)
-    p.add_argument("--edit-steps", type=int, default=5000)
+    p.add_argument("--edit-steps", type=int, default=5600)
     p.add_argument("--recommend-n", type=int, default=60,
                    help="validation scenes on which the finished editor's recommended feature levels and K-means K are chosen "
                         "and written to its lime_edit.json (default 60; 0 = skip)")
     p.add_argument("--input-pass-from", type=int, default=3000,
                    help="editor step from which the attention-alignment loss also runs on a noisy latent made "
                         "from the input image (default 3000; see lime_edit.demo.train)")
+    p.add_argument("--ema-decay", type=float, default=0.995,
+                   help="decay of the moving average of the editor's weights that the saved pipeline holds "
+                        "(default 0.995; 0 = no average, the trained weights are saved)")
+    p.add_argument("--ema-from", type=int, default=5000,
+                   help="editor step from which the moving average runs (default 5000)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--budget-min", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("VAE", "T2I", "EDIT"),
                    help="optional wall-clock cap per stage in minutes (0 = none; the steps reached are logged)")
