@@ -94,7 +94,7 @@ Measured on the shared 2-core CPU machine (DIR/train.log of the shipped runs):
     row's edit success by 0.05-0.10 on 128 held-out scenes (IP2P 7.5: 0.688 vs v3's 0.789;
     ground-truth-mask LIME: 0.883 vs 0.969): the sampled behaviour of the instantaneous
     weights moves between checkpoints much more than the loss shows; the average removed
-    that and improved every row (README, "Synthetic benchmark").  The resumes restarted
+    that (README, "Synthetic benchmark").  The resumes restarted
     the optimizer (see above), so one uninterrupted run of the defaults is the same recipe
     but not bit-identical; its time by these per-step figures: about 0.7 + 3 + 30 + 44
     (0.89 s/step) + 51 (1.18 s/step) + 3 min = 2.2 h.
@@ -821,7 +821,8 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     times = {}
     T0 = time.time()
     log(f"train-demo: out={out} n_train={n_train} vae={vae_steps} t2i={t2i_steps} edit={edit_steps} "
-        f"input_pass_from={input_pass_from} ema_decay={ema_decay} ema_from={ema_from} batch={batch} attn_loss={attn_loss} seed={seed} "
+        f"input_pass_from={input_pass_from} ema_decay={ema_decay} ema_from={ema_from} batch={batch} "
+        f"attn_loss={attn_loss} seed={seed} "
         f"threads={torch.get_num_threads()}")
     tok = build_tokenizer(out / "tokenizer_src")
     data = generate_data(n_train, log)
@@ -928,7 +929,8 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     rep["times_s"] = times
     rep["vae_roundtrip_l1"] = rt
     rep["args"] = dict(n_train=n_train, vae_steps=vae_steps, t2i_steps=t2i_steps, edit_steps=edit_steps,
-                       input_pass_from=input_pass_from, ema_decay=ema_decay, ema_from=ema_from, batch=batch, attn_loss=attn_loss, seed=seed)
+                       input_pass_from=input_pass_from, ema_decay=ema_decay, ema_from=ema_from, batch=batch,
+                       attn_loss=attn_loss, seed=seed)
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     log(f"report: {json.dumps(rep)}")
     if install_to is not None:
