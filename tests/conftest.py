@@ -11,6 +11,18 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def load_benchmark_script(name: str):
+    """A script of ``benchmarks/`` (not a package) imported as a module, for its pure helpers."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe(tmp_path_factory):
     from lime_edit.testing import tiny_pipeline

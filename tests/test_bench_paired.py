@@ -1,20 +1,15 @@
 """benchmarks/bench_paired.py: per-scene paired differences of a bench folder's rows."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bp():
-    spec = importlib.util.spec_from_file_location("bench_paired", ROOT / "benchmarks" / "bench_paired.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("bench_paired")
 
 
 def _write(folder: Path, rows):

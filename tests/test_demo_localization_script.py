@@ -1,20 +1,14 @@
 """benchmarks/demo_localization.py's miss counts (pure helpers; the full run needs the model)."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def dl():
-    spec = importlib.util.spec_from_file_location("demo_localization", ROOT / "benchmarks" / "demo_localization.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("demo_localization")
 
 
 @pytest.mark.parametrize("reference, kind", [("circle", "shape"), ("circle on the left", "position"),

@@ -124,6 +124,7 @@ Measured on the shared 2-core CPU machine (DIR/train.log of the shipped runs):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -472,6 +473,10 @@ def inflate_unet(unet4):
     return unet8
 
 
+#: where a run with a moving average keeps the trained editor weights (the pipeline holds the average)
+RAW_DIR = "edit_raw"
+
+
 class Ema:
     """Exponential moving average of a list of parameters (the weights a diffusion model is sampled
     with in the real lineage: Stable Diffusion and InstructPix2Pix both release EMA weights).
@@ -483,7 +488,7 @@ class Ema:
     def __init__(self, params, decay: float, shadow=None):
         self.params = list(params)
         self.decay = float(decay)
-        self.shadow = None if shadow is None else [t.detach().clone() for t in shadow]
+        self.shadow = None if shadow is None else [t.detach() for t in shadow]
 
     def start(self):
         self.shadow = [p.detach().clone() for p in self.params]
@@ -494,31 +499,27 @@ class Ema:
         with torch.no_grad():
             torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
 
+    @contextlib.contextmanager
     def swapped(self):
-        import contextlib
-
         import torch
 
-        @contextlib.contextmanager
-        def ctx():
-            if self.shadow is None:
-                yield
-                return
+        if self.shadow is None:
+            yield
+            return
+        with torch.no_grad():
+            kept = [p.detach().clone() for p in self.params]
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
             with torch.no_grad():
-                kept = [p.detach().clone() for p in self.params]
-                for p, s in zip(self.params, self.shadow):
-                    p.copy_(s)
-            try:
-                yield
-            finally:
-                with torch.no_grad():
-                    for p, k in zip(self.params, kept):
-                        p.copy_(k)
-        return ctx()
+                for p, k in zip(self.params, kept):
+                    p.copy_(k)
 
 
 def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
-               ckpt=None, ckpt_every=250, budget_s=None, start=0, input_pass_from=0, ema=None, ema_from=None):
+               ckpt=None, ckpt_every=250, budget_s=None, start=0, input_pass_from=0, ema=None, ema_from=0):
     import torch
     import torch.nn.functional as F
 
@@ -587,7 +588,7 @@ def train_edit(unet, text_encoder, tok, data, lat_in, lat_tgt, steps, batch, lr,
             # whose first Adam steps are full-size sign steps without it
             gr["lr"] = b * min(1.0, (step + 1 - start) / 100)
         opt.step()
-        if ema is not None and ema_from is not None and step + 1 > ema_from:
+        if ema is not None and step + 1 > ema_from:
             if ema.shadow is None:
                 ema.start()
             ema.update()
@@ -622,7 +623,8 @@ def save_pipeline(folder: Path, unet, vae, text_encoder, tok):
 
 
 def _save_atomically(pipe, folder: Path) -> None:
-    """``save_pretrained`` into ``folder``: written next to it, then swapped in by renames."""
+    """``save_pretrained`` (a pipeline's or a model's) into ``folder``: written next to it,
+    then swapped in by renames."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -687,7 +689,7 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
     (level set, K) pair of :func:`validation_level_sets` x ``ks`` is scored by its mean
     RoI IoU on ``n`` validation scenes (train split, seeds from ``VALIDATION_SEED0``,
     clean targets), all from one localization pass per scene
-    (:meth:`LimePipeline.localize_variants`); the best is written with every pair's
+    (:meth:`LimePipeline.localize_variants`); the chosen pair is written with every pair's
     score, so the choice is auditable. The choice follows the one-standard-error rule: among
     the pairs whose mean IoU is within one standard error of the best one's (the error of the
     paired per-scene differences to the best), the backbone's default levels are preferred,
@@ -891,7 +893,7 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     t = time.time()
     torch.manual_seed(seed + 3)
     pipe_dir = out / "pipeline"
-    raw_dir = out / "edit_raw"
+    raw_dir = out / RAW_DIR
     step_file = out / "pipeline_step.txt"
     start = 0
     ema_shadow = None
@@ -945,23 +947,20 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
 
 def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
                     ckpt_every, pipe_dir, vae, budget_s=None, start=0, input_pass_from=0,
-                    ema_decay=0.0, ema_from=None, ema_shadow=None):
+                    ema_decay=0.0, ema_from=0, ema_shadow=None):
     """``train_edit`` with pipeline checkpoints (capture processors restored after each save).
 
     With ``ema_decay`` > 0 the saved pipeline holds the moving average of the weights from step
     ``ema_from`` on, and the trained weights themselves go to ``DIR/edit_raw`` so that a rerun
     resumes both."""
-    import torch  # noqa: F401
-
-    raw_dir = pipe_dir.parent / "edit_raw"
+    raw_dir = pipe_dir.parent / RAW_DIR
     ema = Ema(list(unet8.parameters()) + list(te.parameters()), ema_decay, ema_shadow) if ema_decay > 0 else None
 
     def ckpt(step):
         procs = dict(unet8.attn_processors)
         if ema is not None and ema.shadow is not None:
-            unet8.set_attn_processor(_stock_processor())
-            _save_model_atomically(unet8, raw_dir / "unet")
-            _save_model_atomically(te, raw_dir / "text_encoder")
+            _save_atomically(unet8, raw_dir / "unet")
+            _save_atomically(te, raw_dir / "text_encoder")
             with ema.swapped():
                 save_pipeline(pipe_dir, unet8, vae, te, tok)
         else:
@@ -975,20 +974,6 @@ def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, att
     train_edit(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
                ckpt=ckpt, ckpt_every=ckpt_every, budget_s=budget_s, start=start, input_pass_from=input_pass_from,
                ema=ema, ema_from=ema_from)
-
-
-def _save_model_atomically(model, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def _stock_processor():
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    return AttnProcessor2_0()
 
 
 def main(args) -> int:
