@@ -9,6 +9,9 @@ both rows have, with the relative background change against the second row's mea
 ``--split-by METHOD`` (default ``lime``) each pair is also reported separately for the scenes
 where that method's RoI hits the object (``roi_iou >= --hit``, default 0.1) and where it misses
 (lands on another object or the background): a miss and a hit fail for different reasons.
+``--by-iou 0.1,0.5,0.7,0.8`` also prints every row's mean background L1, in-mask L1 and edit
+success in the buckets of that method's RoI IoU cut at those edges ([0, 0.1), [0.1, 0.5), ...,
+[0.8, 1]): where a row gains or loses, by how well the RoI found the object.
 """
 
 from __future__ import annotations
@@ -54,6 +57,21 @@ def paired(rows: dict, a: str, b: str, seeds: list[int]) -> dict:
     return out
 
 
+def by_iou(rows: dict, split: str, edges: list[float]) -> list[dict]:
+    """Every method's means in the buckets of ``split``'s RoI IoU cut at ``edges`` (scenes all
+    methods have)."""
+    methods = sorted({m for m, _ in rows})
+    seeds = sorted(s for (m, s) in rows if m == split and all((o, s) in rows for o in methods))
+    cuts = [0.0, *edges, float("inf")]
+    out = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        ss = [s for s in seeds if lo <= (rows[(split, s)].get("roi_iou") or 0.0) < hi]
+        out.append({"iou_from": lo, "iou_to": min(hi, 1.0), "n": len(ss),
+                    "means": {m: {k: float(np.mean([rows[(m, s)][k] for s in ss]))
+                                  for k in ("bg_l1", "in_mask_l1", "edit_success")} for m in methods} if ss else {}})
+    return out
+
+
 def fmt(name: str, r: dict) -> str:
     if r["n"] == 0:
         return f"{name}: no scenes"
@@ -70,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated A:B pairs (default: every LIME row against ip2p and ip2p_low_guidance)")
     ap.add_argument("--split-by", default="lime", help="method whose RoI splits the scenes into hits and misses")
     ap.add_argument("--hit", type=float, default=0.1, help="RoI IoU from which a scene counts as a hit (default 0.1)")
+    ap.add_argument("--by-iou", default=None, metavar="EDGES",
+                    help="comma-separated RoI IoU edges (e.g. 0.1,0.5,0.7,0.8): every row's means per bucket")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    try:
+        edges = sorted(float(x) for x in args.by_iou.split(",")) if args.by_iou else []
+    except ValueError:
+        print(f"error: --by-iou: {args.by_iou!r} is not a comma-separated list of numbers", file=sys.stderr)
+        return 2
     rows = load(args.folder)
     methods = sorted({m for m, _ in rows})
     if args.pairs:
@@ -102,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                 entry[part] = paired(rows, a, b, ss)
                 print("  " + fmt(f"where {split}'s RoI {'hits' if keep else 'misses'}", entry[part]))
         report["pairs"][f"{a}:{b}"] = entry
+    if edges and split is not None:
+        report["by_iou"] = by_iou(rows, split, edges)
+        print(f"by {split}'s RoI IoU (mean bg_l1 / in_mask_l1 / edit_success):")
+        for b in report["by_iou"]:
+            print(f"  [{b['iou_from']:.2f}, {b['iou_to']:.2f}{']' if b['iou_to'] >= 1 else ')'} n={b['n']}: "
+                  + "; ".join(f"{m} {v['bg_l1']:.4f} / {v['in_mask_l1']:.3f} / {v['edit_success']:.2f}"
+                              for m, v in b["means"].items()))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -38,6 +38,15 @@ def test_paired_differences_and_hit_split(bp, tmp_path, capsys):
     assert rep["miss"]["bg_l1"]["diff"] == pytest.approx(0.01)
     assert "lime - ip2p (n=3)" in capsys.readouterr().out
 
+    # every row's means by the RoI IoU of --split-by, on the scenes every row has
+    assert bp.main([str(tmp_path), "--pairs", "lime:ip2p", "--by-iou", "0.75,0.5", "--json", str(out)]) == 0
+    buckets = json.loads(out.read_text())["by_iou"]
+    assert [(b["iou_from"], b["iou_to"], b["n"]) for b in buckets] == [(0.0, 0.5, 1), (0.5, 0.75, 1), (0.75, 1.0, 1)]
+    assert buckets[0]["means"]["lime"]["bg_l1"] == pytest.approx(0.06)
+    assert buckets[1]["means"]["ip2p"]["edit_success"] == 0
+    assert buckets[2]["means"]["lime"]["in_mask_l1"] == pytest.approx(0.1)
+    assert "[0.75, 1.00] n=1" in capsys.readouterr().out
+
 
 def test_bad_folder_and_pairs_are_one_line_errors(bp, tmp_path, capsys):
     with pytest.raises(SystemExit, match="samples.jsonl: not found"):
@@ -47,6 +56,8 @@ def test_bad_folder_and_pairs_are_one_line_errors(bp, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --pairs: no rows for ip2p") and len(err.strip().splitlines()) == 1
     assert bp.main([str(tmp_path), "--pairs", "lime"]) == 2
+    assert bp.main([str(tmp_path), "--pairs", "lime:lime", "--by-iou", "0.1,high"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --by-iou:")
     (tmp_path / "samples.jsonl").write_text("{not json\n")
     with pytest.raises(SystemExit, match=r"samples.jsonl:1: not a bench row"):
         bp.main([str(tmp_path)])

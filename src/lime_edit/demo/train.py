@@ -104,7 +104,7 @@ Measured on the shared 2-core CPU machine (DIR/train.log of the shipped runs):
     4: 0.52 / 0.71; v3 grid 32: 0.72 / 0.95, 16: 0.78 / 0.94, 8: 0.74 / 0.94,
     4: 0.57 / 0.69 (uniform map: 0.11); v2: 32: 0.34 / 0.97, 16: 0.37 / 0.96,
     8: 0.39 / 0.96, 4: 0.31 / 0.70 (the v2 report gave only the target-noised figures).
-    Recommended settings (``recommend_settings``, 60 validation scenes, mean RoI IoU, 86 s
+    Recommended settings (``recommend_settings``, 60 validation scenes, mean RoI IoU, 86-100 s
     with 2 threads), v4: reference levels 2,4,8 at K = 3/4/5/6/8: 0.518 / 0.507 / 0.466 /
     0.430 / 0.360; levels 1 (the 32x32 grid alone): 0.721 / 0.716 / 0.690 / 0.666 / 0.630;
     levels 1,2: 0.586 / 0.526 / 0.485 / 0.458 / 0.395; levels 1,2,4 (the paper's): 0.570 /
