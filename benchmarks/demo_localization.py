@@ -2,8 +2,12 @@
 
     python benchmarks/demo_localization.py                          # the bundled demo model, 40 scenes
     python benchmarks/demo_localization.py --model DIR --n 200 --json out.json
+    python benchmarks/demo_localization.py --split validation --n 60 --set capture_at=0.5
 
-On held-out synthetic scenes (exact ground truth) it runs ``LimePipeline.localize`` with the
+On held-out synthetic scenes (exact ground truth; ``--split validation``: the validation scenes
+``train-demo`` chooses a model's recommended settings on, train-split seeds from
+``lime_edit.demo.scenes.VALIDATION_SEED0`` with clean targets, where studying a setting does not
+tune it on the test scenes) it runs ``LimePipeline.localize`` with the
 defaults (plus any ``--set NAME=VALUE``) and reports, averaged over scenes:
 
 - ``roi_iou``: IoU of the RoI with the edited object's mask (what ``bench synthetic`` reports);
@@ -113,18 +117,23 @@ def analyse(loc, e) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="demo", help="model folder (default: the bundled demo model)")
-    ap.add_argument("--n", type=int, default=40, help="held-out scenes (default 40)")
+    ap.add_argument("--n", type=int, default=40, help="scenes (default 40)")
+    ap.add_argument("--split", choices=("test", "validation"), default="test",
+                    help="test: the held-out scenes bench synthetic uses (default); validation: the scenes "
+                         "train-demo's recommended settings are chosen on (study settings here)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--per-level", action="store_true",
                     help="also the per-level attention share of the object words (train.measure_attention)")
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args(argv)
+    if args.n < 1:
+        ap.error(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(args.threads)
 
     from lime_edit import LimePipeline
     from lime_edit.cli import _parse_set
-    from lime_edit.demo.scenes import make_edit
+    from lime_edit.demo.scenes import split_edits
     from lime_edit.loading import resolve_model
 
     model = resolve_model(args.model)
@@ -133,14 +142,13 @@ def main(argv=None) -> int:
     overrides = dict(_parse_set(item) for item in args.cfg_set)
     rows, kinds = [], []
     t0 = time.perf_counter()
-    for s in range(args.n):
-        e = make_edit(s, "test")
-        loc = lp.localize(e.image, e.instruction, seed=s, **overrides)
+    for e in split_edits(args.split, args.n):
+        loc = lp.localize(e.image, e.instruction, seed=e.seed, **overrides)
         rows.append(analyse(loc, e))
         kinds.append(reference_kind(e))
     keys = ["roi_iou", "attn_share", "points_in_mask", "purity", "oracle_iou", "mask_area", "num_segments"]
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    out = {"model": model, "n": args.n, "settings": overrides, "grid": rows[0]["grid"], "top_k": rows[0]["top_k"],
+    out = {"model": model, "split": args.split, "n": args.n, "settings": overrides, "grid": rows[0]["grid"], "top_k": rows[0]["top_k"],
            "mean": summary, "misses": misses(rows, kinds), "sec": time.perf_counter() - t0,
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "per_scene": rows}
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
         from lime_edit.demo.train import measure_attention
 
         out["per_level"] = measure_attention(model, n=min(args.n, 32))
-    print(f"model {model}: n={args.n}, localization grid {rows[0]['grid']}, top_k {rows[0]['top_k']}")
+    print(f"model {model}: {args.split} scenes, n={args.n}, localization grid {rows[0]['grid']}, top_k {rows[0]['top_k']}")
     for k in keys:
         print(f"  {k:15s} {summary[k]:.3f}")
     ms = out["misses"]

@@ -150,3 +150,39 @@ def test_reference_row_ignores_the_models_recommended_settings(tmp_path):
     assert lime["top_k"] == ref["top_k"] == 50
     assert method_overrides("lime_reference", str(folder)) == {"num_clusters": 8, "feature_levels": None}
     assert method_overrides("lime_k8", str(folder)) == {"num_clusters": 8}
+
+
+def test_validation_split_scores_the_validation_scenes_and_is_never_mixed_with_test_rows(tmp_path, capsys):
+    """--split validation: the scenes train-demo chooses settings on (their own seeds as sampler
+    seeds), recorded in the signature and results; a test-split rerun of that folder is refused."""
+    from lime_edit import LimePipeline
+    from lime_edit.demo.metrics import all_metrics, to_float
+    from lime_edit.demo.scenes import VALIDATION_SEED0, make_edit
+
+    out = tmp_path / "v"
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2", "--split", "validation",
+                  "--examples", "1") == 0
+    rows = _rows(out)
+    assert [r["seed"] for r in rows] == [VALIDATION_SEED0, VALIDATION_SEED0 + 1]
+    e = make_edit(VALIDATION_SEED0 + 1, "train", noisy=False)
+    lp = LimePipeline.from_pretrained("demo")
+    lp.pipe.set_progress_bar_config(disable=True)
+    r = lp.edit(e.image, e.instruction, mask=None, seed=e.seed, guidance_scale=7.5, num_inference_steps=2)
+    assert rows[1]["bg_l1"] == pytest.approx(all_metrics(to_float(r.image), to_float(e.image),
+                                                         to_float(e.clean_target), e.mask, e.target_colour)["bg_l1"],
+                                          abs=1e-4)  # the bench runs both scenes in one batch: 8-bit rounding
+    res = json.loads((out / "results.json").read_text())
+    assert res["split"] == "validation" and res["signature"]["split"] == "validation"
+    assert res["rows"][0]["n_done"] == 2 and "validation scenes" in (out / "results.md").read_text()
+    assert (out / "images" / f"{VALIDATION_SEED0:05d}_ip2p.png").is_file()
+    assert not (out / "images" / f"{VALIDATION_SEED0 + 1:05d}_ip2p.png").exists()
+    capsys.readouterr()
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split" in err[0], err
+    assert len(_rows(out)) == 2
+    # a test-split folder's signature is what it always was (no split key), so old folders resume
+    t = tmp_path / "t"
+    assert _bench(t, "--methods", "ip2p", "--steps", "2") == 0
+    assert "split" not in json.loads((t / "signature.json").read_text())
+    assert json.loads((t / "results.json").read_text())["split"] == "test"

@@ -28,3 +28,31 @@ def test_misses_count_scenes_whose_points_all_miss(dl):
                                  "shape": {"scenes": 2, "all_points_miss": 1},
                                  "size": {"scenes": 1, "all_points_miss": 0}}
     assert dl.misses([{"points_in_mask": 0.0, "roi_iou": 0.0}], ["shape"])["roi_iou_where_points_hit"] is None
+
+
+def test_validation_split_scores_the_scenes_recommend_settings_uses(dl, tmp_path, capsys):
+    """--split validation reads the validation scenes (train split, clean targets, their own
+    seed as sampler seed), the ones train-demo's recommend_settings chooses on, not the test ones."""
+    from lime_edit import LimePipeline
+    from lime_edit.demo.metrics import roi_iou
+    from lime_edit.demo.scenes import make_edit
+    from lime_edit.demo.train import VALIDATION_SEED0
+
+    f = tmp_path / "v.json"
+    assert dl.main(["--split", "validation", "--n", "2", "--set", "num_clusters=3", "--json", str(f)]) == 0
+    import json
+
+    out = json.loads(f.read_text())
+    assert out["split"] == "validation" and "validation scenes, n=2" in capsys.readouterr().out
+    lp = LimePipeline.from_pretrained("demo")
+    lp.pipe.set_progress_bar_config(disable=True)
+    for i, row in enumerate(out["per_scene"]):
+        e = make_edit(VALIDATION_SEED0 + i, "train", noisy=False)
+        loc = lp.localize(e.image, e.instruction, seed=e.seed, num_clusters=3)
+        assert row["roi_iou"] == pytest.approx(roi_iou(loc.mask, e.mask))
+
+
+def test_bad_scene_count_is_a_usage_error(dl, capsys):
+    with pytest.raises(SystemExit) as ex:
+        dl.main(["--n", "0"])
+    assert ex.value.code == 2 and "--n must be at least 1, got 0" in capsys.readouterr().err

@@ -2,6 +2,10 @@
 
 Every method sees the same held-out scenes (test split, scene seeds
 ``0 .. n-1``), the same instruction and the same sampler seed (= scene seed).
+``--split validation`` scores the validation scenes instead (train-split seeds from
+``scenes.VALIDATION_SEED0``, clean targets: the scenes ``train-demo`` chooses a model's
+recommended settings on), for choosing between models or settings without looking at the
+test scenes; its figures are not the benchmark's.
 Methods (``--methods`` takes a comma-separated subset):
 
 ==================  ==========================================================
@@ -147,10 +151,11 @@ def load_done(path: Path) -> dict[tuple[str, int], dict]:
     return done
 
 
-def aggregate(done: dict, methods: list[str], n: int) -> list[dict]:
+def aggregate(done: dict, methods: list[str], seeds) -> list[dict]:
+    """Per-method means over the rows of ``done`` whose scene seed is in ``seeds``."""
     rows = []
     for m in methods:
-        rs = [done[(m, s)] for s in range(n) if (m, s) in done]
+        rs = [done[(m, s)] for s in seeds if (m, s) in done]
         if not rs:
             continue
         row: dict = {"method": m}
@@ -270,9 +275,11 @@ def recommended_settings(model: str | None) -> dict[str, Any]:
 
 def make_signature(model: str, device: str, batch: int, methods: list[str], steps: int | None,
                    settings: dict[str, Any] | None = None, t2i_model: str | None = None,
-                   p2p_steps: int | None = None) -> dict[str, Any]:
+                   p2p_steps: int | None = None, split: str = "test") -> dict[str, Any]:
     """Everything that changes a row of ``samples.jsonl`` (see the module docstring).
-    ``t2i_model`` / ``p2p_steps``: the text-to-image model and steps of the ``p2p*`` methods."""
+    ``t2i_model`` / ``p2p_steps``: the text-to-image model and steps of the ``p2p*`` methods;
+    ``split``: the scenes (recorded only when not the test split, so test folders keep the
+    signature they always had)."""
     from .. import LimeConfig
     from ..cli import _version
 
@@ -293,6 +300,8 @@ def make_signature(model: str, device: str, batch: int, methods: list[str], step
 
     sig = {"format": 1, "lime_edit": _version(), "model": model_identity(model), "device": str(device),
            "batch": int(batch), "methods": {m: entry(m) for m in methods}}
+    if split != "test":
+        sig["split"] = split
     if any(m in P2P_METHODS for m in methods):
         if t2i_model is None:
             raise ValueError("make_signature: p2p methods need t2i_model")
@@ -382,7 +391,7 @@ def run_bench(args) -> int:
     from ..errors import LimeEditError
     from ..loading import resolve_model
     from .metrics import all_metrics, roi_iou, to_float
-    from .scenes import caption_pair, make_edit
+    from .scenes import caption_pair, split_edits
 
     check_counts(args, {"n": 1, "steps": 1, "batch": 1, "examples": 0, "threads": 0, "p2p_steps": 1})
     if getattr(args, "threads", 0):
@@ -408,8 +417,9 @@ def run_bench(args) -> int:
         p2p_steps = (args.p2p_steps if getattr(args, "p2p_steps", None) is not None
                      else p2p_sampler_defaults()["num_inference_steps"])
     out.mkdir(parents=True, exist_ok=True)
+    split = getattr(args, "split", "test")
     sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings, t2i_model,
-                                             p2p_steps), bool(getattr(args, "overwrite", False)))
+                                             p2p_steps, split), bool(getattr(args, "overwrite", False)))
     _quiet_loading(getattr(args, "verbose", False))
     # each model is loaded only when one of its methods is asked for, before any row is written
     lp = LimePipeline.from_pretrained(model, device=device) if len(p2p_wanted) < len(methods) else None
@@ -445,8 +455,10 @@ def run_bench(args) -> int:
     samples_path = out / "samples.jsonl"
     overrides = {m: table[m][1] if m in P2P_METHODS else method_overrides(m, model) for m in methods}
     done = load_done(samples_path)
-    samples = [make_edit(s, "test") for s in range(n)]
-    todo = sum(1 for m in methods for s in range(n) if (m, s) not in done)
+    samples = split_edits(split, n)
+    seeds = [e.seed for e in samples]
+    shown = set(seeds[:max(0, int(args.examples))])
+    todo = sum(1 for m in methods for s in seeds if (m, s) not in done)
     bar = tqdm(total=todo, desc="bench synthetic", unit="edit", disable=args.no_progress or todo == 0)
     with open(samples_path, "a", buffering=1) as f:
         for start in range(0, n, batch):
@@ -482,16 +494,16 @@ def run_bench(args) -> int:
                     rec["warnings"] = list(r.warnings)
                     f.write(json.dumps(rec) + "\n")
                     done[(m, e.seed)] = rec
-                    if e.seed < args.examples:
+                    if e.seed in shown:
                         save_png(r.image, out / "images" / f"{e.seed:05d}_{m}.png")
                 bar.update(len(items))
-            rows = aggregate(done, methods, n)
+            rows = aggregate(done, methods, seeds)
             _write_results(out, rows, n, args, model, steps, batch, sig, p2p_info)
     bar.close()
-    rows = aggregate(done, methods, n)
+    rows = aggregate(done, methods, seeds)
     _write_results(out, rows, n, args, model, steps, batch, sig, p2p_info)
     _examples_grid(out, samples, methods, args.examples)
-    print(markdown(rows, n, f"## Synthetic benchmark (n = {n})"))
+    print(markdown(rows, n, _title(n, split)))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'examples.png'}")
     return 0
 
@@ -509,6 +521,12 @@ def _settings(args) -> dict:
     return settings
 
 
+def _title(n: int, split: str) -> str:
+    if split == "test":
+        return f"## Synthetic benchmark (n = {n})"
+    return f"## Synthetic benchmark, {split} scenes (n = {n}; for choosing models and settings, not benchmark figures)"
+
+
 def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig: dict,
                    p2p: dict | None = None) -> None:
     cmd = "lime-edit bench synthetic " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else \
@@ -520,9 +538,10 @@ def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig:
     dev = getattr(args, "device", "cpu")
     machine = (torch.cuda.get_device_name(0) if str(dev).startswith("cuda") and torch.cuda.is_available()
                else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
-    payload = {"n": n, "rows": rows, "model": str(model), "steps": steps, "settings": _settings(args), "batch": batch, "command": cmd,
+    split = sig.get("split", "test")
+    payload = {"n": n, "split": split, "rows": rows, "model": str(model), "steps": steps, "settings": _settings(args), "batch": batch, "command": cmd,
                "device": str(dev), "machine": machine, "torch": torch.__version__, "signature": sig}
-    header = f"## Synthetic benchmark (n = {n})\n\n`{cmd}` on {machine}, torch {torch.__version__}"
+    header = f"{_title(n, split)}\n\n`{cmd}` on {machine}, torch {torch.__version__}"
     if p2p is not None:
         payload["p2p"] = p2p
         header += (f"\n\np2p rows: caption edits on the text-to-image model {p2p['t2i_model']}, "

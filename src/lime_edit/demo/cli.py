@@ -104,6 +104,10 @@ def register(subparsers) -> None:
                     "scenes (identical inputs and seeds); writes results.json, results.md and examples.png. "
                     "Resumable: rerun the same command (more --methods or a larger --n add rows; other settings are refused).")
     s.add_argument("--n", type=int, default=200, help="number of held-out scenes (default 200)")
+    s.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="test: the held-out scenes (default; the benchmark's figures); validation: the scenes "
+                        "train-demo chooses recommended settings on, for comparing models or settings without "
+                        "looking at the test scenes")
     s.add_argument("-o", "--out", default="bench-synthetic", help="output folder (default: ./bench-synthetic)")
     s.add_argument("--methods", default=None,
                    help="comma-separated subset of methods (default: all; see results.md for names)")

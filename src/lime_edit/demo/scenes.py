@@ -51,6 +51,12 @@ P_OTHER_RECOLOUR = 0.30
 P_GLOBAL_TINT = 0.25
 TRAIN_SEED_OFFSET = 10_000_000
 SPLIT_IDS = {"train": 1, "test": 2}
+#: validation scenes (for choosing a model's settings, and checkpoints): train-split seeds from
+#: here on, never generated for training (``train.generate_data`` uses seeds ``0 .. n_train - 1``),
+#: with clean targets; never the held-out test split that ``bench synthetic`` reports by default
+VALIDATION_SEED0 = 50_000
+#: the scene sets a benchmark can score (:func:`split_edits`)
+BENCH_SPLITS = ("test", "validation")
 BACKGROUND = -1
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -366,6 +372,17 @@ def _references(scene: Scene, i: int) -> list[tuple[list[str], list[bool]]]:
             if all(sign * (getattr(p, key) - getattr(o, key)) > 10 for p in same_shape):
                 refs.append(([o.shape, "on", "the", pos], [True, False, False, True]))
     return refs
+
+
+def split_edits(split: str, n: int) -> list[EditSample]:
+    """The first ``n`` scenes of a benchmark split: ``"test"``, the held-out scenes (seeds
+    ``0 .. n-1``), or ``"validation"``, train-split seeds from :data:`VALIDATION_SEED0` with
+    clean targets. Each sample's ``seed`` is also its sampler seed."""
+    if split == "test":
+        return [make_edit(s, "test") for s in range(n)]
+    if split == "validation":
+        return [make_edit(VALIDATION_SEED0 + i, "train", noisy=False) for i in range(n)]
+    raise ValueError(f"split: expected one of {', '.join(BENCH_SPLITS)}, got {split!r}")
 
 
 def make_edit(seed: int, split: str = "test", size: int = 64, noisy: bool | None = None) -> EditSample:

@@ -658,10 +658,8 @@ def save_t2i_pipeline(folder: Path, unet, vae, text_encoder, tok):
 
 
 # ----------------------------------------------------------------------------- measurement
-#: validation scenes for choosing the recommended settings: train-split seeds from here on,
-#: never generated for training (``generate_data`` uses seeds ``0 .. n_train - 1``), never
-#: the held-out test split that ``bench synthetic`` scores
-VALIDATION_SEED0 = 50_000
+#: validation scenes for choosing the recommended settings (``scenes.split_edits("validation", n)``)
+VALIDATION_SEED0 = S.VALIDATION_SEED0
 #: the K values the recipe validates (the paper's 8 included)
 VALIDATION_KS = (3, 4, 5, 6, 8)
 
@@ -708,8 +706,7 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
     pairs = [(lv, k) for lv in level_sets for k in ks]
     variants = [{"feature_levels": lv, "num_clusters": k} for lv, k in pairs]
     ious = np.zeros((n, len(pairs)))
-    for i in range(n):
-        e = S.make_edit(VALIDATION_SEED0 + i, "train", noisy=False)
+    for i, e in enumerate(S.split_edits("validation", n)):
         locs = pipe.localize_variants(e.image, e.instruction, variants, seed=e.seed)
         ious[i] = [roi_iou(loc.mask, e.mask) for loc in locs]
     scores = {pair: float(v) for pair, v in zip(pairs, ious.mean(0))}
