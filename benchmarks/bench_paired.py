@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --by-iou: {args.by_iou!r} is not a comma-separated list of numbers", file=sys.stderr)
         return 2
     rows = load(args.folder)
+    try:
+        scenes = json.loads((args.folder / "signature.json").read_text(encoding="utf-8")).get("split", "test")
+    except (OSError, ValueError, AttributeError):
+        scenes = "test"
+    if scenes != "test":
+        print(f"{scenes} scenes (for choosing models and settings, not benchmark figures)")
     methods = sorted({m for m, _ in rows})
     if args.pairs:
         pairs = []
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     split = args.split_by if args.split_by in methods else None
-    report: dict = {"folder": str(args.folder), "hit": args.hit, "split_by": split, "pairs": {}}
+    report: dict = {"folder": str(args.folder), "scenes": scenes, "hit": args.hit, "split_by": split, "pairs": {}}
     for a, b in pairs:
         seeds = sorted(s for (m, s) in rows if m == a and (b, s) in rows)
         entry = {"all": paired(rows, a, b, seeds)}

@@ -118,7 +118,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="demo", help="model folder (default: the bundled demo model)")
     ap.add_argument("--n", type=int, default=40, help="scenes (default 40)")
-    ap.add_argument("--split", choices=("test", "validation"), default="test",
+    from lime_edit.demo.scenes import BENCH_SPLITS
+
+    ap.add_argument("--split", choices=BENCH_SPLITS, default="test",
                     help="test: the held-out scenes bench synthetic uses (default); validation: the scenes "
                          "train-demo's recommended settings are chosen on (study settings here)")
     ap.add_argument("--threads", type=int, default=1)
@@ -131,15 +133,20 @@ def main(argv=None) -> int:
         ap.error(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(args.threads)
 
-    from lime_edit import LimePipeline
+    from lime_edit import LimeConfig, LimePipeline
     from lime_edit.cli import _parse_set
     from lime_edit.demo.scenes import split_edits
+    from lime_edit.errors import LimeEditError
     from lime_edit.loading import resolve_model
 
+    try:                                   # bad settings are usage errors, before the model loads
+        overrides = dict(_parse_set(item) for item in args.cfg_set)
+        LimeConfig().replace(**overrides)
+    except (LimeEditError, ValueError, TypeError) as err:
+        ap.error(str(err) if str(err).startswith("--set") else f"--set {err}")
     model = resolve_model(args.model)
     lp = LimePipeline.from_pretrained(model)
     lp.pipe.set_progress_bar_config(disable=True)
-    overrides = dict(_parse_set(item) for item in args.cfg_set)
     rows, kinds = [], []
     t0 = time.perf_counter()
     for e in split_edits(args.split, args.n):
@@ -155,7 +162,7 @@ def main(argv=None) -> int:
     if args.per_level:
         from lime_edit.demo.train import measure_attention
 
-        out["per_level"] = measure_attention(model, n=min(args.n, 32))
+        out["per_level"] = measure_attention(model, n=min(args.n, 32), split=args.split)
     print(f"model {model}: {args.split} scenes, n={args.n}, localization grid {rows[0]['grid']}, top_k {rows[0]['top_k']}")
     for k in keys:
         print(f"  {k:15s} {summary[k]:.3f}")

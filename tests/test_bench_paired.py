@@ -61,3 +61,16 @@ def test_bad_folder_and_pairs_are_one_line_errors(bp, tmp_path, capsys):
     (tmp_path / "samples.jsonl").write_text("{not json\n")
     with pytest.raises(SystemExit, match=r"samples.jsonl:1: not a bench row"):
         bp.main([str(tmp_path)])
+
+
+def test_a_validation_folder_says_so(bp, tmp_path, capsys):
+    rows = [{"method": m, "seed": 50000, "roi_iou": 0.5 if m == "lime" else None, "bg_l1": 0.04,
+             "in_mask_l1": 0.1, "edit_success": 1} for m in ("lime", "ip2p")]
+    _write(tmp_path, rows)
+    out = tmp_path / "r.json"
+    assert bp.main([str(tmp_path), "--pairs", "lime:ip2p", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["scenes"] == "test" and "validation" not in capsys.readouterr().out
+    (tmp_path / "signature.json").write_text(json.dumps({"split": "validation", "methods": {}}))
+    assert bp.main([str(tmp_path), "--pairs", "lime:ip2p", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["scenes"] == "validation"
+    assert capsys.readouterr().out.startswith("validation scenes (for choosing models and settings")

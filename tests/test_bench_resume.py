@@ -38,6 +38,7 @@ def no_model_load(monkeypatch):
     (["train-demo", "--ema-from", "-1"], "--ema-from -1"),
     (["train-demo", "--ema-decay", "1"], "--ema-decay 1"),
     (["train-demo", "--ema-decay", "nan"], "--ema-decay nan"),
+    (["train-demo", "--n-train", "50001"], "--n-train 50001"),   # would train on the validation scenes
 ])
 def test_bad_counts_are_usage_errors(tmp_path, capsys, no_model_load, argv, flag):
     assert lime_cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
@@ -179,8 +180,15 @@ def test_validation_split_scores_the_validation_scenes_and_is_never_mixed_with_t
     capsys.readouterr()
     assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "split" in err[0], err
+    assert len(err) == 1 and "other split;" in err[0], err
     assert len(_rows(out)) == 2
+    # the same command resumes (nothing recomputed); a larger --n adds the next validation scenes
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2", "--split", "validation") == 0
+    assert _rows(out) == rows
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "3", "--split", "validation") == 0
+    assert [r["seed"] for r in _rows(out)] == [VALIDATION_SEED0 + i for i in range(3)]
+    assert _rows(out)[:2] == rows
+    assert json.loads((out / "results.json").read_text())["rows"][0]["n_done"] == 3
     # a test-split folder's signature is what it always was (no split key), so old folders resume
     t = tmp_path / "t"
     assert _bench(t, "--methods", "ip2p", "--steps", "2") == 0

@@ -56,3 +56,16 @@ def test_bad_scene_count_is_a_usage_error(dl, capsys):
     with pytest.raises(SystemExit) as ex:
         dl.main(["--n", "0"])
     assert ex.value.code == 2 and "--n must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, words", [("foo", "expected NAME=VALUE"), ("top_k=0", "top_k"),
+                                            ("nonsense=1", "unknown setting")])
+def test_bad_settings_are_usage_errors_before_the_model_loads(dl, capsys, monkeypatch, setting, words):
+    from lime_edit import pipeline
+
+    monkeypatch.setattr(pipeline.LimePipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(AssertionError("model loaded"))))
+    with pytest.raises(SystemExit) as ex:
+        dl.main(["--set", setting])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ex.value.code == 2 and ": error: --set" in err[-1] and words in err[-1], err

@@ -57,8 +57,8 @@ Per-sample results are appended to ``DIR/samples.jsonl``; a rerun skips the
 only allowed with the same results-changing settings: ``DIR/signature.json``
 (written before the first row) holds the model's identity (a SHA-256 of its
 files for a local folder or file, the name for a Hub id), the device, the
-batch size, the lime-edit version and each method's mask kind and effective
-``LimeConfig`` (steps included); with a ``p2p*`` method also the text-to-image
+batch size, the lime-edit version, the split (when not the test split) and each method's
+mask kind and effective ``LimeConfig`` (steps included); with a ``p2p*`` method also the text-to-image
 model's identity (``t2i_model``) and the methods' backbone and P2P options.  A rerun that differs is refused with a
 one-line message naming what changed (``--overwrite`` starts the folder afresh);
 methods and scenes may be added (``--methods``, a larger ``--n``), since each row
@@ -391,9 +391,14 @@ def run_bench(args) -> int:
     from ..errors import LimeEditError
     from ..loading import resolve_model
     from .metrics import all_metrics, roi_iou, to_float
-    from .scenes import caption_pair, split_edits
+    from .scenes import BENCH_SPLITS, caption_pair, split_edits
 
     check_counts(args, {"n": 1, "steps": 1, "batch": 1, "examples": 0, "threads": 0, "p2p_steps": 1})
+    split = getattr(args, "split", "test")
+    if split not in BENCH_SPLITS:
+        from ..cli import UsageError
+
+        raise UsageError(f"--split {split}: expected one of {', '.join(BENCH_SPLITS)}")
     if getattr(args, "threads", 0):
         import torch
 
@@ -417,7 +422,6 @@ def run_bench(args) -> int:
         p2p_steps = (args.p2p_steps if getattr(args, "p2p_steps", None) is not None
                      else p2p_sampler_defaults()["num_inference_steps"])
     out.mkdir(parents=True, exist_ok=True)
-    split = getattr(args, "split", "test")
     sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings, t2i_model,
                                              p2p_steps, split), bool(getattr(args, "overwrite", False)))
     _quiet_loading(getattr(args, "verbose", False))
@@ -530,7 +534,8 @@ def _title(n: int, split: str) -> str:
 def _write_results(out: Path, rows, n, args, model, steps: int, batch: int, sig: dict,
                    p2p: dict | None = None) -> None:
     cmd = "lime-edit bench synthetic " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else \
-        f"lime-edit bench synthetic --n {n} --out {args.out}"
+        f"lime-edit bench synthetic --n {n} --out {args.out}" + (
+            f" --split {sig['split']}" if "split" in sig else "")
     import platform
 
     import torch

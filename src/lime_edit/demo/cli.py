@@ -32,6 +32,13 @@ def _train(args) -> int:
 
     check_counts(args, {"n_train": 1, "vae_steps": 1, "t2i_steps": 1, "edit_steps": 1, "batch": 1,
                         "ckpt_every": 1, "input_pass_from": 0, "recommend_n": 0, "threads": 0, "ema_from": 0})
+    from .scenes import VALIDATION_SEED0
+
+    if getattr(args, "n_train", None) is not None and args.n_train > VALIDATION_SEED0:
+        from ..cli import UsageError
+
+        raise UsageError(f"--n-train {args.n_train}: must be at most {VALIDATION_SEED0} (the train-split seeds "
+                         "from there on are the validation scenes the recommended settings are chosen on)")
     decay = getattr(args, "ema_decay", 0.0)
     if decay is not None and not 0.0 <= decay < 1.0:        # also refuses nan
         from ..cli import UsageError
@@ -98,12 +105,12 @@ def register(subparsers) -> None:
     bs = b.add_subparsers(dest="suite")
     b.set_defaults(func=_bench, _parser=b)
     s = bs.add_parser(
-        "synthetic", help="IP2P vs IP2P+LIME variants on held-out synthetic scenes with exact ground truth",
+        "synthetic", help="IP2P vs IP2P+LIME variants on synthetic scenes with exact ground truth",
         description="Compare plain IP2P and LIME variants (and Prompt-to-Prompt with and without LIME on the "
-                    "text-to-image model: methods p2p, p2p_local_blend, p2p_lime) on N held-out synthetic "
-                    "scenes (identical inputs and seeds); writes results.json, results.md and examples.png. "
+                    "text-to-image model: methods p2p, p2p_local_blend, p2p_lime) on N synthetic "
+                    "scenes, the held-out test scenes unless --split validation (identical inputs and seeds); writes results.json, results.md and examples.png. "
                     "Resumable: rerun the same command (more --methods or a larger --n add rows; other settings are refused).")
-    s.add_argument("--n", type=int, default=200, help="number of held-out scenes (default 200)")
+    s.add_argument("--n", type=int, default=200, help="number of scenes of --split (default 200)")
     s.add_argument("--split", choices=("test", "validation"), default="test",
                    help="test: the held-out scenes (default; the benchmark's figures); validation: the scenes "
                         "train-demo chooses recommended settings on, for comparing models or settings without "
@@ -123,7 +130,7 @@ def register(subparsers) -> None:
     s.add_argument("--device", default="cpu", help="torch device (default cpu; e.g. cuda)")
     s.add_argument("--overwrite", action="store_true",
                    help="start afresh: drop the results already in --out (without it, a rerun resumes, and "
-                        "is refused if the model, text-to-image model, steps, device, batch or a method's "
+                        "is refused if the model, text-to-image model, steps, device, batch, split or a method's "
                         "settings differ)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=1,

@@ -51,8 +51,8 @@ P_OTHER_RECOLOUR = 0.30
 P_GLOBAL_TINT = 0.25
 TRAIN_SEED_OFFSET = 10_000_000
 SPLIT_IDS = {"train": 1, "test": 2}
-#: validation scenes (for choosing a model's settings, and checkpoints): train-split seeds from
-#: here on, never generated for training (``train.generate_data`` uses seeds ``0 .. n_train - 1``),
+#: validation scenes (for choosing a model's settings, or between trained models): train-split
+#: seeds from here on, never generated for training (``train.generate_data`` uses seeds ``0 .. n_train - 1``),
 #: with clean targets; never the held-out test split that ``bench synthetic`` reports by default
 VALIDATION_SEED0 = 50_000
 #: the scene sets a benchmark can score (:func:`split_edits`)
@@ -450,4 +450,4 @@ def nearest_colour(rgb) -> str:
 
 __all__ = ["COLOURS", "SHAPES", "TEMPLATES", "VOCAB", "P_OTHER_RECOLOUR", "P_GLOBAL_TINT",
            "Obj", "Scene", "EditSample", "make_scene", "make_edit", "render", "coverage", "caption",
-           "caption_pair", "nearest_colour", "BACKGROUND"]
+           "caption_pair", "nearest_colour", "BACKGROUND", "VALIDATION_SEED0", "BENCH_SPLITS", "split_edits"]

@@ -98,6 +98,10 @@ Measured on the shared 2-core CPU machine (DIR/train.log of the shipped runs):
     the optimizer (see above), so one uninterrupted run of the defaults is the same recipe
     but not bit-identical; its time by these per-step figures: about 0.7 + 3 + 30 + 44
     (0.89 s/step) + 51 (1.18 s/step) + 3 min = 2.2 h.
+    Not kept: the v4 folder resumed to ``--edit-steps 6200`` (11 min, 1.10 s/step) scored
+    worse on the validation scenes (RoI IoU 0.673 vs 0.716 at v4's settings; LIME's
+    background against IP2P at 2.0 +5.2 % vs v4's -1.3 %; README, "Checked on the
+    validation scenes").
     Attention share of the focus tokens inside the GT mask (32 test scenes, capture
     noise level, ``measure_attention``), latent noised from the input image / from the
     edited target: v4 grid 32: 0.68 / 0.96, 16: 0.72 / 0.96, 8: 0.69 / 0.96,
@@ -739,9 +743,10 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
 
 
 def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, step_frac: float = 10 / 30,
-                      guidance_scale: float = 5.5) -> dict:
+                      guidance_scale: float = 5.5, split: str = "test") -> dict:
     """Share of the focus tokens' cross-attention inside the ground-truth mask, per grid,
-    in the text+image branch at the LIME capture noise level, on ``n`` test scenes.
+    in the text+image branch at the LIME capture noise level, on the first ``n`` scenes of
+    ``split`` (:func:`lime_edit.demo.scenes.split_edits`: the held-out test scenes by default).
     Also the share for a uniform map (the mask's area fraction) for comparison.
 
     Measured twice: with the noisy latent made from the *input* image
@@ -764,8 +769,7 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
     shares: dict[str, dict[int, list]] = {"input": {}, "target": {}}
     areas = []
     with torch.no_grad():
-        for i in range(n):
-            e = S.make_edit(i, "test")
+        for e in S.split_edits(split, n):
             cond = vae.encode(_to_tensor([e.image])).latent_dist.mode()
             ehs = te(tokenize(tok, [e.instruction]))[0]
             m = torch.nn.functional.avg_pool2d(torch.from_numpy(e.mask.astype(np.float32))[None, None], 2)[0, 0]
@@ -785,7 +789,7 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
                 for k, v in per.items():
                     shares[src].setdefault(k, []).append(v)
     unet.set_attn_processor(__import__("diffusers").models.attention_processor.AttnProcessor2_0())
-    return {"n": n,
+    return {"n": n, "split": split,
             "share_in_mask_by_grid": {str(k): float(np.mean(v)) for k, v in sorted(shares["input"].items())},
             "share_in_mask_by_grid_target_noised": {str(k): float(np.mean(v))
                                                      for k, v in sorted(shares["target"].items())},
