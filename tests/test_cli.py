@@ -237,6 +237,32 @@ def test_existing_outputs_need_overwrite(tmp_path, imgs, fake, capsys):
     assert code == 0 and json.loads((out / "a.json").read_text())["instruction"] == "other"
 
 
+def test_outputs_never_replace_an_input_or_mask_of_the_run(tmp_path, fake, capsys):
+    """photo.png edited into its own folder next to the user's photo_mask.png (given as
+    --mask), or photo_edited.png given as a second input: the outputs would replace files
+    the run reads. Refused per input, even with --overwrite; the rest of the batch goes on."""
+    d = tmp_path / "proj"
+    d.mkdir()
+    _img(32, 32, 0).save(d / "photo.png")
+    m = Image.new("L", (32, 32), 0)
+    m.paste(255, (8, 8, 24, 24))
+    m.save(d / "photo_mask.png")
+    mask_bytes = (d / "photo_mask.png").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(["edit", d / "photo.png", "-i", "make it red", "--mask", d / "photo_mask.png",
+                            "--out", d, *extra], capsys)
+        assert code == 1 and "photo_mask.png would replace an input or mask of this run" in err, err
+        assert (d / "photo_mask.png").read_bytes() == mask_bytes and not (d / "photo_edited.png").exists()
+    assert fake.loads == 0
+    # photo_edited.png as an input beside photo.png: photo.png is refused, the other one is edited
+    _img(32, 32, 1).save(d / "photo_edited.png")
+    before = (d / "photo_edited.png").read_bytes()
+    code, _, err = run(["edit", d / "photo.png", d / "photo_edited.png", "-i", "make it red", "--no-lime",
+                        "--out", d, "--overwrite"], capsys)
+    assert code == 1 and err.count("would replace an input") == 1 and "photo.png" in err
+    assert (d / "photo_edited.png").read_bytes() == before and (d / "photo_edited_edited.png").is_file()
+
+
 def test_leftover_heatmaps_without_a_record_are_replaced(tmp_path, imgs, fake, capsys):
     # a heatmap without its input's JSON record is what an interrupted --explain run
     # leaves: the input is redone and the stale heatmap removed; files that may belong

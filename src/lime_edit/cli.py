@@ -661,7 +661,17 @@ def _run(args: argparse.Namespace, task: str) -> int:
     todo, skipped = [], 0
     requests = [_request(args, task, plan, instr_for[i], mask_for[i], overrides, no_lime, source_for[i])
                 for i, plan in enumerate(plans)]
+    # an output named like one of this run's inputs or masks (photo.png next to its own
+    # photo_mask.png, or photo_edited.png given as an input) would destroy it: refused, even
+    # with --overwrite, before any work
+    protected = lio.run_files([*files, *(m for m in (mask_files or []) if m)])
     for i, plan in enumerate(plans):
+        clash = plan.replaces(protected)
+        if clash is not None:
+            _err(f"error: {plan.source}: its output {clash.name} would replace an input or mask of this run "
+                 f"({clash}); use another --out")
+            failed += 1
+            continue
         if args.overwrite:
             todo.append(i)
             continue

@@ -445,6 +445,15 @@ class OutputPlan:
     explain: bool = False
     existing: list[Path] = field(default_factory=list)
 
+    def replaces(self, protected: dict[Path, Path]) -> Path | None:
+        """The given file (a value of :func:`run_files`) that one of this plan's outputs
+        would replace, or ``None``."""
+        for p in self.paths.values():
+            hit = protected.get(_identity_path(p))
+            if hit is not None:
+                return hit
+        return None
+
     def heatmap_path(self, index: int, token: str) -> Path:
         return self.out_dir / f"{self.stem}_attn_{index:02d}_{safe_name(token)}.png"
 
@@ -520,6 +529,17 @@ class OutputPlan:
         if missing:
             return "redo", f"incomplete outputs: {missing[0]} is missing"
         return "done", str(rec_path)
+
+
+def _identity_path(path: str | os.PathLike) -> Path:
+    """``path`` with links and ``..`` resolved (case kept; an existing file's real path)."""
+    return Path(os.path.realpath(path))
+
+
+def run_files(paths: Iterable[str | os.PathLike]) -> dict[Path, Path]:
+    """The files a run reads (inputs, masks), keyed by their resolved path, for
+    :meth:`OutputPlan.replaces`."""
+    return {_identity_path(p): Path(p) for p in paths}
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
