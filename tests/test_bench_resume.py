@@ -47,6 +47,14 @@ def test_bad_counts_are_usage_errors(tmp_path, capsys, no_model_load, argv, flag
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("argv", [["bench", "synthetic", "--out", "o"], ["edit", "x.png", "-i", "a b"],
+                                  ["localize", "x.png", "-i", "a b"]])
+def test_unknown_device_is_a_usage_error_before_any_work(capsys, no_model_load, argv):
+    code = lime_cli.main([*argv, "--device", "foo"])
+    err = capsys.readouterr().err
+    assert code == 2 and "argument --device: 'foo' is not a torch device" in err and "Traceback" not in err
+
+
 def _bench(out, *extra):
     return lime_cli.main(["bench", "synthetic", "--n", "1", "--out", str(out), "--no-progress", "--examples", "0",
                           "--threads", "0",  # leave torch's global thread count alone
@@ -194,3 +202,41 @@ def test_validation_split_scores_the_validation_scenes_and_is_never_mixed_with_t
     assert _bench(t, "--methods", "ip2p", "--steps", "2") == 0
     assert "split" not in json.loads((t / "signature.json").read_text())
     assert json.loads((t / "results.json").read_text())["split"] == "test"
+
+
+def test_damaged_folder_is_a_one_line_error_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "b"
+    assert _bench(out, "--methods", "ip2p", "--steps", "2") == 0
+    good = (out / "samples.jsonl").read_bytes()
+    sig = (out / "signature.json").read_text()
+    from lime_edit import pipeline
+
+    monkeypatch.setattr(pipeline.LimePipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(AssertionError("model loaded"))))
+    capsys.readouterr()
+    for damage, words in [(b"[1,2]\n", "samples.jsonl:2: not a bench synthetic row"),
+                          (b'{"method": "ip2p", "seed": null}\n', "samples.jsonl:2: not a bench synthetic row"),
+                          (b"\xff\xfe\n", "samples.jsonl: unreadable")]:
+        (out / "samples.jsonl").write_bytes(good + damage)
+        assert _bench(out, "--methods", "ip2p", "--steps", "2") != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and "--overwrite" in err[0], err
+    (out / "samples.jsonl").write_bytes(good)
+    (out / "signature.json").write_text(json.dumps({**json.loads(sig), "methods": 5}))
+    assert _bench(out, "--methods", "ip2p", "--steps", "2") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "signature.json: unreadable" in err[0], err
+
+
+def test_torn_last_row_is_cut_and_a_signature_without_rows_binds_nothing(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2") == 0
+    lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
+    (out / "samples.jsonl").write_text(lines[0] + lines[1][:25])       # killed while writing row 2
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2") == 0
+    rows = _rows(out)
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0] == json.loads(lines[0])
+    # a run that failed before its first row left only its signature: another command may use the folder
+    (out / "samples.jsonl").unlink()
+    assert _bench(out, "--methods", "ip2p", "--steps", "3") == 0
+    assert json.loads((out / "signature.json").read_text())["methods"]["ip2p"]["settings"]["num_inference_steps"] == 3

@@ -326,6 +326,8 @@ def test_progress_bars_count_the_steps_each_pass_runs(lp, tiny_pipe, scene):
     (dict(seed=True), r"^seed: expected an int"),
     (dict(num_inference_steps="3"), r"num_inference_steps must be an int, got str '3'"),
     (dict(num_inference_steps=2.5), r"num_inference_steps must be an int, got float 2.5"),
+    (dict(num_inference_steps=10**20), r"num_inference_steps must be in 1\.\.10000"),
+    (dict(out_scale=1000), r"out_scale must be in 1\.\.16 or None"),
     (dict(guidance_scale=float("inf")), r"guidance_scale must be a finite number"),
     (dict(image_guidance_scale=float("nan")), r"image_guidance_scale must be a finite number"),
     (dict(mask="everything"), r"^mask: expected 'auto'"),

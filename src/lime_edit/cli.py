@@ -90,6 +90,18 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err).removeprefix("seed: ")) from None
 
 
+def device_arg(text: str) -> str:
+    """argparse type: a torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...),
+    checked by torch's own parser so a typo is a usage error, not a failure after loading."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps ...)") from None
+    return text
+
+
 def _layers(text: str) -> tuple[str, ...]:
     patterns = tuple(v.strip() for v in text.split(",") if v.strip())
     if not patterns:
@@ -266,7 +278,8 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
     m.add_argument("--model", default=default_model,
                    help=f"Hub id, local diffusers folder, single .safetensors/.ckpt file{demo} "
                         f"(default {default_model})")
-    m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: best available)")
+    m.add_argument("--device", default=None, type=device_arg,
+                   help="cpu, cuda, cuda:1, mps ... (default: best available)")
     m.add_argument("--dtype", default=None,
                    choices=("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"),
                    help="weights dtype (default: float16 on CUDA, float32 otherwise)")

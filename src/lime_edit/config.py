@@ -169,9 +169,9 @@ class LimeConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        _check(self.num_inference_steps >= 1, "num_inference_steps", "must be >= 1")
-        _check(self.localization_steps is None or self.localization_steps >= 1,
-               "localization_steps", "must be >= 1 or None")
+        _check(1 <= self.num_inference_steps <= MAX_STEPS, "num_inference_steps", f"must be in 1..{MAX_STEPS}")
+        _check(self.localization_steps is None or 1 <= self.localization_steps <= MAX_STEPS,
+               "localization_steps", f"must be in 1..{MAX_STEPS} or None")
         _check(0.0 <= self.capture_at < 1.0, "capture_at", "must be in [0, 1)")
         for name in ("guidance_scale", "image_guidance_scale", "localization_guidance_scale"):
             _check(getattr(self, name) >= 0, name, "must be >= 0")
@@ -188,7 +188,8 @@ class LimeConfig:
             _check(len(layers) > 0 and all(isinstance(v, str) and v.strip() for v in layers), "layers",
                    f"must be None or a non-empty tuple of fnmatch patterns, got {self.layers!r}")
             object.__setattr__(self, "layers", layers)
-        _check(self.out_scale is None or self.out_scale >= 1, "out_scale", "must be >= 1 or None")
+        _check(self.out_scale is None or 1 <= self.out_scale <= MAX_OUT_SCALE, "out_scale",
+               f"must be in 1..{MAX_OUT_SCALE} or None")
         _check(self.clustering in ("kmeans", "agglomerative"), "clustering",
                f"must be 'kmeans' or 'agglomerative', got {self.clustering!r}")
         _check(self.num_clusters >= 1, "num_clusters", "must be >= 1")
@@ -281,6 +282,11 @@ class LimeConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
+
+#: Upper bounds that only catch typos (a schedule has 1000 training timesteps; the reference
+#: localization grid is 2 x the latent grid): beyond them a run would fail deep inside.
+MAX_STEPS = 10_000
+MAX_OUT_SCALE = 16
 
 #: Points of the reference localization grid ``top_k`` counts on: SD1.5's 128x128 at 512 px.
 TOP_K_REFERENCE_POINTS = 128 * 128

@@ -139,15 +139,43 @@ def _write_atomic_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def load_done(path: Path) -> dict[tuple[str, int], dict]:
+def _is_row(r: Any) -> bool:
+    """A row as ``bench synthetic`` writes it: method, integer seed, every metric a number or null."""
+    num = (int, float)
+    return (isinstance(r, dict) and isinstance(r.get("method"), str) and type(r.get("seed")) is int
+            and all(k in r and (r[k] is None or (isinstance(r[k], num) and not isinstance(r[k], bool)))
+                    for k in METRIC_KEYS))
+
+
+def load_done(path: Path, repair: bool = False) -> dict[tuple[str, int], dict]:
+    """The rows of ``samples.jsonl`` by (method, scene seed). A torn last line (an interrupted
+    run: not a complete row, no line end) is dropped, and with ``repair`` cut from the file so
+    that new rows start on a line of their own; any other line that is not a row is an error
+    naming it."""
+    from ..errors import LimeEditError
+
     done: dict[tuple[str, int], dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-                done[(r["method"], int(r["seed"]))] = r
-            except (ValueError, KeyError):
-                continue  # a torn last line from an interrupted run
+    if not path.is_file():
+        return done
+    try:
+        data = path.read_bytes()
+        lines = data.decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise LimeEditError(f"{path}: unreadable ({getattr(err, 'reason', None) or err}); use a new --out, "
+                            "or --overwrite to start afresh") from None
+    torn = lines.pop()                     # "" when the file ends with a line end
+    for i, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            r = None
+        if not _is_row(r):
+            raise LimeEditError(f"{path}:{i}: not a bench synthetic row; use a new --out, or --overwrite "
+                                "to start afresh")
+        done[(r["method"], r["seed"])] = r
+    if torn and repair:
+        with open(path, "r+b") as fh:
+            fh.truncate(len(data) - len(torn.encode("utf-8")))
     return done
 
 
@@ -354,9 +382,12 @@ def prepare_folder(out: Path, sig: dict[str, Any], overwrite: bool) -> dict[str,
             raise LimeEditError(f"{samples_path}: results without {sig_path.name} (made by an older lime-edit), "
                                 "so their settings are unknown; use a new --out, or --overwrite to start afresh")
         return sig
+    if not (samples_path.is_file() and samples_path.stat().st_size):
+        return sig    # a signature without rows (a run that failed before its first row) binds nothing
     try:
         old = json.loads(sig_path.read_text(encoding="utf-8"))
-        if not isinstance(old, dict):
+        if not (isinstance(old, dict) and isinstance(old.get("methods"), dict)
+                and all(isinstance(v, dict) for v in old["methods"].values())):
             raise ValueError
     except (OSError, ValueError):
         raise LimeEditError(f"{sig_path}: unreadable; use a new --out, or --overwrite to start afresh") from None
@@ -424,6 +455,8 @@ def run_bench(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings, t2i_model,
                                              p2p_steps, split), bool(getattr(args, "overwrite", False)))
+    samples_path = out / "samples.jsonl"
+    done = load_done(samples_path, repair=True)   # a damaged folder is refused before any model loads
     _quiet_loading(getattr(args, "verbose", False))
     # each model is loaded only when one of its methods is asked for, before any row is written
     lp = LimePipeline.from_pretrained(model, device=device) if len(p2p_wanted) < len(methods) else None
@@ -456,9 +489,7 @@ def run_bench(args) -> int:
     extra = {**settings, "num_inference_steps": steps}
     p2p_extra = {**settings, "num_inference_steps": p2p_steps}
     _write_atomic_text(out / "signature.json", json.dumps(sig, indent=2) + "\n")  # before any row
-    samples_path = out / "samples.jsonl"
     overrides = {m: table[m][1] if m in P2P_METHODS else method_overrides(m, model) for m in methods}
-    done = load_done(samples_path)
     samples = split_edits(split, n)
     seeds = [e.seed for e in samples]
     shown = set(seeds[:max(0, int(args.examples))])

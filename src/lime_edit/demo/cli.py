@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import seed_arg  # light: argparse + LimeConfig only
+from ..cli import device_arg, seed_arg  # light: argparse + LimeConfig only
 
 
 def _demo(args) -> int:
@@ -127,7 +127,7 @@ def register(subparsers) -> None:
     s.add_argument("--p2p-steps", type=int, default=None,
                    help="DDIM steps of the p2p* methods (default: P2P's 50; --steps is the IP2P methods')")
     s.add_argument("--examples", type=int, default=6, help="scenes shown in examples.png (default 6)")
-    s.add_argument("--device", default="cpu", help="torch device (default cpu; e.g. cuda)")
+    s.add_argument("--device", default="cpu", type=device_arg, help="torch device (default cpu; e.g. cuda)")
     s.add_argument("--overwrite", action="store_true",
                    help="start afresh: drop the results already in --out (without it, a rerun resumes, and "
                         "is refused if the model, text-to-image model, steps, device, batch, split or a method's "

@@ -23,6 +23,8 @@ DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from ..cli import device_arg
+
     p.add_argument("benchmark", choices=BENCHMARKS, help="which benchmark")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="the benchmark's data: MagicBrush folder containing test/ (unpacked zip); PIE-Bench "
@@ -40,7 +42,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "'all' for every type when generating)")
     p.add_argument("--categories", default=None, metavar="LIST",
                    help="PIE-Bench: comma-separated editing_type_id values (default all, 0-9)")
-    p.add_argument("--device", default=None,
+    p.add_argument("--device", default=None, type=device_arg,
                    help="cpu, cuda, cuda:1 ... (default: this process's device under accelerate, else best)")
     p.add_argument("--local-files-only", action="store_true",
                    help="never contact the Hub: models must be local folders or already cached")
