@@ -22,23 +22,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from lime_edit.errors import LimeEditError
 
 METRICS = ("bg_l1", "in_mask_l1", "edit_success", "roi_iou")
 
 
 def load(folder: Path) -> dict[tuple[str, int], dict]:
+    from lime_edit.demo.bench import load_done
+    from lime_edit.errors import LimeEditError
+
     f = folder / "samples.jsonl"
     if not f.is_file():
-        raise SystemExit(f"error: {f}: not found (a folder written by `lime-edit bench synthetic`)")
-    rows = {}
-    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            rows[(r["method"], int(r["seed"]))] = r
-        except (ValueError, KeyError, TypeError):
-            raise SystemExit(f"error: {f}:{n}: not a bench row") from None
+        raise LimeEditError(f"{f}: not found (a folder written by `lime-edit bench synthetic`)")
+    rows = load_done(f)          # the rows as bench synthetic reads them (a damaged line is an error)
+    for (m, s), r in rows.items():
+        for k in ("bg_l1", "in_mask_l1", "edit_success"):
+            if r.get(k) is None:
+                raise LimeEditError(f"{f}: the {m} row of scene {s} has no {k}")
     return rows
 
 
@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --by-iou: {args.by_iou!r} is not a comma-separated list of numbers", file=sys.stderr)
         return 2
+    try:
+        return _main(args, edges)
+    except LimeEditError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args, edges: list[float]) -> int:
     rows = load(args.folder)
     try:
         scenes = json.loads((args.folder / "signature.json").read_text(encoding="utf-8")).get("split", "test")
@@ -141,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                   + "; ".join(f"{m} {v['bg_l1']:.4f} / {v['in_mask_l1']:.3f} / {v['edit_success']:.2f}"
                               for m, v in b["means"].items()))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        from lime_edit.io import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+        except OSError as err:
+            raise LimeEditError(f"--json {args.json}: cannot write ({err.strerror or err})") from None
     return 0
 
 

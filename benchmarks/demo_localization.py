@@ -41,6 +41,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,7 +132,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n must be at least 1, got {args.n}")
-    torch.set_num_threads(args.threads)
+    if args.threads < 0:
+        ap.error(f"--threads must be at least 0 (0 = torch's default), got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
+        ap.error(f"--json {args.json}: not a file in an existing folder")
 
     from lime_edit import LimeConfig, LimePipeline
     from lime_edit.cli import _parse_set
@@ -144,8 +150,12 @@ def main(argv=None) -> int:
         LimeConfig().replace(**overrides)
     except (LimeEditError, ValueError, TypeError) as err:
         ap.error(str(err) if str(err).startswith("--set") else f"--set {err}")
-    model = resolve_model(args.model)
-    lp = LimePipeline.from_pretrained(model)
+    try:
+        model = resolve_model(args.model)
+        lp = LimePipeline.from_pretrained(model)
+    except LimeEditError as err:
+        print(f"error: --model {args.model}: {err}", file=sys.stderr)
+        return 1
     lp.pipe.set_progress_bar_config(disable=True)
     rows, kinds = [], []
     t0 = time.perf_counter()
@@ -179,8 +189,14 @@ def main(argv=None) -> int:
         print("  the same, latent noised from the edited target (the object shows its new colour):",
               out["per_level"]["share_in_mask_by_grid_target_noised"])
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        from lime_edit.io import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(args.json, (json.dumps(out, indent=2) + "\n").encode("utf-8"))
+        except OSError as err:
+            print(f"error: --json {args.json}: cannot write ({err.strerror or err}); the figures are above",
+                  file=sys.stderr)
+            return 1
     return 0
 
 

@@ -13,7 +13,11 @@ def bp():
 
 
 def _write(folder: Path, rows):
+    """Rows as bench synthetic writes them: the metrics a test does not set are 0."""
+    from lime_edit.demo.bench import METRIC_KEYS
+
     folder.mkdir(exist_ok=True)
+    rows = [{**{k: 0.0 for k in METRIC_KEYS}, **r} for r in rows]
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -49,8 +53,9 @@ def test_paired_differences_and_hit_split(bp, tmp_path, capsys):
 
 
 def test_bad_folder_and_pairs_are_one_line_errors(bp, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="samples.jsonl: not found"):
-        bp.main([str(tmp_path / "nothing")])
+    assert bp.main([str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "samples.jsonl: not found" in err[0]
     _write(tmp_path, [{"method": "lime", "seed": 0, "bg_l1": 0.1, "in_mask_l1": 0.1, "edit_success": 1}])
     assert bp.main([str(tmp_path), "--pairs", "lime:ip2p"]) == 2
     err = capsys.readouterr().err
@@ -58,9 +63,20 @@ def test_bad_folder_and_pairs_are_one_line_errors(bp, tmp_path, capsys):
     assert bp.main([str(tmp_path), "--pairs", "lime"]) == 2
     assert bp.main([str(tmp_path), "--pairs", "lime:lime", "--by-iou", "0.1,high"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --by-iou:")
-    (tmp_path / "samples.jsonl").write_text("{not json\n")
-    with pytest.raises(SystemExit, match=r"samples.jsonl:1: not a bench row"):
-        bp.main([str(tmp_path)])
+    for damage, words in [("{not json\n", "samples.jsonl:1: not a bench synthetic row"),
+                          ('{"method": "lime", "seed": 0}\n', "samples.jsonl:1: not a bench synthetic row")]:
+        (tmp_path / "samples.jsonl").write_text(damage)
+        assert bp.main([str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    (tmp_path / "samples.jsonl").write_bytes(b"\xff\xfe\n")
+    assert bp.main([str(tmp_path)]) == 2 and "unreadable" in capsys.readouterr().err
+    _write(tmp_path, [{"method": "lime", "seed": 0, "bg_l1": None}])
+    assert bp.main([str(tmp_path)]) == 2 and "the lime row of scene 0 has no bg_l1" in capsys.readouterr().err
+    _write(tmp_path, [{"method": m, "seed": 0} for m in ("lime", "ip2p")])
+    assert bp.main([str(tmp_path), "--pairs", "lime:ip2p", "--json", str(tmp_path / "no" / "such" / "x.json")]) == 0
+    assert bp.main([str(tmp_path), "--pairs", "lime:ip2p", "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: --json {tmp_path}: cannot write")
 
 
 def test_a_validation_folder_says_so(bp, tmp_path, capsys):

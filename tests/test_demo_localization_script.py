@@ -69,3 +69,15 @@ def test_bad_settings_are_usage_errors_before_the_model_loads(dl, capsys, monkey
         dl.main(["--set", setting])
     err = capsys.readouterr().err.strip().splitlines()
     assert ex.value.code == 2 and ": error: --set" in err[-1] and words in err[-1], err
+
+
+def test_threads_model_and_json_errors_are_one_line(dl, tmp_path, capsys):
+    with pytest.raises(SystemExit) as ex:
+        dl.main(["--threads", "-1"])
+    assert ex.value.code == 2 and "--threads must be at least 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ex:
+        dl.main(["--json", str(tmp_path)])
+    assert ex.value.code == 2 and "not a file in an existing folder" in capsys.readouterr().err
+    assert dl.main(["--model", str(tmp_path / "nonexistent")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --model {tmp_path / 'nonexistent'}"), err
