@@ -263,17 +263,29 @@ def test_outputs_never_replace_an_input_or_mask_of_the_run(tmp_path, fake, capsy
     assert (d / "photo_edited.png").read_bytes() == before and (d / "photo_edited_edited.png").is_file()
 
 
-def test_leftover_heatmaps_without_a_record_are_replaced(tmp_path, imgs, fake, capsys):
-    # a heatmap without its input's JSON record is what an interrupted --explain run
-    # leaves: the input is redone and the stale heatmap removed; files that may belong
-    # to another input's complete set are left alone
+def _pending(record_path: Path, **names) -> None:
+    """What an interrupted publish leaves at the record's place: the new set's record marked pending."""
+    rec = json.loads(record_path.read_text()) if record_path.exists() else {
+        "lime_edit_version": "x", "outputs": names, "heatmaps": [], "request": {}}
+    record_path.write_text(json.dumps({**rec, "pending": True}))
+
+
+def test_files_named_like_outputs_without_a_record_are_never_replaced_unasked(tmp_path, imgs, fake, capsys):
+    # a file named like an output with no lime-edit record is not lime-edit's (an interrupted
+    # run leaves a pending record): refused without --overwrite; with it, the input is redone
+    # and the stale heatmap removed, while files that may belong to another input's complete
+    # set are left alone
     out = tmp_path / "out"
     out.mkdir()
     (out / "a_attn_00_old.png").write_bytes(b"old")
+    (out / "a_mask.png").write_bytes(b"the user's")
     (out / "a_attn_00_x_edited.png").write_bytes(b"other input's")
     (out / "a_attn_00_x.json").write_text("{}")
     code, _, err = run(["localize", imgs / "a.png", "-i", "x y", "--out", out, "--explain"], capsys)
-    assert code == 0 and "a_attn_00_old.png" in err and "redoing" in err and fake.loads == 1
+    assert code == 1 and "with no lime-edit record" in err and "--overwrite" in err and fake.loads == 0
+    assert (out / "a_mask.png").read_bytes() == b"the user's" and (out / "a_attn_00_old.png").read_bytes() == b"old"
+    code, _, err = run(["localize", imgs / "a.png", "-i", "x y", "--out", out, "--explain", "--overwrite"], capsys)
+    assert code == 0 and fake.loads == 1
     rec = json.loads((out / "a.json").read_text())
     assert [h["file"] for h in rec["heatmaps"]] == ["a_attn_00_red.png", "a_attn_01_car.png"]
     assert not (out / "a_attn_00_old.png").exists()
@@ -287,11 +299,13 @@ def test_rerun_after_an_interruption_skips_finished_inputs_and_redoes_the_rest(t
     code, stdout, _ = run(cmd, capsys)
     assert code == 0 and len(stdout.splitlines()) == 3
     finished = {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in _outputs(out) if n[0] == "a"}
-    # as an interruption leaves it: b's files without its record, c's edited picture only
-    (out / "b.json").unlink()
+    # as an interruption leaves it: b's files with its record still pending, c's record
+    # pending and its edited picture only (renamed before the interruption)
+    _pending(out / "b.json")
     for n in _outputs(out):
         if n.startswith("c"):
             (out / n).unlink()
+    _pending(out / "c.json", edited="c_edited.png")
     (out / "c_edited.png").write_bytes(b"partial")
     n_calls = len(fake.calls)
     code, stdout, err = run(cmd, capsys)
@@ -337,8 +351,9 @@ def test_interrupted_publish_never_leaves_a_complete_looking_mix(tmp_path, imgs,
     code, _, _ = run(["edit", imgs / "a.png", "-i", "other", "--out", out, "--overwrite"], capsys)
     monkeypatch.setattr(lio.os, "replace", real)
     assert code == 130 and len(renamed) == 2
-    # two new files are in place next to old ones: the old record is gone, so the set is incomplete
-    assert not (out / "a.json").exists() and (out / "a_edited.png").stat().st_ino != old_inode
+    # the pending record and one new file are in place next to old ones: the set is incomplete
+    assert json.loads((out / "a.json").read_text())["pending"] is True
+    assert (out / "a_edited.png").stat().st_ino != old_inode
     assert _no_temp_files(out)
     code, _, err = run(["edit", imgs / "a.png", "-i", "other", "--out", out], capsys)
     assert code == 0 and "redoing" in err

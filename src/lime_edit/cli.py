@@ -914,8 +914,8 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         if clash:
             raise LimeEditError(f"output appeared while running ({clash[0]}); use --overwrite to replace it")
     old = lio.read_record(record_path)
-    # files of the replaced set that the new one lacks: those its record named, or
-    # heatmaps an interrupted run left without a record
+    # files of the replaced set that the new one lacks: those its record (final or pending)
+    # named, or (with --overwrite) heatmaps of this input found without any record
     stale = [plan.out_dir / n for n in plan.recorded_files(old) or []] if old is not None else \
         plan.leftover_heatmaps(batch_stems)
     lio.publish_outputs(files, record_path, lio.to_json_bytes(record))  # record last; all-or-nothing

@@ -504,21 +504,26 @@ class OutputPlan:
         - ``"new"``: none of its outputs exist;
         - ``"done"``: complete: its JSON record exists (it is written last), was
           made for the same ``request`` and every file it names exists;
-        - ``"redo"``: incomplete (outputs without a record, i.e. an interrupted
-          run, or a record of the same request whose files are not all there);
-        - ``"conflict"``: a record made for another request, or a file named like
-          the record that is not a lime-edit record.
+        - ``"redo"``: incomplete: a *pending* record (what :func:`publish_outputs`
+          leaves when interrupted), or a record of the same request whose files are
+          not all there;
+        - ``"conflict"``: a record made for another request, a file named like the
+          record that is not a lime-edit record, or files named like outputs with no
+          record at all (not made by lime-edit, or their record was removed: never
+          replaced without ``--overwrite``).
         """
         rec_path = self.paths["record"]
         if not (rec_path.exists() or rec_path.is_symlink()):
             if self.existing:
-                return "redo", "incomplete outputs of an earlier run (" + ", ".join(p.name for p in self.existing[:3]) \
-                    + (" ..." if len(self.existing) > 3 else "") + ")"
+                return "conflict", ", ".join(str(p) for p in self.existing[:3]) \
+                    + (" ..." if len(self.existing) > 3 else "") + ", with no lime-edit record"
             return "new", ""
         record = read_record(rec_path)
         names = self.recorded_files(record) if record is not None else None
         if names is None:
             return "conflict", f"{rec_path}, not a lime-edit record"
+        if record.get("pending"):
+            return "redo", "incomplete outputs of an interrupted run"
         old, new = record.get("request"), json.loads(to_json_bytes(request))
         if not isinstance(old, dict):
             return "conflict", f"{rec_path}, made by an older lime-edit"
@@ -558,19 +563,21 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes) -> list[Path]:
     """Publish the output set of one input, all-or-nothing: every file (``files``
-    and the record) is first written to a temporary file; then an existing record
-    at ``record_path`` is removed (from here on the old set counts as incomplete),
-    the files are renamed into place, and the record is renamed LAST. So a set is
-    complete iff its record exists, and then it names files of this set only; an
-    interrupted publish leaves an incomplete set that a rerun redoes. An error or
-    interrupt before the renames leaves the destinations untouched and no
-    temporary file behind."""
+    and the record) is first written to a temporary file; then a *pending* copy of
+    the record (``"pending": true``) replaces any record at ``record_path`` (from
+    here on the set counts as incomplete, and its files as lime-edit's), the files
+    are renamed into place, and the record is renamed LAST. So a set is complete iff
+    its record exists and is not pending, and then it names files of this set only;
+    an interrupted publish leaves a pending record that a rerun redoes, while files
+    named like outputs with no record at all are someone else's (see
+    :meth:`OutputPlan.state`). An error or interrupt before the renames leaves the
+    destinations untouched and no temporary file behind."""
     record_path = Path(record_path)
+    pending = to_json_bytes({**json.loads(record.decode("utf-8")), "pending": True})
 
-    def drop_old_record() -> None:  # from here on the old set counts as incomplete
-        if record_path.exists() or record_path.is_symlink():
-            record_path.unlink()
-    return _stage_and_replace([*files.items(), (record_path, record)], drop_old_record)
+    def mark_pending() -> None:     # from here on the old set counts as incomplete
+        atomic_write_bytes(record_path, pending)
+    return _stage_and_replace([*files.items(), (record_path, record)], mark_pending)
 
 
 def safe_name(text: str, max_len: int = 40) -> str:
