@@ -86,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--pairs", default=None,
                     help="comma-separated A:B pairs (default: every LIME row against ip2p and ip2p_low_guidance)")
-    ap.add_argument("--split-by", default="lime", help="method whose RoI splits the scenes into hits and misses")
+    ap.add_argument("--split-by", default=None,
+                    help="method whose RoI splits the scenes into hits and misses (default: lime, if present)")
     ap.add_argument("--hit", type=float, default=0.1, help="RoI IoU from which a scene counts as a hit (default 0.1)")
     ap.add_argument("--by-iou", default=None, metavar="EDGES",
                     help="comma-separated RoI IoU edges (e.g. 0.1,0.5,0.7,0.8): every row's means per bucket")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if not 0.0 <= args.hit <= 1.0:            # also refuses nan
+        ap.error(f"--hit {args.hit}: must be an IoU in [0, 1]")
     try:
         edges = sorted(float(x) for x in args.by_iou.split(",")) if args.by_iou else []
     except ValueError:
@@ -122,13 +125,19 @@ def _main(args, edges: list[float]) -> int:
                 return 2
             pairs.append((a.strip(), b.strip()))
     else:
-        pairs = [(m, b) for m in methods if m.startswith("lime") for b in ("ip2p", "ip2p_low_guidance")]
+        pairs = [(m, b) for m in methods if m.startswith("lime") for b in ("ip2p", "ip2p_low_guidance")
+                 if b in methods]
+        if not pairs:
+            raise LimeEditError(f"{args.folder}: no lime* and ip2p/ip2p_low_guidance rows to pair "
+                                f"(has: {', '.join(methods)}); name the rows with --pairs A:B")
     missing = sorted({m for p in pairs for m in p} - set(methods))
     if missing:
         print(f"error: --pairs: no rows for {', '.join(missing)} in {args.folder} (has: {', '.join(methods)})",
               file=sys.stderr)
         return 2
-    split = args.split_by if args.split_by in methods else None
+    if args.split_by is not None and args.split_by not in methods:
+        raise LimeEditError(f"--split-by: no rows for {args.split_by} in {args.folder} (has: {', '.join(methods)})")
+    split = args.split_by or ("lime" if "lime" in methods else None)
     report: dict = {"folder": str(args.folder), "scenes": scenes, "hit": args.hit, "split_by": split, "pairs": {}}
     for a, b in pairs:
         seeds = sorted(s for (m, s) in rows if m == a and (b, s) in rows)

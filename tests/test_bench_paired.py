@@ -90,3 +90,14 @@ def test_a_validation_folder_says_so(bp, tmp_path, capsys):
     assert bp.main([str(tmp_path), "--pairs", "lime:ip2p", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["scenes"] == "validation"
     assert capsys.readouterr().out.startswith("validation scenes (for choosing models and settings")
+
+
+def test_bad_hit_and_split_by_are_errors(bp, tmp_path, capsys):
+    _write(tmp_path, [{"method": m, "seed": 0, "roi_iou": 0.5 if m == "lime" else None} for m in ("lime", "ip2p")])
+    with pytest.raises(SystemExit) as ex:
+        bp.main([str(tmp_path), "--hit", "nan"])
+    assert ex.value.code == 2 and "--hit nan: must be an IoU in [0, 1]" in capsys.readouterr().err
+    assert bp.main([str(tmp_path)]) == 0      # default pairs: those whose rows are there (no ip2p_low_guidance)
+    assert "lime - ip2p (n=1)" in capsys.readouterr().out
+    assert bp.main([str(tmp_path), "--split-by", "nosuch"]) == 2
+    assert "--split-by: no rows for nosuch" in capsys.readouterr().err

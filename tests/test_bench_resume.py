@@ -30,6 +30,8 @@ def no_model_load(monkeypatch):
     (["bench", "synthetic", "--batch", "-3"], "--batch -3"),
     (["bench", "synthetic", "--batch", "0"], "--batch 0"),
     (["bench", "synthetic", "--n", "0"], "--n 0"),
+    (["bench", "synthetic", "--methods", ","], "--methods ','"),
+    (["demo", "--instruction", " "], "--instruction is empty"),
     (["demo", "--steps", "0"], "--steps 0"),
     (["train-demo", "--edit-steps", "0"], "--edit-steps 0"),
     (["train-demo", "--batch", "0"], "--batch 0"),

@@ -436,7 +436,11 @@ def run_bench(args) -> int:
         torch.set_num_threads(int(args.threads))
     out = Path(args.out)
     table = method_table()
-    methods = list(table) if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(table) if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        from ..cli import UsageError
+
+        raise UsageError(f"--methods {args.methods!r}: no method named; known: {', '.join(table)}")
     unknown = [m for m in methods if m not in table]
     if unknown:
         raise LimeEditError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(table)}")

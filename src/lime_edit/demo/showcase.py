@@ -48,6 +48,10 @@ def run_demo(args) -> int:
     from .scenes import make_edit
 
     check_counts(args, {"steps": 1, "threads": 0, "scene": 0})
+    if args.instruction is not None and not args.instruction.strip():
+        from ..cli import UsageError
+
+        raise UsageError("--instruction is empty; leave it out for the scene's own instruction")
     if getattr(args, "threads", 0):
         import torch
 
