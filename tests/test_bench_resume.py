@@ -242,3 +242,12 @@ def test_torn_last_row_is_cut_and_a_signature_without_rows_binds_nothing(tmp_pat
     (out / "samples.jsonl").unlink()
     assert _bench(out, "--methods", "ip2p", "--steps", "3") == 0
     assert json.loads((out / "signature.json").read_text())["methods"]["ip2p"]["settings"]["num_inference_steps"] == 3
+
+
+@pytest.mark.parametrize("cmd", [["bench", "synthetic"], ["demo"], ["train-demo"]])
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys, no_model_load, cmd):
+    f = tmp_path / "afile"
+    f.write_text("keep")
+    assert lime_cli.main([*cmd, "--out", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {f}: output path exists and is not a folder"] and f.read_text() == "keep"

@@ -456,7 +456,9 @@ def run_bench(args) -> int:
         t2i_model = resolve_model(getattr(args, "t2i_model", None) or "demo-t2i")
         p2p_steps = (args.p2p_steps if getattr(args, "p2p_steps", None) is not None
                      else p2p_sampler_defaults()["num_inference_steps"])
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import check_out_dir
+
+    check_out_dir(out)                     # a file, or a folder that cannot be made, is one line
     sig = prepare_folder(out, make_signature(model, device, batch, methods, steps, settings, t2i_model,
                                              p2p_steps, split), bool(getattr(args, "overwrite", False)))
     samples_path = out / "samples.jsonl"

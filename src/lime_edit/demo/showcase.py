@@ -58,7 +58,9 @@ def run_demo(args) -> int:
         torch.set_num_threads(int(args.threads))
     t0 = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import check_out_dir
+
+    check_out_dir(out)                     # a file, or a folder that cannot be made, is one line
     scene_seed = DEFAULT_SCENE if args.scene is None else int(args.scene)
     seed = scene_seed if args.seed is None else args.seed    # as bench synthetic: sampler seed = scene
     e = make_edit(scene_seed, "test")

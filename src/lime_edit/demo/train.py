@@ -809,7 +809,9 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
         budgets_min: tuple[float, float, float] = (0, 0, 0)) -> int:
     import torch
 
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import check_out_dir
+
+    check_out_dir(out)                     # a file, or a folder that cannot be made, is one line
     logf = open(out / "train.log", "a", buffering=1)
 
     def log(msg):
