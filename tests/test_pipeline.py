@@ -407,3 +407,10 @@ def test_settings_are_what_a_call_runs_with(lp):
     assert cfg.feature_levels == tuple(lp.backbone.default_levels()[0])   # resolved by the backbone
     with pytest.raises(LimeEditError, match="num_clusters"):
         lp.settings(num_clusters=0)
+
+
+def test_localize_warns_of_a_truncated_instruction_as_edit_does(lp, scene):
+    long = "make the red square blue " + " ".join(["and very shiny"] * 30)
+    loc = lp.localize(scene, long)
+    assert any("was truncated" in w for w in loc.warnings)
+    assert not any("was truncated" in w for w in lp.localize(scene, "make the red square blue").warnings)

@@ -378,7 +378,15 @@ class LimePipeline:
                                     token_maps=token_maps.cpu(), token_indices=related,
                                     tokens=[it.tokens.tokens[i].replace("</w>", "") for i in related],
                                     points=points, selected_segments=chosen, image_size=it.size, top_k=k,
-                                    warnings=[it.notice] if it.notice else []))
+                                    warnings=self._input_warnings(it)))
+        return out
+
+    def _input_warnings(self, it: _Item) -> list[str]:
+        """Notes about one input that every result of it carries (processing size, truncation)."""
+        out = [it.notice] if it.notice else []
+        if it.tokens.truncated:
+            out.append(f"{'instruction' if it.source is None else 'target caption'} is longer than "
+                       f"the text encoder's {self.backbone.max_tokens} tokens and was truncated")
         return out
 
     def _capture(self, items: list[_Item], cfg: LimeConfig) -> PassState:
@@ -403,11 +411,7 @@ class LimePipeline:
         # what the warnings call the input text and the result without LIME
         plain = "plain P2P" if getattr(self.backbone, "caption_editing", False) else "plain IP2P"
         for j, it in enumerate(items):
-            if it.notice:
-                warnings[j].append(it.notice)
-            if it.tokens.truncated:
-                warnings[j].append(f"{'instruction' if it.source is None else 'target caption'} is longer than "
-                                   f"the text encoder's {self.backbone.max_tokens} tokens and was truncated")
+            warnings[j] += self._input_warnings(it)
             m = it.mask
             if m is None:
                 continue
