@@ -800,3 +800,13 @@ def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs,
     code, _, err = run(["edit", imgs, "-i", "x y", "-o", tmp_path / "o", "--max-pixels", "0"], capsys)
     assert code == 1 and len(fake.calls) == 2
     assert f"error: {bomb}: image is far above PIL's decompression-bomb limit" in err
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--steps", "0"], "error: --steps 0: must be in 1..10000"),
+    (["--out-scale", "99"], "error: --out-scale 99: must be in 1..16 or None"),
+    (["--set", "top_k=0"], "error: --set top_k: must be >= 1"),
+])
+def test_setting_errors_name_the_flag_not_the_config_field(tmp_path, imgs, fake, capsys, argv, line):
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", *argv], capsys)
+    assert code == 2 and err.strip().splitlines() == [line] and fake.loads == 0

@@ -30,6 +30,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -252,8 +253,22 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     try:
         LimeConfig().replace(**overrides)
     except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(_name_the_flag(str(err), args)) from None
     return overrides
+
+
+def _name_the_flag(message: str, args: argparse.Namespace) -> str:
+    """A LimeConfig error ("LimeConfig.num_inference_steps must be ...") in the words of the
+    command line: the flag that set the field ("--steps 0: must be ..."), if a flag did."""
+    m = re.match(r"LimeConfig\.(\w+) (.*)", message, re.S)
+    if m is None:
+        return message
+    name, why = m.groups()
+    flags = {n: f for f, n, *_ in (*_SETTING_FLAGS, *_CHOICE_FLAGS, *_BOOL_FLAGS)}
+    value = getattr(args, f"cfg_{name}", None)
+    if name in flags and value is not None:
+        return f"{flags[name]} {value}: {why}"
+    return f"--set {name}: {why}"
 
 
 # --------------------------------------------------------------------------- parser
