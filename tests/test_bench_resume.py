@@ -32,6 +32,7 @@ def no_model_load(monkeypatch):
     (["bench", "synthetic", "--n", "0"], "--n 0"),
     (["bench", "synthetic", "--methods", ","], "--methods ','"),
     (["demo", "--instruction", " "], "--instruction is empty"),
+    (["demo", "--scene", str(2 ** 64)], f"--scene {2 ** 64}: must be at most"),
     (["demo", "--steps", "0"], "--steps 0"),
     (["train-demo", "--edit-steps", "0"], "--edit-steps 0"),
     (["train-demo", "--batch", "0"], "--batch 0"),

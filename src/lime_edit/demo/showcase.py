@@ -48,6 +48,12 @@ def run_demo(args) -> int:
     from .scenes import make_edit
 
     check_counts(args, {"steps": 1, "threads": 0, "scene": 0})
+    from ..config import SEED_MAX
+
+    if args.scene is not None and int(args.scene) > SEED_MAX:   # the scene number is also the sampler seed
+        from ..cli import UsageError
+
+        raise UsageError(f"--scene {args.scene}: must be at most {SEED_MAX} (it is also the sampler seed)")
     if args.instruction is not None and not args.instruction.strip():
         from ..cli import UsageError
 
