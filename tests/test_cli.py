@@ -810,3 +810,14 @@ def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs,
 def test_setting_errors_name_the_flag_not_the_config_field(tmp_path, imgs, fake, capsys, argv, line):
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", *argv], capsys)
     assert code == 2 and err.strip().splitlines() == [line] and fake.loads == 0
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--cross-replace", "nan"], "error: --cross-replace: must be in [0, 1], got nan"),
+    (["--self-replace", "-1"], "error: --self-replace: must be in [0, 1], got -1.0"),
+    (["--blend-threshold", "inf"], "error: --blend-threshold: must be in [0, 1], got inf"),
+])
+def test_p2p_settings_are_usage_errors_before_the_model_loads(tmp_path, imgs, fake, capsys, argv, line):
+    code, _, err = run(["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car",
+                        "--out", tmp_path / "o", *argv], capsys)
+    assert code == 2 and err.strip().splitlines() == [line] and fake.loads == 0

@@ -536,6 +536,15 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["reweight"] = tuple(weights.items())
     if getattr(args, "local_blend", False):
         kw["local_blend"] = True
+    from .backbones.p2p import P2PSettings
+
+    try:                                    # bad values are usage errors before the model loads
+        P2PSettings(**{k: v for k, v in kw.items() if k != "backbone"})
+    except LimeEditError as err:
+        name, _, why = str(err).partition(": ")
+        flag = {"cross_replace": "--cross-replace", "self_replace": "--self-replace",
+                "blend_threshold": "--blend-threshold"}.get(name)
+        raise UsageError(f"{flag}: {why}" if flag else str(err)) from None
     return kw
 
 

@@ -78,9 +78,9 @@ class P2PSettings:
     blend_level: int = 4
 
     def __post_init__(self):
-        for name in ("cross_replace", "self_replace"):
+        for name in ("cross_replace", "self_replace", "blend_threshold", "blend_start"):
             v = getattr(self, name)
-            if not 0.0 <= float(v) <= 1.0:
+            if not 0.0 <= float(v) <= 1.0:     # also refuses nan
                 raise LimeEditError(f"{name}: must be in [0, 1], got {v}")
         if self.mode not in ("auto", "swap", "refine"):
             raise LimeEditError(f"p2p mode: expected 'auto', 'swap' or 'refine', got {self.mode!r}")
