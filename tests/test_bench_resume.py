@@ -232,6 +232,7 @@ def test_damaged_folder_is_a_one_line_error_before_the_model_loads(tmp_path, cap
 
 
 def test_torn_last_row_is_cut_and_a_signature_without_rows_binds_nothing(tmp_path, capsys):
+    """A folder with published results but no rows is still refused (at the end)."""
     out = tmp_path / "b"
     assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2") == 0
     lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
@@ -239,10 +240,20 @@ def test_torn_last_row_is_cut_and_a_signature_without_rows_binds_nothing(tmp_pat
     assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2") == 0
     rows = _rows(out)
     assert [r["seed"] for r in rows] == [0, 1] and rows[0] == json.loads(lines[0])
+    # an older version's resume wrote its first row onto the torn one; a blank line; a complete last
+    # row without its line end: all read, nothing recomputed
+    a, b = (json.loads(x) for x in lines[:2])
+    (out / "samples.jsonl").write_text('{"method": "ip2p", "se' + json.dumps(a) + "\n\n" + json.dumps(b))
+    assert _bench(out, "--methods", "ip2p", "--steps", "2", "--n", "2") == 0
+    text = (out / "samples.jsonl").read_text()
+    assert text.endswith(json.dumps(b) + "\n") and text.count('"method"') == 3   # b kept, not recomputed
     # a run that failed before its first row left only its signature: another command may use the folder
     (out / "samples.jsonl").unlink()
+    (out / "results.json").unlink()
     assert _bench(out, "--methods", "ip2p", "--steps", "3") == 0
     assert json.loads((out / "signature.json").read_text())["methods"]["ip2p"]["settings"]["num_inference_steps"] == 3
+    (out / "samples.jsonl").unlink()             # results.json is there: its settings still bind
+    assert _bench(out, "--methods", "ip2p", "--steps", "4") == 2
 
 
 @pytest.mark.parametrize("cmd", [["bench", "synthetic"], ["demo"], ["train-demo"]])

@@ -806,6 +806,9 @@ def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs,
     (["--steps", "0"], "error: --steps 0: must be in 1..10000"),
     (["--out-scale", "99"], "error: --out-scale 99: must be in 1..16 or None"),
     (["--set", "top_k=0"], "error: --set top_k: must be >= 1"),
+    # a rule between two settings is reported on one the user did not set: kept as it is
+    (["--regularize-from", "0.95"], "error: LimeConfig.regularize_until need 0 <= regularize_from <= "
+                                    "regularize_until <= 1"),
 ])
 def test_setting_errors_name_the_flag_not_the_config_field(tmp_path, imgs, fake, capsys, argv, line):
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", *argv], capsys)
@@ -821,3 +824,44 @@ def test_p2p_settings_are_usage_errors_before_the_model_loads(tmp_path, imgs, fa
     code, _, err = run(["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car",
                         "--out", tmp_path / "o", *argv], capsys)
     assert code == 2 and err.strip().splitlines() == [line] and fake.loads == 0
+
+
+def test_cleanup_never_removes_record_less_files_or_the_runs_own_inputs(tmp_path, imgs, fake, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    # a heatmap-named file with no record, and a run without --explain: kept
+    (out / "a_attn_00_user.png").write_bytes(b"the user's")
+    assert run(["localize", imgs / "a.png", "-i", "x y", "--out", out], capsys)[0] == 0
+    assert (out / "a_attn_00_user.png").read_bytes() == b"the user's"
+    # an earlier set's heatmap given as the mask of an --overwrite run: read, not removed as stale
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--explain", "--overwrite"], capsys)[0] == 0
+    heat = out / "a_attn_00_red.png"
+    assert heat.is_file()
+    monkeypatch.chdir(out)                       # relative paths resolve to the same files
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--mask", "a_attn_00_red.png", "--out", ".",
+                        "--overwrite"], capsys)
+    assert code == 0 and heat.is_file(), err
+    # an earlier set's overlay given as a second input: not removed before it is read
+    code, _, err = run(["edit", imgs / "a.png", "a_overlay.png", "-i", "x y", "--no-lime", "--out", ".",
+                        "--overwrite"], capsys)
+    assert code == 0 and (out / "a_overlay.png").is_file() and (out / "a_overlay_edited.png").is_file(), err
+
+
+def test_interrupted_overwrite_still_removes_the_replaced_sets_extra_files(tmp_path, imgs, fake, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--explain"], capsys)[0] == 0
+    assert (out / "a_attn_00_red.png").is_file() and (out / "a_segments.png").is_file()
+    real, renamed = lio.os.replace, []
+
+    def stop_after_two(src, dst):
+        if len(renamed) == 2:
+            raise KeyboardInterrupt
+        renamed.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(lio.os, "replace", stop_after_two)
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--no-lime", "--overwrite"], capsys)[0] == 130
+    monkeypatch.setattr(lio.os, "replace", real)
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--no-lime"], capsys)
+    assert code == 0 and "redoing" in err
+    assert _outputs(out) == ["a.json", "a_edited.png"]

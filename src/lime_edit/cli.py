@@ -268,7 +268,9 @@ def _name_the_flag(message: str, args: argparse.Namespace) -> str:
     value = getattr(args, f"cfg_{name}", None)
     if name in flags and value is not None:
         return f"{flags[name]} {value}: {why}"
-    return f"--set {name}: {why}"
+    if any(item.partition("=")[0].strip().replace("-", "_") == name for item in getattr(args, "cfg_set", []) or []):
+        return f"--set {name}: {why}"
+    return message     # a rule between settings, reported on a field the user did not set
 
 
 # --------------------------------------------------------------------------- parser
@@ -703,6 +705,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
     # with --overwrite, before any work
     protected = lio.run_files([*files, *(m for m in (mask_files or []) if m)])
     for i, plan in enumerate(plans):
+        plan.protected = protected
         clash = plan.replaces(protected)
         if clash is not None:
             _err(f"error: {plan.source}: its output {clash.name} would replace an input or mask of this run "
@@ -937,16 +940,22 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         clash = [p for p in [*files, record_path] if (p.exists() or p.is_symlink()) and p not in before]
         if clash:
             raise LimeEditError(f"output appeared while running ({clash[0]}); use --overwrite to replace it")
+    clash = plan.replaces(plan.protected, files)       # a heatmap named like an input
+    if clash is not None:
+        raise LimeEditError(f"output {clash.name} would replace an input or mask of this run ({clash}); "
+                            "use another --out")
     old = lio.read_record(record_path)
-    # files of the replaced set that the new one lacks: those its record (final or pending)
-    # named, or (with --overwrite) heatmaps of this input found without any record
+    # files of the replaced set that the new one lacks: those its record (final or pending,
+    # with what a pending one was replacing) named, or, with --overwrite, heatmaps of this
+    # input found without any record; never one of the run's inputs or masks
     stale = [plan.out_dir / n for n in plan.recorded_files(old) or []] if old is not None else \
-        plan.leftover_heatmaps(batch_stems)
-    lio.publish_outputs(files, record_path, lio.to_json_bytes(record))  # record last; all-or-nothing
+        (plan.leftover_heatmaps(batch_stems) if args.overwrite else [])
+    stale = [p for p in stale if p not in files and p != record_path and plan.replaces(plan.protected, [p]) is None]
+    lio.publish_outputs(files, record_path, lio.to_json_bytes(record),      # record last; all-or-nothing
+                        replaces=[p.name for p in stale])
     for path in stale:
-        if path not in files and path != record_path:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        with contextlib.suppress(OSError):
+            path.unlink()
     return written, warnings
 
 

@@ -444,11 +444,13 @@ class OutputPlan:
     paths: dict[str, Path]
     explain: bool = False
     existing: list[Path] = field(default_factory=list)
+    #: the run's inputs and masks (:func:`run_files`): never written or removed
+    protected: dict[Path, Path] = field(default_factory=dict)
 
-    def replaces(self, protected: dict[Path, Path]) -> Path | None:
-        """The given file (a value of :func:`run_files`) that one of this plan's outputs
-        would replace, or ``None``."""
-        for p in self.paths.values():
+    def replaces(self, protected: dict[Path, Path], paths: Iterable[Path] | None = None) -> Path | None:
+        """The given file (a value of :func:`run_files`) that one of ``paths`` (default:
+        this plan's outputs) would replace or remove, or ``None``."""
+        for p in self.paths.values() if paths is None else paths:
             hit = protected.get(_identity_path(p))
             if hit is not None:
                 return hit
@@ -465,8 +467,8 @@ class OutputPlan:
         return found
 
     def leftover_heatmaps(self, batch_stems: Iterable[str] = ()) -> list[Path]:
-        """Heatmaps of this input left by an interrupted run (named like
-        ``<stem>_attn_NN_<token>.png``), excluding any file whose name could also
+        """Heatmaps of this input found with no record (named like
+        ``<stem>_attn_NN_<token>.png``; what ``--overwrite`` replaces), excluding any file whose name could also
         belong to another input's outputs (one in ``batch_stems`` or with a JSON
         record in the folder): those are never touched."""
         if not self.out_dir.is_dir():
@@ -489,12 +491,14 @@ class OutputPlan:
         """The file names a record of this input names (outputs, then heatmaps);
         ``None`` when it names anything but plain names of this input's outputs."""
         outputs, heatmaps = record.get("outputs"), record.get("heatmaps") or []
-        if not isinstance(outputs, dict) or not isinstance(heatmaps, list):
+        replaced = record.get("replaces") or []        # a pending record: the set it replaces
+        if not isinstance(outputs, dict) or not isinstance(heatmaps, list) or not isinstance(replaced, list):
             return None
         names = list(outputs.values()) + [h.get("file") if isinstance(h, dict) else None for h in heatmaps]
-        ok = all(isinstance(n, str) and n.startswith(self.stem) and Path(n).name == n and n not in (".", "..")
-                 for n in names)
-        return names if ok else None
+        own = {self.stem + suffix for suffix in OUTPUT_SUFFIXES.values()}
+        heat = re.compile(re.escape(self.stem) + r"_attn_\d\d_[A-Za-z0-9._-]+\.png")
+        ok = all(isinstance(n, str) and (n in own or heat.fullmatch(n)) for n in [*names, *replaced])
+        return [*names, *(n for n in replaced if n not in names)] if ok else None
 
     def state(self, request: dict[str, Any]) -> tuple[str, str]:
         """Where this input's output set stands, for a rerun with ``request`` (what
@@ -561,7 +565,8 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes) -> list[Path]:
+def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes,
+                    replaces: Sequence[str] = ()) -> list[Path]:
     """Publish the output set of one input, all-or-nothing: every file (``files``
     and the record) is first written to a temporary file; then a *pending* copy of
     the record (``"pending": true``) replaces any record at ``record_path`` (from
@@ -571,9 +576,11 @@ def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes) 
     an interrupted publish leaves a pending record that a rerun redoes, while files
     named like outputs with no record at all are someone else's (see
     :meth:`OutputPlan.state`). An error or interrupt before the renames leaves the
-    destinations untouched and no temporary file behind."""
+    destinations untouched and no temporary file behind. ``replaces``: names of the
+    replaced set's files that the new set lacks (the caller removes them after this
+    returns); the pending record lists them, so a rerun after an interruption still does."""
     record_path = Path(record_path)
-    pending = to_json_bytes({**json.loads(record.decode("utf-8")), "pending": True})
+    pending = to_json_bytes({**json.loads(record.decode("utf-8")), "pending": True, "replaces": list(replaces)})
 
     def mark_pending() -> None:     # from here on the old set counts as incomplete
         atomic_write_bytes(record_path, pending)

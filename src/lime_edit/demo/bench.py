@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -165,18 +166,40 @@ def load_done(path: Path, repair: bool = False) -> dict[tuple[str, int], dict]:
                             "or --overwrite to start afresh") from None
     torn = lines.pop()                     # "" when the file ends with a line end
     for i, line in enumerate(lines, 1):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            r = None
-        if not _is_row(r):
+        if not line.strip():
+            continue                       # blank lines (hand-merged files)
+        r = _parse_row(line)
+        if r is None:
             raise LimeEditError(f"{path}:{i}: not a bench synthetic row; use a new --out, or --overwrite "
                                 "to start afresh")
         done[(r["method"], r["seed"])] = r
+    last = _parse_row(torn) if torn.strip() else None
+    if last is not None:                   # a complete row without its line end: kept
+        done[(last["method"], last["seed"])] = last
     if torn and repair:
         with open(path, "r+b") as fh:
-            fh.truncate(len(data) - len(torn.encode("utf-8")))
+            if last is not None:
+                fh.seek(0, os.SEEK_END)
+                fh.write(b"\n")
+            else:                          # cut, so that new rows start on a line of their own
+                fh.truncate(len(data) - len(torn.encode("utf-8")))
     return done
+
+
+def _parse_row(line: str) -> dict | None:
+    """One row of ``samples.jsonl``, or ``None``. Versions before the torn-line repair
+    appended a resumed run's first row to a torn one (``{"method": "ip2p", "se{"method": ...}``):
+    the complete row at the end of such a line is taken."""
+    for start in (0, line.rfind('{"method"')):
+        if start < 0:
+            continue
+        try:
+            r = json.loads(line[start:])
+        except ValueError:
+            continue
+        if _is_row(r):
+            return r
+    return None
 
 
 def aggregate(done: dict, methods: list[str], seeds) -> list[dict]:
@@ -382,8 +405,8 @@ def prepare_folder(out: Path, sig: dict[str, Any], overwrite: bool) -> dict[str,
             raise LimeEditError(f"{samples_path}: results without {sig_path.name} (made by an older lime-edit), "
                                 "so their settings are unknown; use a new --out, or --overwrite to start afresh")
         return sig
-    if not (samples_path.is_file() and samples_path.stat().st_size):
-        return sig    # a signature without rows (a run that failed before its first row) binds nothing
+    if not (samples_path.is_file() and samples_path.stat().st_size) and not (out / "results.json").exists():
+        return sig    # a signature alone (a run that failed before its first row) binds nothing
     try:
         old = json.loads(sig_path.read_text(encoding="utf-8"))
         if not (isinstance(old, dict) and isinstance(old.get("methods"), dict)
