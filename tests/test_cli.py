@@ -335,21 +335,28 @@ def test_rerun_after_an_interruption_skips_finished_inputs_and_redoes_the_rest(t
     assert json.loads((out / "a.json").read_text())["seed"] == 3
 
 
-def test_interrupted_publish_never_leaves_a_complete_looking_mix(tmp_path, imgs, fake, monkeypatch, capsys):
-    out = tmp_path / "out"
-    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out], capsys)[0] == 0
-    old_inode = (out / "a_edited.png").stat().st_ino
+def _stop_renames_after(monkeypatch, n: int):
+    """Interrupt (as Ctrl-C) the publish of outputs at its rename number ``n + 1``; returns the
+    destinations renamed before, and a function that restores renaming."""
     real, renamed = lio.os.replace, []
 
-    def stop_after_two(src, dst):
-        if len(renamed) == 2:
+    def stop(src, dst):
+        if len(renamed) == n:
             raise KeyboardInterrupt
         renamed.append(dst)
         return real(src, dst)
 
-    monkeypatch.setattr(lio.os, "replace", stop_after_two)
+    monkeypatch.setattr(lio.os, "replace", stop)
+    return renamed, lambda: monkeypatch.setattr(lio.os, "replace", real)
+
+
+def test_interrupted_publish_never_leaves_a_complete_looking_mix(tmp_path, imgs, fake, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out], capsys)[0] == 0
+    old_inode = (out / "a_edited.png").stat().st_ino
+    renamed, restore = _stop_renames_after(monkeypatch, 2)
     code, _, _ = run(["edit", imgs / "a.png", "-i", "other", "--out", out, "--overwrite"], capsys)
-    monkeypatch.setattr(lio.os, "replace", real)
+    restore()
     assert code == 130 and len(renamed) == 2
     # the pending record and one new file are in place next to old ones: the set is incomplete
     assert json.loads((out / "a.json").read_text())["pending"] is True
@@ -851,17 +858,9 @@ def test_interrupted_overwrite_still_removes_the_replaced_sets_extra_files(tmp_p
     out = tmp_path / "out"
     assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--explain"], capsys)[0] == 0
     assert (out / "a_attn_00_red.png").is_file() and (out / "a_segments.png").is_file()
-    real, renamed = lio.os.replace, []
-
-    def stop_after_two(src, dst):
-        if len(renamed) == 2:
-            raise KeyboardInterrupt
-        renamed.append(dst)
-        return real(src, dst)
-
-    monkeypatch.setattr(lio.os, "replace", stop_after_two)
+    renamed, restore = _stop_renames_after(monkeypatch, 2)
     assert run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--no-lime", "--overwrite"], capsys)[0] == 130
-    monkeypatch.setattr(lio.os, "replace", real)
+    restore()
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--no-lime"], capsys)
     assert code == 0 and "redoing" in err
     assert _outputs(out) == ["a.json", "a_edited.png"]
