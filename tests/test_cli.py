@@ -864,3 +864,14 @@ def test_interrupted_overwrite_still_removes_the_replaced_sets_extra_files(tmp_p
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", out, "--no-lime"], capsys)
     assert code == 0 and "redoing" in err
     assert _outputs(out) == ["a.json", "a_edited.png"]
+
+
+def test_a_file_given_twice_is_edited_once_and_a_count_mismatch_says_so(tmp_path, imgs, fake, capsys, monkeypatch):
+    monkeypatch.chdir(imgs)
+    code, _, err = run(["edit", "a.png", "./a.png", "-i", "x y", "-i", "y z", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and fake.loads == 0
+    assert err.strip().splitlines() == ["error: got 2 instructions for 1 input image(s) (a file given twice is "
+                                        "edited once): give one instruction for all inputs or exactly one per input"]
+    code, _, err = run(["edit", "a.png", "b.jpg", "-i", "x y", "-i", "y z", "-i", "z", "--out", tmp_path / "o"],
+                       capsys)
+    assert code == 2 and "(a file given twice" not in err

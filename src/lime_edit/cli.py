@@ -550,14 +550,14 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _pair(values: list[Any] | None, n: int, what: str) -> list[Any]:
+def _pair(values: list[Any] | None, n: int, what: str, hint: str = "") -> list[Any]:
     if not values:
         return [None] * n
     if len(values) == 1:
         return values * n
     if len(values) == n:
         return list(values)
-    raise UsageError(f"got {len(values)} {what}s for {n} input image(s): give one {what} for all "
+    raise UsageError(f"got {len(values)} {what}s for {n} input image(s){hint}: give one {what} for all "
                      f"inputs or exactly one per input")
 
 
@@ -679,9 +679,11 @@ def _run(args: argparse.Namespace, task: str) -> int:
     if not files:
         _err("error: no input images")
         return EXIT_USAGE
-    instr_for = _pair(instructions, len(files), "target caption" if task == "p2p" else "instruction")
-    source_for = _pair(args.source, len(files), "source caption") if task == "p2p" else [None] * len(files)
-    mask_for = _pair(mask_files, len(files), "mask")
+    named = [os.path.normcase(os.path.realpath(s)) for s in args.inputs if os.path.isfile(s)]
+    hint = " (a file given twice is edited once)" if len(named) != len(set(named)) else ""
+    instr_for = _pair(instructions, len(files), "target caption" if task == "p2p" else "instruction", hint)
+    source_for = _pair(args.source, len(files), "source caption", hint) if task == "p2p" else [None] * len(files)
+    mask_for = _pair(mask_files, len(files), "mask", hint)
 
     out_dir = lio.check_out_dir(args.out)
     if task == "localize":
