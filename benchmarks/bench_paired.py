@@ -29,7 +29,6 @@ METRICS = ("bg_l1", "in_mask_l1", "edit_success", "roi_iou")
 
 def load(folder: Path) -> dict[tuple[str, int], dict]:
     from lime_edit.demo.bench import load_done
-    from lime_edit.errors import LimeEditError
 
     f = folder / "samples.jsonl"
     if not f.is_file():

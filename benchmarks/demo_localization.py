@@ -139,16 +139,15 @@ def main(argv=None) -> int:
     if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
         ap.error(f"--json {args.json}: not a file in an existing folder")
 
-    from lime_edit import LimeConfig, LimePipeline
-    from lime_edit.cli import _parse_set
+    from lime_edit import LimePipeline
+    from lime_edit.demo.bench import _settings
     from lime_edit.demo.scenes import split_edits
     from lime_edit.errors import LimeEditError
     from lime_edit.loading import resolve_model
 
     try:                                   # bad settings are usage errors, before the model loads
-        overrides = dict(_parse_set(item) for item in args.cfg_set)
-        LimeConfig().replace(**overrides)
-    except (LimeEditError, ValueError, TypeError) as err:
+        overrides = _settings(args)
+    except LimeEditError as err:
         ap.error(str(err) if str(err).startswith("--set") else f"--set {err}")
     try:
         model = resolve_model(args.model)

@@ -679,7 +679,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
     if not files:
         _err("error: no input images")
         return EXIT_USAGE
-    named = [os.path.normcase(os.path.realpath(s)) for s in args.inputs if os.path.isfile(s)]
+    named = [lio.path_key(s) for s in args.inputs if os.path.isfile(s)]
     hint = " (a file given twice is edited once)" if len(named) != len(set(named)) else ""
     instr_for = _pair(instructions, len(files), "target caption" if task == "p2p" else "instruction", hint)
     source_for = _pair(args.source, len(files), "source caption", hint) if task == "p2p" else [None] * len(files)
@@ -708,7 +708,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
     protected = lio.run_files([*files, *(m for m in (mask_files or []) if m)])
     for i, plan in enumerate(plans):
         plan.protected = protected
-        clash = plan.replaces(protected)
+        clash = plan.replaces()
         if clash is not None:
             _err(f"error: {plan.source}: its output {clash.name} would replace an input or mask of this run "
                  f"({clash}); use another --out")
@@ -942,7 +942,7 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         clash = [p for p in [*files, record_path] if (p.exists() or p.is_symlink()) and p not in before]
         if clash:
             raise LimeEditError(f"output appeared while running ({clash[0]}); use --overwrite to replace it")
-    clash = plan.replaces(plan.protected, files)       # a heatmap named like an input
+    clash = plan.replaces(files)       # a heatmap named like an input
     if clash is not None:
         raise LimeEditError(f"output {clash.name} would replace an input or mask of this run ({clash}); "
                             "use another --out")
@@ -952,8 +952,8 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
     # input found without any record; never one of the run's inputs or masks
     stale = [plan.out_dir / n for n in plan.recorded_files(old) or []] if old is not None else \
         (plan.leftover_heatmaps(batch_stems) if args.overwrite else [])
-    stale = [p for p in stale if p not in files and p != record_path and plan.replaces(plan.protected, [p]) is None]
-    lio.publish_outputs(files, record_path, lio.to_json_bytes(record),      # record last; all-or-nothing
+    stale = [p for p in stale if p not in files and p != record_path and plan.replaces([p]) is None]
+    lio.publish_outputs(files, record_path, record,      # record last; all-or-nothing
                         replaces=[p.name for p in stale])
     for path in stale:
         with contextlib.suppress(OSError):

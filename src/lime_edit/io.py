@@ -384,7 +384,7 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[
         if problem:
             problems.append(InputSpec(os.fspath(p), problem))
             return False
-        key = os.path.normcase(os.path.realpath(p))
+        key = path_key(p)
         if key not in seen:
             seen.add(key)
             files.append(p)
@@ -445,16 +445,20 @@ class OutputPlan:
     explain: bool = False
     existing: list[Path] = field(default_factory=list)
     #: the run's inputs and masks (:func:`run_files`): never written or removed
-    protected: dict[Path, Path] = field(default_factory=dict)
+    protected: dict[str, Path] = field(default_factory=dict)
 
-    def replaces(self, protected: dict[Path, Path], paths: Iterable[Path] | None = None) -> Path | None:
-        """The given file (a value of :func:`run_files`) that one of ``paths`` (default:
-        this plan's outputs) would replace or remove, or ``None``."""
+    def replaces(self, paths: Iterable[Path] | None = None) -> Path | None:
+        """The file of :attr:`protected` that one of ``paths`` (default: this plan's
+        outputs) would replace or remove, or ``None``."""
         for p in self.paths.values() if paths is None else paths:
-            hit = protected.get(_identity_path(p))
+            hit = self.protected.get(path_key(p))
             if hit is not None:
                 return hit
         return None
+
+    def _heatmap_name(self) -> re.Pattern:
+        """File names of this input's heatmaps: ``<stem>_attn_NN_<token>.png``."""
+        return re.compile(re.escape(self.stem) + r"_attn_\d\d_[A-Za-z0-9._-]+\.png")
 
     def heatmap_path(self, index: int, token: str) -> Path:
         return self.out_dir / f"{self.stem}_attn_{index:02d}_{safe_name(token)}.png"
@@ -473,7 +477,7 @@ class OutputPlan:
         record in the folder): those are never touched."""
         if not self.out_dir.is_dir():
             return []
-        own = re.compile(re.escape(self.stem) + r"_attn_\d\d_[A-Za-z0-9._-]+\.png")
+        own = self._heatmap_name()
         others = {s.lower() for s in batch_stems} - {self.stem.lower()}
         found = []
         for p in sorted(self.out_dir.glob(glob.escape(self.stem) + HEATMAP_GLOB)):
@@ -496,7 +500,7 @@ class OutputPlan:
             return None
         names = list(outputs.values()) + [h.get("file") if isinstance(h, dict) else None for h in heatmaps]
         own = {self.stem + suffix for suffix in OUTPUT_SUFFIXES.values()}
-        heat = re.compile(re.escape(self.stem) + r"_attn_\d\d_[A-Za-z0-9._-]+\.png")
+        heat = self._heatmap_name()
         ok = all(isinstance(n, str) and (n in own or heat.fullmatch(n)) for n in [*names, *replaced])
         return [*names, *(n for n in replaced if n not in names)] if ok else None
 
@@ -540,15 +544,16 @@ class OutputPlan:
         return "done", str(rec_path)
 
 
-def _identity_path(path: str | os.PathLike) -> Path:
-    """``path`` with links and ``..`` resolved (case kept; an existing file's real path)."""
-    return Path(os.path.realpath(path))
+def path_key(path: str | os.PathLike) -> str:
+    """What makes two paths the same file here: links and ``..`` resolved, case folded
+    where the platform folds it."""
+    return os.path.normcase(os.path.realpath(path))
 
 
-def run_files(paths: Iterable[str | os.PathLike]) -> dict[Path, Path]:
-    """The files a run reads (inputs, masks), keyed by their resolved path, for
-    :meth:`OutputPlan.replaces`."""
-    return {_identity_path(p): Path(p) for p in paths}
+def run_files(paths: Iterable[str | os.PathLike]) -> dict[str, Path]:
+    """The files a run reads (inputs, masks) by :func:`path_key`, for
+    :attr:`OutputPlan.protected`."""
+    return {path_key(p): Path(p) for p in paths}
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -565,7 +570,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes,
+def publish_outputs(files: dict[Path, bytes], record_path: Path, record: dict[str, Any],
                     replaces: Sequence[str] = ()) -> list[Path]:
     """Publish the output set of one input, all-or-nothing: every file (``files``
     and the record) is first written to a temporary file; then a *pending* copy of
@@ -580,11 +585,11 @@ def publish_outputs(files: dict[Path, bytes], record_path: Path, record: bytes,
     replaced set's files that the new set lacks (the caller removes them after this
     returns); the pending record lists them, so a rerun after an interruption still does."""
     record_path = Path(record_path)
-    pending = to_json_bytes({**json.loads(record.decode("utf-8")), "pending": True, "replaces": list(replaces)})
+    pending = to_json_bytes({**record, "pending": True, "replaces": list(replaces)})
 
     def mark_pending() -> None:     # from here on the old set counts as incomplete
         atomic_write_bytes(record_path, pending)
-    return _stage_and_replace([*files.items(), (record_path, record)], mark_pending)
+    return _stage_and_replace([*files.items(), (record_path, to_json_bytes(record))], mark_pending)
 
 
 def safe_name(text: str, max_len: int = 40) -> str:
@@ -645,6 +650,6 @@ __all__ = [
     "load_image", "load_mask", "mask_coverage",
     "atomic_write_bytes", "atomic_save_image", "atomic_write_json", "atomic_write_many",
     "encode_image", "to_json_bytes", "expand_inputs", "plan_outputs", "check_out_dir", "safe_name",
-    "read_record", "publish_outputs",
+    "read_record", "publish_outputs", "path_key", "run_files",
     "printable",
 ]
