@@ -263,3 +263,22 @@ def test_out_that_is_a_file_is_one_line(tmp_path, capsys, no_model_load, cmd):
     assert lime_cli.main([*cmd, "--out", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {f}: output path exists and is not a folder"] and f.read_text() == "keep"
+
+
+@pytest.mark.parametrize("cmd", [["bench", "synthetic"], ["demo"], ["train-demo"], ["edit", "x.png", "-i", "a b"],
+                                 ["localize", "x.png", "-i", "a b"]])
+def test_empty_out_is_a_usage_error_not_the_current_folder(capsys, no_model_load, cmd):
+    assert lime_cli.main([*cmd, "--out", ""]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: -o/--out is empty; name a folder ('.' for the current one)"]
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_named_like_a_result_file_is_one_line_and_kept(tmp_path, capsys, no_model_load, overwrite):
+    out = tmp_path / "b"
+    (out / "signature.json").mkdir(parents=True)
+    (out / "signature.json" / "keep.txt").write_text("keep")
+    assert _bench(out, "--methods", "ip2p", *overwrite) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out / 'signature.json'}: exists and is not a file; move it away or use a new --out"]
+    assert (out / "signature.json" / "keep.txt").read_text() == "keep"

@@ -875,3 +875,17 @@ def test_a_file_given_twice_is_edited_once_and_a_count_mismatch_says_so(tmp_path
     code, _, err = run(["edit", "a.png", "b.jpg", "-i", "x y", "-i", "y z", "-i", "z", "--out", tmp_path / "o"],
                        capsys)
     assert code == 2 and "(a file given twice" not in err
+
+
+def test_a_level_the_unet_lacks_is_refused_once_before_any_input(tmp_path, imgs, real_model, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(["edit", imgs / "a.png", imgs / "b.jpg", "-i", "make the red car blue",
+                             "--model", real_model, "--out", out, "--feature-levels", "1,1024", *FAST], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and stdout == "" and len(lines) == 1, err
+    assert lines[0].startswith("error: --feature-levels 1,1024: this U-Net has no attention layer at latent "
+                               "level(s) 1024"), err
+    assert not out.exists() or _outputs(out) == []
+    code, _, err = run(["localize", imgs / "a.png", "-i", "make the red car blue", "--model", real_model,
+                        "--out", out, "--set", "regularization_levels=1024", *FAST], capsys)
+    assert code == 2 and err.strip().startswith("error: --set regularization_levels: this U-Net"), err

@@ -260,14 +260,15 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _name_the_flag(message: str, args: argparse.Namespace) -> str:
     """A LimeConfig error ("LimeConfig.num_inference_steps must be ...") in the words of the
     command line: the flag that set the field ("--steps 0: must be ..."), if a flag did."""
-    m = re.match(r"LimeConfig\.(\w+) (.*)", message, re.S)
+    m = re.match(r"LimeConfig\.(\w+) (.*)", message, re.S) or re.match(r"(\w+): (.*)", message, re.S)
     if m is None:
         return message
     name, why = m.groups()
     flags = {n: f for f, n, *_ in (*_SETTING_FLAGS, *_CHOICE_FLAGS, *_BOOL_FLAGS)}
     value = getattr(args, f"cfg_{name}", None)
     if name in flags and value is not None:
-        return f"{flags[name]} {value}: {why}"
+        shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+        return f"{flags[name]} {shown}: {why}"
     if any(item.partition("=")[0].strip().replace("-", "_") == name for item in getattr(args, "cfg_set", []) or []):
         return f"--set {name}: {why}"
     return message     # a rule between settings, reported on a field the user did not set
@@ -412,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "out", None) == "":    # Path("") would silently mean the current folder
+        _err("error: -o/--out is empty; name a folder ('.' for the current one)")
         return EXIT_USAGE
     try:
         with _sigterm_as_interrupt(), quiet_libraries(bool(getattr(args, "verbose", False))):
@@ -786,6 +790,13 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
         _err(_named(f"model {args.model}", args.model, err))
         return EXIT_USAGE
     load_s = time.perf_counter() - t0
+    check = getattr(lp, "check_settings", None)
+    if check is not None:
+        try:  # a setting this model cannot take (a level its U-Net lacks) fails once, not per input
+            check(**overrides)
+        except LimeEditError as err:
+            _err(f"error: {_name_the_flag(str(err), args)}")
+            return EXIT_USAGE
     pipe = getattr(lp, "pipe", None)
     if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=not show_bars, leave=False)

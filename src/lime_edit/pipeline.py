@@ -227,6 +227,12 @@ class LimePipeline:
         return out[0] if single else out
 
     # ------------------------------------------------------------------ input checks
+    def check_settings(self, **overrides: Any) -> LimeConfig:
+        """The settings a call with these overrides would use, resolved for this model; a bad
+        override, or a level this U-Net lacks, is a ``LimeEditError`` naming the field (so a
+        caller with many inputs can refuse once, before any work)."""
+        return self._config(overrides)
+
     def _config(self, overrides: dict[str, Any]) -> LimeConfig:
         """The call's settings: defaults, overrides, then the backbone's levels and grid;
         a bad override (or a level the U-Net lacks) is a ``LimeEditError`` naming the field."""

@@ -392,6 +392,9 @@ def prepare_folder(out: Path, sig: dict[str, Any], overwrite: bool) -> dict[str,
     from ..errors import LimeEditError
 
     sig_path, samples_path = out / "signature.json", out / "samples.jsonl"
+    for name in _OWN_FILES:
+        if (out / name).exists() and not (out / name).is_file():   # never removed, not even by --overwrite
+            raise LimeEditError(f"{out / name}: exists and is not a file; move it away or use a new --out")
     if overwrite:
         for name in _OWN_FILES:
             (out / name).unlink(missing_ok=True)
