@@ -108,3 +108,41 @@ def test_ema_swaps_the_average_in_and_back():
     with ema.swapped():
         assert torch.allclose(p[0].detach(), torch.ones(3))
     assert torch.equal(p[0].detach(), torch.full((3,), 4.0))
+
+
+def test_an_interrupted_text_to_image_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    calls = {"n": 0}
+    real_share = T.attention_share
+
+    def stop_at_step_3(*a, **k):             # the t2i loss runs once per step
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_share(*a, **k)
+
+    def run(t2i_steps):
+        return T.run(tmp_path, n_train=12, vae_steps=2, t2i_steps=t2i_steps, edit_steps=2, batch=2,
+                     attn_loss=0.5, seed=0, threads=1, ckpt_every=2, install_to=None, recommend_n=0)
+
+    try:
+        monkeypatch.setattr(T, "attention_share", stop_at_step_3)
+        try:
+            run(5)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the stage was not interrupted")
+        partial = tmp_path / "stage_b_t2i" / "partial"
+        assert (partial / "step.txt").read_text() == "2"
+        assert not (tmp_path / "stage_b_t2i" / "unet").exists()
+        monkeypatch.setattr(T, "attention_share", real_share)
+        assert run(5) == 0
+        log = (tmp_path / "train.log").read_text()
+        assert "t2i: resumed from its checkpoint at step 2" in log
+        resumed = log.split("t2i: resumed from its checkpoint")[1]
+        steps = [int(ln.split("t2i step ")[1].split()[0]) for ln in resumed.splitlines() if "t2i step " in ln]
+        assert steps[0] == 2 and steps[-1] == 4        # it continued, and did not start over
+        assert (tmp_path / "stage_b_t2i" / "unet" / "config.json").is_file() and not partial.exists()
+    finally:
+        torch.set_num_threads(threads)

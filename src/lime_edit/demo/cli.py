@@ -73,7 +73,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads (default 2, both cores of the 2-core machine the shipped run used; "
                         "when other jobs share the cores set OMP_WAIT_POLICY=PASSIVE or use 1)")
-    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--ckpt-every", type=int, default=250,
+                   help="checkpoint the text-to-image stage and the editor every N steps (default 250); "
+                        "rerunning the same command resumes from the last one")
     p.add_argument("--install", action="store_true",
                    help="also copy the final pipeline into the package's demo/weights folder")
 

@@ -66,9 +66,10 @@ The saved pipeline is a plain ``StableDiffusionInstructPix2PixPipeline`` folder
 (``model_index.json`` + safetensors) with the Euler-ancestral scheduler; a
 checkpoint of the editor is written every ``--ckpt-every`` steps, so a partial
 run is usable, and rerunning the same command resumes: a finished VAE or
-text-to-image stage is reused, the editor continues from its last checkpoint
-(with a fresh optimizer, whose learning-rate warm-up restarts with it, and a fresh
-data order, so a resumed run is not bit-identical).
+text-to-image stage is reused, an unfinished text-to-image stage (checkpointed every
+``--ckpt-every`` steps in ``DIR/stage_b_t2i/partial``) and the editor continue from
+their last checkpoint (with a fresh optimizer, whose learning-rate warm-up restarts
+with it, and a fresh data order, so a resumed run is not bit-identical).
 ``DIR/train.log`` holds losses and timings; ``DIR/report.json`` the attention
 measurements (share of the named object's token attention inside its mask, per
 grid) on held-out test scenes.  ``--install`` copies the editor to the package's
@@ -376,7 +377,10 @@ def _token_targets(owners_list, masks, offset_fn=None):
 
 
 def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log, seed, ckpt=None,
-              budget_s=None):
+              budget_s=None, start=0, ckpt_every=500):
+    """Text-to-image training from step ``start`` (a resumed run restarts the optimizer and its
+    warm-up; ``seed`` should differ per start, as the editor's does); ``ckpt(step)`` every
+    ``ckpt_every`` steps."""
     import torch
     import torch.nn.functional as F
 
@@ -390,7 +394,7 @@ def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log,
     unet.train(); text_encoder.train()
     t0 = time.time()
     acc = []
-    for step in range(steps):
+    for step in range(start, steps):
         idx = torch.randint(0, len(lat), (batch,), generator=g)
         x0 = lat[idx]
         ids = cap_ids[idx].clone()
@@ -413,16 +417,16 @@ def train_t2i(unet, text_encoder, tok, data, lat, steps, batch, lr, attn_w, log,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for gr in opt.param_groups:
-            gr["lr"] = lr * min(1.0, (step + 1) / 100)
+            gr["lr"] = lr * min(1.0, (step + 1 - start) / 100)
         opt.step()
         acc.append((mse.item(), float(share)))
-        if step % 50 == 0 or step == steps - 1:
+        if step % 50 == 0 or step == steps - 1 or step == start:
             m = np.mean(acc, 0)
             acc = []
             log(f"t2i step {step} mse {m[0]:.4f} attn_share {m[1]:.3f} "
                 f"{' '.join(f'g{k}={v:.2f}' for k, v in sorted(per.items()))} "
-                f"{(time.time() - t0) / (step + 1):.2f}s/step")
-        if ckpt and (step + 1) % 500 == 0:
+                f"{(time.time() - t0) / (step + 1 - start):.2f}s/step")
+        if ckpt and (step + 1) % ckpt_every == 0 and step + 1 < steps:
             ckpt(step + 1)
         if budget_s and time.time() - t0 > budget_s:
             log(f"t2i: time budget reached after {step + 1} steps")
@@ -868,6 +872,7 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     te = build_text_encoder(tok)
     unet4 = build_unet(4)
     t2i_dir = out / "stage_b_t2i"
+    partial = t2i_dir / "partial"            # the stage's checkpoint while it runs
     if (t2i_dir / "unet" / "config.json").is_file():
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
@@ -876,15 +881,30 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
         te = CLIPTextModel.from_pretrained(t2i_dir / "text_encoder")
         log("t2i: resumed from stage_b_t2i")
     else:
+        start_b = 0
+        if (partial / "step.txt").is_file():
+            from diffusers import UNet2DConditionModel
+            from transformers import CLIPTextModel
+
+            start_b = int((partial / "step.txt").read_text().strip())
+            unet4 = UNet2DConditionModel.from_pretrained(partial / "unet")
+            te = CLIPTextModel.from_pretrained(partial / "text_encoder")
+            log(f"t2i: resumed from its checkpoint at step {start_b} (optimizer state and data order restart: "
+                "a resumed run is not bit-identical to an uninterrupted one)")
+
         def ckpt_b(step):
-            unet4.save_pretrained(t2i_dir / "unet.partial", safe_serialization=True)
-            log(f"t2i: partial checkpoint at step {step}")
-        train_t2i(unet4, te, tok, data, lat_in * sf, t2i_steps, batch, 8e-4, attn_loss, log, seed + 2, ckpt_b,
-                  budgets_min[1] * 60)
+            (partial / "step.txt").unlink(missing_ok=True)      # never a step with other weights
+            _save_atomically(unet4, partial / "unet")
+            _save_atomically(te, partial / "text_encoder")
+            (partial / "step.txt").write_text(str(step))
+            log(f"t2i: checkpoint at step {step}")
+        train_t2i(unet4, te, tok, data, lat_in * sf, t2i_steps, batch, 8e-4, attn_loss, log, seed + 2 + start_b,
+                  ckpt_b, budgets_min[1] * 60, start=start_b, ckpt_every=ckpt_every)
         from diffusers.models.attention_processor import AttnProcessor2_0
         unet4.set_attn_processor(AttnProcessor2_0())
         unet4.save_pretrained(t2i_dir / "unet", safe_serialization=True)
         te.save_pretrained(t2i_dir / "text_encoder", safe_serialization=True)
+        shutil.rmtree(partial, ignore_errors=True)
     t2i_pipe_dir = out / "t2i_pipeline"
     if not (t2i_pipe_dir / "model_index.json").is_file():
         save_t2i_pipeline(t2i_pipe_dir, unet4, vae, te, tok)
