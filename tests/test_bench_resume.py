@@ -282,3 +282,34 @@ def test_a_folder_named_like_a_result_file_is_one_line_and_kept(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {out / 'signature.json'}: exists and is not a file; move it away or use a new --out"]
     assert (out / "signature.json" / "keep.txt").read_text() == "keep"
+
+
+def test_autoencoder_row_is_the_input_through_the_vae_alone(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from lime_edit.demo import metrics, scenes
+    from lime_edit.loading import resolve_model
+
+    out = tmp_path / "b"
+    assert _bench(out, "--methods", "vae_roundtrip,ip2p", "--steps", "2", "--examples", "1") == 0
+    rows = {r["method"]: r for r in _rows(out)}
+    row = rows["vae_roundtrip"]
+    sig = json.loads((out / "signature.json").read_text())
+    assert sig["methods"]["vae_roundtrip"] == {"mask": "none", "autoencoder_only": True}
+    assert row["roi_iou"] is None and row["lime_applied"] is None and row["warnings"] == []
+
+    # the same round trip by hand, with the model's own VAE
+    from diffusers import AutoencoderKL
+    e = scenes.split_edits("test", 1)[0]
+    vae = AutoencoderKL.from_pretrained(resolve_model("demo") + "/vae")
+    x = torch.from_numpy(np.asarray(e.image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample[0].clamp(-1, 1)
+    img = Image.fromarray(((y + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+    bg = metrics.masked_l1(metrics.to_float(img), metrics.to_float(e.image), ~e.mask)
+    assert 0 < row["bg_l1"] < rows["ip2p"]["bg_l1"]
+    assert abs(row["bg_l1"] - bg) < 2e-3            # uint8 rounding only
+    # it is a floor, not an edit: not a column of the examples grid
+    assert Image.open(out / "examples.png").width == 128 * 4     # input, target, GT mask, ip2p

@@ -27,6 +27,8 @@ lime_single_pass    ``schedule="single_pass"`` (one trajectory, IP2P's cost)
 p2p                 Prompt-to-Prompt (DDIM + Direct Inversion, word swap), LIME off
 p2p_local_blend     P2P with its local blend on the changed words, LIME off
 p2p_lime            P2P + LIME, automatic localization (LimeConfig defaults)
+vae_roundtrip       no edit: the input through the model's autoencoder alone (encode,
+                    decode), the floor every row's background error starts from
 ==================  ==========================================================
 
 The ``p2p*`` rows are caption edits on a text-to-image model (``--t2i-model``, by
@@ -105,7 +107,26 @@ def method_table() -> dict[str, tuple[str, dict]]:
         "p2p": ("none", {}),
         "p2p_local_blend": ("none", {}),
         "p2p_lime": ("auto", {}),
+        "vae_roundtrip": ("none", {}),
     }
+
+
+#: Rows that run no sampler (no LIME settings apply; not shown in the examples grid).
+AUTOENCODER_METHODS = frozenset({"vae_roundtrip"})
+
+
+def autoencode(lp, images) -> list:
+    """The images through ``lp``'s VAE alone, as the pipeline encodes its input image
+    (``latent_dist.mode()``) and decodes its result: what an edit that changed nothing in
+    the latent would give back."""
+    import torch
+
+    pipe = lp.pipe
+    vae = pipe.vae
+    x = pipe.image_processor.preprocess(list(images)).to(device=vae.device, dtype=vae.dtype)
+    with torch.no_grad():
+        dec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    return pipe.image_processor.postprocess(dec.float(), output_type="pil")
 
 
 #: The methods that are caption edits with the p2p backbone on the text-to-image model:
@@ -244,6 +265,7 @@ def _examples_grid(out: Path, samples, methods: list[str], k: int) -> None:
     if k == 0:
         return
     s = 128
+    methods = [m for m in methods if m not in AUTOENCODER_METHODS]
     cols = ["input", "target", "GT mask", *methods]
     head = 14
     W = s * len(cols)
@@ -261,6 +283,17 @@ def _examples_grid(out: Path, samples, methods: list[str], k: int) -> None:
         for j, t in enumerate(tiles):
             canvas.paste(t.resize((s, s), Image.NEAREST), (j * s, head + i * s))
     save_png(canvas, out / "examples.png")
+
+
+class _Unedited:
+    """An autoencoder row's result, read like an ``EditResult`` by the row writer."""
+
+    mask = None
+    lime_applied = False
+    warnings: tuple = ()
+
+    def __init__(self, image) -> None:
+        self.image = image
 
 
 def check_counts(args, minimums: dict[str, int]) -> None:
@@ -342,6 +375,8 @@ def make_signature(model: str, device: str, batch: int, methods: list[str], step
     base = LimeConfig(**recommended_settings(model))
 
     def entry(m: str) -> dict[str, Any]:
+        if m in AUTOENCODER_METHODS:
+            return {"mask": "none", "autoencoder_only": True}
         if m not in P2P_METHODS:
             return {"mask": table[m][0],
                     "settings": base.replace(**{**(settings or {}), **extra, **method_overrides(m, model)}).to_dict()}
@@ -537,7 +572,9 @@ def run_bench(args) -> int:
                 kind, ov = table[m][0], overrides[m]
                 masks = [None if kind == "none" else ("auto" if kind == "auto" else e.mask) for e in items]
                 t0 = time.perf_counter()
-                if m in P2P_METHODS:
+                if m in AUTOENCODER_METHODS:
+                    results = [_Unedited(img) for img in autoencode(lp, [e.image for e in items])]
+                elif m in P2P_METHODS:
                     pairs = [caption_pair(e) for e in items]
                     results = p2p_lp.edit_captions(
                         [e.image for e in items], [a for a, _ in pairs], [b for _, b in pairs], mask=masks,
