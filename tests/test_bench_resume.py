@@ -313,3 +313,25 @@ def test_autoencoder_row_is_the_input_through_the_vae_alone(tmp_path, capsys):
     assert abs(row["bg_l1"] - bg) < 2e-3            # uint8 rounding only
     # it is a floor, not an edit: not a column of the examples grid
     assert Image.open(out / "examples.png").width == 128 * 4     # input, target, GT mask, ip2p
+
+
+def test_autoencode_upcasts_a_half_precision_vae_that_asks_for_it_and_restores_it(tiny_pipe):
+    import copy
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from lime_edit.demo.bench import autoencode
+
+    pipe = copy.copy(tiny_pipe)
+    pipe.vae = copy.deepcopy(tiny_pipe.vae).to(torch.float16)
+    pipe.vae.register_to_config(force_upcast=True)
+    seen = []
+    pipe.vae.encoder.register_forward_pre_hook(lambda mod, args: seen.append(next(mod.parameters()).dtype))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    (out,) = autoencode(SimpleNamespace(pipe=pipe), [img])
+    assert seen == [torch.float32]                   # ran upcast, as the pipelines decode such a VAE
+    assert out.size == img.size and pipe.vae.dtype == torch.float16
+    assert np.isfinite(np.asarray(out, np.float32)).all()

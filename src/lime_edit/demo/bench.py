@@ -123,9 +123,17 @@ def autoencode(lp, images) -> list:
 
     pipe = lp.pipe
     vae = pipe.vae
-    x = pipe.image_processor.preprocess(list(images)).to(device=vae.device, dtype=vae.dtype)
-    with torch.no_grad():
-        dec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))  # as the pipelines do
+    try:
+        if upcast:
+            vae.to(torch.float32)
+        x = pipe.image_processor.preprocess(list(images)).to(device=vae.device, dtype=vae.dtype)
+        with torch.no_grad():
+            dec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    finally:
+        if upcast:
+            vae.to(dtype)
     return pipe.image_processor.postprocess(dec.float(), output_type="pil")
 
 
