@@ -371,3 +371,23 @@ def test_eval_with_tiny_lime_pipeline(tmp_path, data):
     assert rec["lime_applied"] in (True, False)  # the tiny model may fall back to plain IP2P
     (img,) = list((out / "annotation_images").rglob("*.png"))
     assert Image.open(img).size == (32, 32)
+
+
+def test_a_level_the_models_unet_lacks_is_refused_once_before_any_sample(tmp_path, data, capsys):
+    from lime_edit.testing import tiny_pipeline
+
+    model = tmp_path / "tiny"
+    tiny_pipeline(tmp_path / "tok").save_pretrained(model)
+    pie = write_piebench_fixture(tmp_path / "pie32", n=2, size=32)
+    out = tmp_path / "run"
+    capsys.readouterr()                              # the fixtures' own output
+    rc = main(["eval", "piebench", "--data", str(pie), "--out", str(out), "--model", str(model), "--device", "cpu",
+               "--steps", "2", "--feature-levels", "1024", "--local-files-only", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("error: --feature-levels 1024: this U-Net has no attention layer"), err
+    assert not list(out.rglob("*.png"))
+    # the corrected command runs in the same folder (the refused one bound no settings)
+    rc = main(["eval", "piebench", "--data", str(pie), "--out", str(out), "--model", str(model), "--device", "cpu",
+               "--steps", "2", "--localization-steps", "2", "--local-files-only", "-q"])
+    assert rc == 0, capsys.readouterr().err

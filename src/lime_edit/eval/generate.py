@@ -424,6 +424,7 @@ def run_eval(args) -> int:
     base = {"signature": sig, "protocol": protocol, "limit": args.limit, "data": str(args.data),
             "device": str(device), "dtype": args.dtype or "auto", "num_processes": shard.count,
             "versions": _versions(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    first_run = not manifest_path.exists()
     if shard.is_main:
         atomic_write_json(manifest_path, {**base, "status": "running"})
 
@@ -451,11 +452,26 @@ def run_eval(args) -> int:
     todo = [u for u in mine if u.key not in refused and (args.overwrite or not all(p.is_file() for p in u.outputs)
                                                          or records.get(u.key) is None)]
     if todo:
-        editor = _load_pipeline(args, device)
-        if _captions(editor) and bench != "piebench":
-            raise LimeEditError(f"--backbone {editor.backbone.name} edits by source and target captions; "
-                                f"{bench} gives instructions only (PIE-Bench has captions: eval piebench)")
-        sampler = _family_sampler(editor, ctx.overrides, user, sampler)
+        try:
+            editor = _load_pipeline(args, device)
+            if _captions(editor) and bench != "piebench":
+                raise LimeEditError(f"--backbone {editor.backbone.name} edits by source and target captions; "
+                                    f"{bench} gives instructions only (PIE-Bench has captions: eval piebench)")
+            sampler = _family_sampler(editor, ctx.overrides, user, sampler)
+            check = getattr(editor, "check_settings", None)
+            if check is not None:   # a setting this model cannot take fails once, not on every sample
+                try:
+                    check(**ctx.overrides)
+                except LimeEditError as err:
+                    from ..cli import _name_the_flag
+
+                    raise LimeEditError(_name_the_flag(str(err), args)) from None
+        except BaseException:
+            # refused before any sample: a folder this run created is not bound to its settings,
+            # so the corrected command can use it
+            if shard.is_main and first_run:
+                manifest_path.unlink(missing_ok=True)
+            raise
         try:
             from tqdm import tqdm
 
