@@ -257,6 +257,18 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def check_model_settings(lp, overrides: dict[str, Any], args: argparse.Namespace) -> None:
+    """Once the model has loaded, before the first input: a setting this model cannot take (a
+    level its U-Net lacks) is one ``LimeEditError`` naming the flag, not one failure per input."""
+    check = getattr(lp, "check_settings", None)
+    if check is None:
+        return
+    try:
+        check(**overrides)
+    except LimeEditError as err:
+        raise LimeEditError(_name_the_flag(str(err), args)) from None
+
+
 def _name_the_flag(message: str, args: argparse.Namespace) -> str:
     """A LimeConfig error ("LimeConfig.num_inference_steps must be ...") in the words of the
     command line: the flag that set the field ("--steps 0: must be ..."), if a flag did."""
@@ -790,13 +802,11 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
         _err(_named(f"model {args.model}", args.model, err))
         return EXIT_USAGE
     load_s = time.perf_counter() - t0
-    check = getattr(lp, "check_settings", None)
-    if check is not None:
-        try:  # a setting this model cannot take (a level its U-Net lacks) fails once, not per input
-            check(**overrides)
-        except LimeEditError as err:
-            _err(f"error: {_name_the_flag(str(err), args)}")
-            return EXIT_USAGE
+    try:
+        check_model_settings(lp, overrides, args)
+    except LimeEditError as err:
+        _err(f"error: {err}")
+        return EXIT_USAGE
     pipe = getattr(lp, "pipe", None)
     if pipe is not None and hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=not show_bars, leave=False)

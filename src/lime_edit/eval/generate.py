@@ -458,14 +458,9 @@ def run_eval(args) -> int:
                 raise LimeEditError(f"--backbone {editor.backbone.name} edits by source and target captions; "
                                     f"{bench} gives instructions only (PIE-Bench has captions: eval piebench)")
             sampler = _family_sampler(editor, ctx.overrides, user, sampler)
-            check = getattr(editor, "check_settings", None)
-            if check is not None:   # a setting this model cannot take fails once, not on every sample
-                try:
-                    check(**ctx.overrides)
-                except LimeEditError as err:
-                    from ..cli import _name_the_flag
+            from ..cli import check_model_settings
 
-                    raise LimeEditError(_name_the_flag(str(err), args)) from None
+            check_model_settings(editor, ctx.overrides, args)   # once, not on every sample
         except BaseException:
             # refused before any sample: a folder this run created is not bound to its settings,
             # so the corrected command can use it
