@@ -27,8 +27,10 @@ lime_single_pass    ``schedule="single_pass"`` (one trajectory, IP2P's cost)
 p2p                 Prompt-to-Prompt (DDIM + Direct Inversion, word swap), LIME off
 p2p_local_blend     P2P with its local blend on the changed words, LIME off
 p2p_lime            P2P + LIME, automatic localization (LimeConfig defaults)
-vae_roundtrip       no edit: the input through the model's autoencoder alone (encode,
-                    decode), the floor every row's background error starts from
+vae_roundtrip       no edit: the input encoded and decoded by the model's autoencoder,
+                    what the autoencoder alone changes (it does not add up into
+                    the other rows: a VAE with half of it left the editing rows'
+                    background unchanged, see the README)
 ==================  ==========================================================
 
 The ``p2p*`` rows are caption edits on a text-to-image model (``--t2i-model``, by
