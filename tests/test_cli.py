@@ -813,9 +813,9 @@ def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs,
     (["--steps", "0"], "error: --steps 0: must be in 1..10000"),
     (["--out-scale", "99"], "error: --out-scale 99: must be in 1..16 or None"),
     (["--set", "top_k=0"], "error: --set top_k: must be >= 1"),
-    # a rule between two settings is reported on one the user did not set: kept as it is
-    (["--regularize-from", "0.95"], "error: LimeConfig.regularize_until need 0 <= regularize_from <= "
-                                    "regularize_until <= 1"),
+    # a rule between two settings is reported on the one a user raises past the other's default
+    (["--regularize-from", "0.95"], "error: --regularize-from 0.95: must be at most regularize_until (0.9)"),
+    (["--regularize-from", "1.5"], "error: --regularize-from 1.5: must be in [0, 1]"),
 ])
 def test_setting_errors_name_the_flag_not_the_config_field(tmp_path, imgs, fake, capsys, argv, line):
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", *argv], capsys)
@@ -889,3 +889,100 @@ def test_a_level_the_unet_lacks_is_refused_once_before_any_input(tmp_path, imgs,
     code, _, err = run(["localize", imgs / "a.png", "-i", "make the red car blue", "--model", real_model,
                         "--out", out, "--set", "regularization_levels=1024", *FAST], capsys)
     assert code == 2 and err.strip().startswith("error: --set regularization_levels: this U-Net"), err
+
+
+# --------------------------------------------------------------------------- probe of 2026-12-06
+@pytest.mark.parametrize("argv, flag", [
+    (["edit", "-i", "\udcff make it red"], "-i/--instruction"),
+    (["p2p", "--source", "a \udcff car", "--target", "a blue car"], "--source"),
+    (["p2p", "--source", "a red car", "--target", "a \ud800 car"], "--target"),
+])
+def test_undecodable_text_is_a_usage_error_naming_the_flag(tmp_path, imgs, fake, capsys, argv, flag):
+    # a Latin-1 byte in a UTF-8 shell reaches Python as a lone surrogate; the tokenizer
+    # used to fail on it with "TypeError: TextEncodeInput must be ..." once per input
+    code, _, err = run([argv[0], imgs / "a.png", *argv[1:], "--out", tmp_path / "o"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and fake.loads == 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {flag} ") and "not valid text" in lines[0]
+
+
+@pytest.mark.parametrize("scale", ["nan", "inf", "1e308", "-101"])
+def test_a_reweight_scale_out_of_range_is_a_usage_error(tmp_path, imgs, fake, capsys, scale):
+    code, _, err = run(["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car",
+                        "--reweight", f"blue={scale}", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and fake.loads == 0
+    assert err.strip().startswith("error: --reweight: blue=") and "[-100, 100]" in err
+
+
+def test_an_output_path_taken_by_a_folder_fails_that_input_before_any_work(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "o"
+    (out / "a_edited.png").mkdir(parents=True)
+    code, stdout, err = run(["edit", imgs / "a.png", imgs / "b.jpg", "-i", "x y", "--out", out, "--no-lime",
+                             "--overwrite"], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[0] == (f"error: {imgs / 'a.png'}: its output {out / 'a_edited.png'} is a "
+                                           "folder; remove it or use another --out")
+    assert len(fake.calls) == 1                                                  # only b.jpg ran
+    assert _outputs(out) == ["a_edited.png", "b.json", "b_edited.png"]          # no pending a.json
+    assert (out / "a_edited.png").is_dir()
+
+
+def test_publishing_onto_a_folder_names_the_output_not_a_temp_file(tmp_path):
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(LimeEditError, match=r"x\.png: is a folder, not a file$"):
+        lio.publish_outputs({tmp_path / "x.png": b"data"}, tmp_path / "x.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]       # no pending record, no temp file
+
+
+def test_a_layer_pattern_matching_nothing_is_refused_once_before_any_input(tmp_path, imgs, real_model, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(["edit", imgs / "a.png", imgs / "b.jpg", "-i", "make the red car blue",
+                             "--model", real_model, "--out", out, "--set", "layers=nomatch*", *FAST], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and stdout == "" and len(lines) == 1, err
+    assert lines[0].startswith("error: --set layers: no attention layer matches 'nomatch*'"), err
+    assert not out.exists() or _outputs(out) == []
+
+
+def test_a_result_that_is_not_finite_fails_the_input_instead_of_saving_black(tmp_path, imgs, real_model, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(["edit", imgs / "a.png", "-i", "make the red car blue", "--model", real_model,
+                             "--out", out, "--guidance", "1e30", "--no-lime", *FAST], capsys)
+    assert code == 1 and stdout == ""
+    assert "the model produced NaN/inf values (guidance 1e+30" in err and "RuntimeWarning" not in err
+    assert not out.exists() or _outputs(out) == []
+
+
+def test_the_sdxl_backbone_on_an_sd1_editor_is_one_usage_error(tmp_path, imgs, tiny_model_dir, capsys):
+    code, stdout, err = run(["edit", imgs / "a.png", imgs / "b.jpg", "-i", "make the red car blue", "--model",
+                             tiny_model_dir, "--backbone", "sdxl-ip2p", "--out", tmp_path / "o", *FAST], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "not an SDXL instruction editor" in lines[0], err
+
+
+def test_instruction_commands_on_a_text_to_image_model_point_at_p2p(tmp_path, imgs, tmp_path_factory, capsys):
+    from lime_edit.testing import tiny_t2i_pipeline
+
+    model = tmp_path / "t2i"
+    tiny_t2i_pipeline(tmp_path_factory.mktemp("tok")).save_pretrained(str(model))
+    capsys.readouterr()
+    for task in ("edit", "localize"):
+        code, stdout, err = run([task, imgs / "a.png", imgs / "b.jpg", "-i", "make the red car blue", "--model",
+                                 model, "--out", tmp_path / task, *FAST], capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and stdout == "" and len(lines) == 1, err
+        assert lines[0] == (f"error: --model {model}: a text-to-image model (p2p backbone) edits with captions, "
+                            f"not instructions: use `lime-edit p2p IMAGE --model {model} --source CAPTION "
+                            "--target CAPTION`")
+
+
+def test_library_deprecation_warnings_are_hidden_unless_verbose(tmp_path, imgs, tiny_model_dir, capsys, recwarn):
+    # an IP2P folder loaded as a text-to-image pipeline makes diffusers warn (FutureWarning,
+    # its scheduler config); the command's user gets the one-line error only
+    argv = ["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car", "--model", tiny_model_dir,
+            "--out", tmp_path / "o"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+    run([*argv, "-v"], capsys)
+    assert [w for w in recwarn if issubclass(w.category, FutureWarning)]

@@ -416,3 +416,20 @@ def test_printable_escapes_control_characters():
     assert lio.printable("a\u202egnp.exe\udcff") == "a\\u202egnp.exe\\udcff"
     once = lio.printable("\r\t\x00")
     assert once == "\\r\\t\\x00" and lio.printable(once) == once
+
+
+def test_a_palette_mask_with_a_transparent_index_is_read_by_its_alpha():
+    from lime_edit.imageops import mask_to_tensor
+
+    def palette_mask(transparent_index):
+        a = np.zeros((8, 8), np.uint8)
+        a[:4] = 1                                 # top half: index 1 (white), bottom: index 0 (black)
+        m = Image.fromarray(a, "P")
+        m.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+        m.info["transparency"] = transparent_index
+        return m
+
+    t = mask_to_tensor(palette_mask(0))           # black transparent: the white half is the mask
+    assert t[:4].all() and not t[4:].any()
+    t = mask_to_tensor(palette_mask(1))           # white transparent: the black, opaque half is
+    assert not t[:4].any() and t[4:].all()

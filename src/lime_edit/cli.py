@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -267,6 +268,16 @@ def check_model_settings(lp, overrides: dict[str, Any], args: argparse.Namespace
         check(**overrides)
     except LimeEditError as err:
         raise LimeEditError(_name_the_flag(str(err), args)) from None
+
+
+def refuse_caption_model(lp, model: str) -> None:
+    """The instruction commands (edit, localize, demo, bench) on a text-to-image model, which
+    the p2p backbone runs with captions: one usage error pointing at ``lime-edit p2p``."""
+    backbone = getattr(lp, "backbone", None)
+    if getattr(backbone, "caption_editing", False):
+        raise UsageError(f"--model {model}: a text-to-image model ({backbone.name} backbone) edits with "
+                         f"captions, not instructions: use `lime-edit p2p IMAGE --model {model} "
+                         "--source CAPTION --target CAPTION`")
 
 
 def _name_the_flag(message: str, args: argparse.Namespace) -> str:
@@ -561,7 +572,7 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     except LimeEditError as err:
         name, _, why = str(err).partition(": ")
         flag = {"cross_replace": "--cross-replace", "self_replace": "--self-replace",
-                "blend_threshold": "--blend-threshold"}.get(name)
+                "blend_threshold": "--blend-threshold", "reweight": "--reweight"}.get(name)
         raise UsageError(f"{flag}: {why}" if flag else str(err)) from None
     return kw
 
@@ -613,7 +624,13 @@ def quiet_libraries(verbose: bool = False, load: bool = False):
         for module, _, _ in saved:
             module.set_verbosity(logging.ERROR)
             module.disable_progress_bar()
-        yield
+        with warnings.catch_warnings():
+            # the libraries' deprecation notices (diffusers' scheduler-config FutureWarning,
+            # huggingface_hub's argument warnings) are for developers, not for a command's user
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub)(\.|$)")
+            yield
     finally:
         for module, level, bars in saved:
             module.set_verbosity(level)
@@ -664,19 +681,26 @@ def _load_pipeline(args: argparse.Namespace):
 def _run(args: argparse.Namespace, task: str) -> int:
     from . import io as lio
     from .imageops import DEFAULT_MAX_PIXELS
+    from .tokens import text_problem
 
     t_start = time.perf_counter()
     overrides = collect_overrides(args)
     instructions = list(args.instruction)
     for text in instructions:
-        if not text or not text.strip():
+        why = text_problem(text)
+        if why == "empty":
             if task == "p2p":
                 raise UsageError("--target is empty; describe the result, e.g. --target 'a photo of a pink sky'")
             raise UsageError("-i/--instruction is empty; say what to change, e.g. -i 'make the sky pink'")
+        if why:
+            raise UsageError(f"{'--target' if task == 'p2p' else '-i/--instruction'} {ascii(text)}: {why}")
     if task == "p2p":
         for text in args.source:
-            if not text or not text.strip():
+            why = text_problem(text)
+            if why == "empty":
                 raise UsageError("--source is empty; describe the input, e.g. --source 'a photo of a sky'")
+            if why:
+                raise UsageError(f"--source {ascii(text)}: {why}")
         p2p_load_kwargs(args)           # a bad --reweight is a usage error before any work
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     if max_pixels is not None and max_pixels < 64:
@@ -728,6 +752,11 @@ def _run(args: argparse.Namespace, task: str) -> int:
         if clash is not None:
             _err(f"error: {plan.source}: its output {clash.name} would replace an input or mask of this run "
                  f"({clash}); use another --out")
+            failed += 1
+            continue
+        folder = next((p for p in plan.paths.values() if p.is_dir()), None)
+        if folder is not None:          # no rename can replace a folder, --overwrite or not
+            _err(f"error: {plan.source}: its output {folder} is a folder; remove it or use another --out")
             failed += 1
             continue
         if args.overwrite:
@@ -803,6 +832,8 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
         return EXIT_USAGE
     load_s = time.perf_counter() - t0
     try:
+        if task != "p2p":
+            refuse_caption_model(lp, args.model)
         check_model_settings(lp, overrides, args)
     except LimeEditError as err:
         _err(f"error: {err}")

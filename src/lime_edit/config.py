@@ -201,8 +201,10 @@ class LimeConfig:
                f"must be 0 (off) or >= 1, got {self.downscale_above}")
         _check(self.mode in ("penalize", "reward"), "mode",
                f"must be 'penalize' or 'reward', got {self.mode!r}")
-        _check(0.0 <= self.regularize_from <= self.regularize_until <= 1.0, "regularize_until",
-               "need 0 <= regularize_from <= regularize_until <= 1")
+        _check(0.0 <= self.regularize_from <= 1.0, "regularize_from", "must be in [0, 1]")
+        _check(0.0 <= self.regularize_until <= 1.0, "regularize_until", "must be in [0, 1]")
+        _check(self.regularize_from <= self.regularize_until, "regularize_from",
+               f"must be at most regularize_until ({self.regularize_until:g})")
         _check(self.schedule in ("two_pass", "single_pass"), "schedule",
                f"must be 'two_pass' or 'single_pass', got {self.schedule!r}")
 

@@ -85,6 +85,8 @@ def mask_to_tensor(mask, name: str = "mask") -> torch.Tensor:
     if isinstance(mask, Image.Image):
         if mask.width < 1 or mask.height < 1:
             raise LimeEditError(f"{name}: the mask has no pixels ({mask.width}x{mask.height})")
+        if mask.mode == "PA" or "transparency" in mask.info:   # palette/keyed transparency: read as alpha
+            mask = mask.convert("RGBA")
         if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
             arr = np.asarray(mask.getchannel("A"), dtype=np.float32) / 255.0
         else:

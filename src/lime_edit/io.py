@@ -316,6 +316,9 @@ def atomic_write_many(files: dict[Path, bytes]) -> list[Path]:
 def _stage_and_replace(items: list[tuple[Path, bytes]], before_replace=None) -> list[Path]:
     """Write every ``(path, data)`` to a temporary file, call ``before_replace``, then
     rename them into place in order; on any error the temporary files are removed."""
+    for path, _ in items:     # checked before anything is written (os.replace would name the temp file)
+        if Path(path).is_dir():
+            raise LimeEditError(f"{path}: is a folder, not a file")
     staged: list[tuple[Path, Path]] = []
     try:
         for path, data in items:

@@ -35,9 +35,9 @@ from .backbones import Backbone, StopPass, for_pipeline
 from .config import LimeConfig, check_seed
 from .errors import LimeEditError
 from .imageops import downscaled_size, mask_to_tensor, processing_size, resize_mask, to_rgb
-from .processors import PassState, check_levels, lime_attention
+from .processors import PassState, check_levels, lime_attention, select_layers
 from .results import EditResult, Localization
-from .tokens import TokenSelection
+from .tokens import TokenSelection, text_problem
 
 
 @dataclass
@@ -201,8 +201,9 @@ class LimePipeline:
         sources = _broadcast(source, len(items), "source", str)
         for it, src in zip(items, sources):
             where = "" if single else f"[{it.index}]"
-            if not isinstance(src, str) or not src.strip():
-                raise LimeEditError(f"source{where}: empty caption")
+            why = text_problem(src)
+            if why:
+                raise LimeEditError(f"source{where}: {'empty caption' if why == 'empty' else why}")
             it.source = src.strip()
         results = self._edit_items(items, single, cfg)
         for it, res in zip(items, [results] if single else results):
@@ -243,6 +244,7 @@ class LimePipeline:
         except (ValueError, TypeError) as err:
             raise LimeEditError(str(err)) from None
         self.backbone.check_levels(cfg)
+        select_layers(list(self.pipe.unet.attn_processors), cfg.layers)   # a pattern matching no layer
         return cfg
 
     def _items(self, image, instruction, mask, seed, cfg: LimeConfig) -> tuple[list[_Item], bool]:
@@ -257,8 +259,9 @@ class LimePipeline:
         items = []
         for i, (img, ins, m, s) in enumerate(zip(images, instructions, masks, seeds)):
             where = "" if single else f"[{i}]"
-            if not isinstance(ins, str) or not ins.strip():
-                raise LimeEditError(f"instruction{where}: empty instruction")
+            why = text_problem(ins)
+            if why:
+                raise LimeEditError(f"instruction{where}: {'empty instruction' if why == 'empty' else why}")
             if not isinstance(img, Image.Image):
                 raise LimeEditError(f"image{where}: expected a PIL image, got {type(img).__name__}")
             s = check_seed(s, f"seed{where}")
@@ -495,6 +498,13 @@ class LimePipeline:
                            state=st, stop_after=None, on_step=on_step)
         t_edit = time.perf_counter() - t2
         total = time.perf_counter() - t0
+        for j, it in enumerate(items):
+            if not np.isfinite(images[j]).all():      # would be saved as a black image
+                where = "" if len(items) == 1 else f"[{it.index}]"
+                raise LimeEditError(
+                    f"image{where}: the model produced NaN/inf values (guidance {cfg.guidance_scale:g}, "
+                    f"image guidance {cfg.image_guidance_scale:g}): a setting far outside the model's range, "
+                    "or half precision overflowing (try float32)")
         results = []
         for j, it in enumerate(items):
             # rounded as diffusers rounds its PIL output (half to even), so mask=None is bit-identical to it

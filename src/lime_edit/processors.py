@@ -306,7 +306,7 @@ def select_layers(names: list[str], patterns: tuple[str, ...] | None) -> list[st
     for pat in patterns:
         hit = [n for n in names if fnmatch.fnmatch(n, pat) or fnmatch.fnmatch(n, pat + ".processor")]
         if not hit:
-            raise LimeEditError(f"no attention layer matches {pat!r}; layers look like {names[0]!r}")
+            raise LimeEditError(f"layers: no attention layer matches {pat!r}; layers look like {names[0]!r}")
         chosen.extend(h for h in hit if h not in chosen)
     return chosen
 

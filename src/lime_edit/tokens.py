@@ -70,6 +70,20 @@ _CLAUSE_WORDS = frozenset({"and", "then"})
 _PUNCT = set(string.punctuation)
 
 
+def text_problem(text: object) -> str | None:
+    """Why ``text`` cannot be a prompt, or None: not a string, blank, or not valid Unicode
+    (lone surrogates: bytes that were not UTF-8, as a shell passes a Latin-1 argument or
+    JSON carries a ``\\ud800`` escape; the tokenizers would fail on them with a TypeError)."""
+    if not isinstance(text, str) or not text.strip():
+        return "empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"not valid text (character {err.start + 1} is an undecodable byte or a lone surrogate; "
+                f"check the encoding of the terminal or file it came from)")
+    return None
+
+
 def is_punctuation(word: str) -> bool:
     return bool(word) and all(ch in _PUNCT or unicodedata.category(ch)[0] in "PS" for ch in word)
 

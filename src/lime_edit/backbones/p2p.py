@@ -50,6 +50,11 @@ from ..tokens import TokenSelection, select_tokens
 from .base import Backbone, token_settings
 
 
+#: the largest |scale| ``reweight`` takes: a sanity bound (P2P's examples use about -2 to 5; a scale
+#: near float's range overflows the attention to NaN and the image to black)
+REWEIGHT_MAX = 100.0
+
+
 @dataclass(frozen=True)
 class P2PSettings:
     """Prompt-to-Prompt settings of a :class:`P2PBackbone` (constructor options).
@@ -86,6 +91,12 @@ class P2PSettings:
             raise LimeEditError(f"p2p mode: expected 'auto', 'swap' or 'refine', got {self.mode!r}")
         if isinstance(self.reweight, dict):
             object.__setattr__(self, "reweight", tuple(self.reweight.items()))
+        for word, scale in self.reweight:
+            # attention probabilities are multiplied by it: nan/inf or a huge scale gives a NaN image
+            ok = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            if not ok or not -REWEIGHT_MAX <= scale <= REWEIGHT_MAX:       # also refuses nan
+                raise LimeEditError(f"reweight: {word}={scale}: the scale must be a number in "
+                                    f"[-{REWEIGHT_MAX:g}, {REWEIGHT_MAX:g}] (P2P uses about -2 to 5)")
 
 
 def _settings(base: P2PSettings, options: dict[str, Any]) -> P2PSettings:

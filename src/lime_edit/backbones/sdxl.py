@@ -68,6 +68,14 @@ class SDXLIP2PBackbone(Backbone):
         return EDMEulerScheduler(sigma_min=0.002, sigma_max=120.0, sigma_data=1.0,
                                  prediction_type="v_prediction", sigma_schedule="exponential")
 
+    def check_pipeline(self, pipe) -> None:
+        super().check_pipeline(pipe)
+        # diffusers' SDXL IP2P pipeline always encodes with the second text encoder
+        if getattr(pipe, "tokenizer_2", None) is None or getattr(pipe, "text_encoder_2", None) is None:
+            raise LimeEditError("not an SDXL instruction editor: the sdxl-ip2p backbone needs the second text "
+                                "encoder and tokenizer (text_encoder_2, tokenizer_2) that SDXL models have, and "
+                                "this model has none (an SD1.x-style editor: use the ip2p backbone)")
+
     def default_levels(self):
         levels = sorted(self.levels)
         # every level SDXL has: the finest two are read and regularized (see module docstring)

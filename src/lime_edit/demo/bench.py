@@ -537,6 +537,10 @@ def run_bench(args) -> int:
     _quiet_loading(getattr(args, "verbose", False))
     # each model is loaded only when one of its methods is asked for, before any row is written
     lp = LimePipeline.from_pretrained(model, device=device) if len(p2p_wanted) < len(methods) else None
+    if lp is not None:
+        from ..cli import refuse_caption_model
+
+        refuse_caption_model(lp, getattr(args, "model", None) or model)
     p2p_lp: LimePipeline | None = None
     if p2p_wanted:
         try:

@@ -54,10 +54,15 @@ def run_demo(args) -> int:
         from ..cli import UsageError
 
         raise UsageError(f"--scene {args.scene}: must be at most {SEED_MAX} (it is also the sampler seed)")
-    if args.instruction is not None and not args.instruction.strip():
+    if args.instruction is not None:
         from ..cli import UsageError
+        from ..tokens import text_problem
 
-        raise UsageError("--instruction is empty; leave it out for the scene's own instruction")
+        why = text_problem(args.instruction)
+        if why == "empty":
+            raise UsageError("--instruction is empty; leave it out for the scene's own instruction")
+        if why:
+            raise UsageError(f"--instruction {ascii(args.instruction)}: {why}")
     if getattr(args, "threads", 0):
         import torch
 
@@ -74,6 +79,9 @@ def run_demo(args) -> int:
     model = args.model or str(bundled_model_path())
     _quiet_loading(getattr(args, "verbose", False))
     lp = LimePipeline.from_pretrained(model, device="cpu")
+    from ..cli import refuse_caption_model
+
+    refuse_caption_model(lp, args.model or model)
     try:  # step bars ("localize", then "edit") on a terminal only, cleared when done
         import sys
 
