@@ -7,6 +7,8 @@ imported until a command runs.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 
 from ..cli import device_arg, seed_arg  # light: argparse + LimeConfig only
 
@@ -44,7 +46,66 @@ def _train(args) -> int:
         from ..cli import UsageError
 
         raise UsageError(f"--ema-decay {decay}: must be at least 0 and below 1 (0 = no moving average)")
-    return main(args)
+    attn = getattr(args, "attn_loss", None)
+    if attn is not None and not 0.0 <= attn < math.inf:     # also refuses nan
+        from ..cli import UsageError
+
+        raise UsageError(f"--attn-loss {attn}: must be a finite number, at least 0 (0 = no alignment loss)")
+    budget = getattr(args, "budget_min", None) or ()
+    if not all(0.0 <= b < math.inf for b in budget):
+        from ..cli import UsageError
+
+        raise UsageError(f"--budget-min {' '.join(map(str, budget))}: each must be a finite number of minutes, "
+                         "at least 0 (0 = no cap)")
+    _check_resumed_settings(args)
+    from ..cli import EXIT_INTERRUPTED, _err
+
+    try:
+        return main(args)
+    except KeyboardInterrupt:        # Ctrl-C or SIGTERM: say what resuming train-demo does
+        _err("interrupted (rerun the same command to resume: finished stages are reused, the text-to-image "
+             "stage and the editor continue from their last checkpoint, saved every --ckpt-every steps)")
+        return EXIT_INTERRUPTED
+
+
+#: train.log's name of a setting that a resumed folder must keep -> its flag and argument. The others
+#: (--edit-steps, --input-pass-from, --ema-decay, --ema-from) may change on a resume, as the shipped
+#: run's parts did; --threads, --ckpt-every and --budget-min do not change what is trained.
+_KEPT_ON_RESUME = {"n_train": ("--n-train", "n_train"), "vae": ("--vae-steps", "vae_steps"),
+                   "t2i": ("--t2i-steps", "t2i_steps"), "batch": ("--batch", "batch"),
+                   "attn_loss": ("--attn-loss", "attn_loss"), "seed": ("--seed", "seed")}
+
+
+def _check_resumed_settings(args) -> None:
+    """A folder whose trained stages a rerun would reuse (its VAE is saved) is resumed only
+    with the settings train.log recorded for it: a usage error names the first that differs."""
+    from pathlib import Path
+
+    out = Path(args.out)
+    log = out / "train.log"
+    if not (out / "stage_a_vae" / "config.json").is_file() or not log.is_file():
+        return
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "] train-demo: out=" in ln]
+    except OSError:
+        return
+    if not lines:
+        return
+    _, sep, rest = lines[-1].rpartition(" n_train=")       # after out=, which may hold any character
+    recorded = dict(re.findall(r"(\w+)=(\S+)", "n_train=" + rest)) if sep else {}
+    for key, (flag, name) in _KEPT_ON_RESUME.items():
+        value = getattr(args, name, None)
+        if key not in recorded or value is None:
+            continue
+        try:
+            same = type(value)(recorded[key]) == value
+        except ValueError:
+            same = False
+        if not same:
+            from ..cli import UsageError
+
+            raise UsageError(f"{flag} {value}: {out} was trained with {flag} {recorded[key]} (its train.log); "
+                             f"rerun with {flag} {recorded[key]} to resume it, or use a new --out")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

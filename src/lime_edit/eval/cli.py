@@ -20,6 +20,16 @@ import argparse
 
 BENCHMARKS = ("magicbrush", "piebench", "editval")
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+#: eval's help of the sampler flags whose defaults are the benchmark protocol's
+#: (``generate.PROTOCOL_SETTINGS``, not imported here: it is not light), not LimeConfig's
+_PROTOCOL_HELP = {
+    "cfg_num_inference_steps": "denoising steps of the edit (default: the benchmark protocol's, MagicBrush 100, "
+                               "PIE-Bench and EditVal 50)",
+    "cfg_guidance_scale": "text guidance scale (default: the protocol's 7.5; a --backbone other than ip2p: "
+                          "that family's default)",
+    "cfg_image_guidance_scale": "image guidance scale (default: the protocol's 1.5; a --backbone other than "
+                                "ip2p: that family's default)",
+}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,18 +61,49 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="show the messages and model-loading bars of diffusers/transformers")
 
 
+def _check_selection(args: argparse.Namespace, edit_types: dict[str, str], edit_type_noun: str) -> None:
+    """Usage errors, before anything is written, for a --limit below 1 and for --categories or
+    --edit-types values the benchmark does not have (they would select nothing, silently);
+    ``edit_types``: the accepted EditVal types -> what each is ("" if its name says it).
+    Normalizes the two lists (spaces around the commas dropped) as the dataset readers compare them."""
+    from ..cli import UsageError
+    from ..demo.bench import check_counts
+    from .datasets import PIE_CATEGORIES
+
+    check_counts(args, {"limit": 1})
+    for flag, name, valid, noun in (("--categories", "categories", PIE_CATEGORIES, "a PIE-Bench category"),
+                                    ("--edit-types", "edit_types", edit_types, edit_type_noun)):
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in valid]
+        if bad or not values:
+            known = ", ".join(f"{k} ({what})" if what else k for k, what in valid.items())
+            got = f"{bad[0]!r} is not {noun}" if bad else "names none"
+            raise UsageError(f"{flag} {text!r}: {got}; give a comma-separated list of: {known}")
+        setattr(args, name, ",".join(values))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..cli import quiet_libraries
-    from .generate import run_eval
+    from .generate import EDITVAL_PROMPTS, run_eval
 
+    # every EditVal type can be generated (the six scored automatically and the others)
+    _check_selection(args, {**dict.fromkeys(EDITVAL_PROMPTS, ""), "all": "every type"}, "an EditVal edit type")
     with quiet_libraries(getattr(args, "verbose", False), load=True):  # no model-loading bars
         return run_eval(args)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from ..cli import quiet_libraries
+    from .datasets import EDITVAL_SCORED
     from .score import run_score
 
+    _check_selection(args, {**dict.fromkeys(EDITVAL_SCORED, ""), "all": "these six"},
+                     "an EditVal edit type scored automatically")
+    if args.edit_types and "all" in args.edit_types.split(","):
+        args.edit_types = None     # the default: every type scored automatically
     with quiet_libraries(getattr(args, "verbose", False), load=True):
         return run_score(args)
 
@@ -76,7 +117,7 @@ def register(subparsers) -> None:
         description="Generate edited images for a benchmark in the layout its scorer reads, plus a manifest. "
                     "Resumable (rerun the same command); shards under `accelerate launch`. Sampler defaults "
                     "follow the benchmark's IP2P protocol (MagicBrush 100 steps, PIE-Bench/EditVal 50; text "
-                    "guidance 7.5, image guidance 1.5); the LIME flags below override them.")
+                    "guidance 7.5, image guidance 1.5); the flags below override them.")
     _common(p)
     p.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="where the edited images go")
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -94,6 +135,8 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate every output, even if present or made with other settings")
     _add_setting_args(p)
+    for action in p._actions:     # their shared help gives LimeConfig's defaults; eval's are the protocol's
+        action.help = _PROTOCOL_HELP.get(action.dest, action.help)
     p.set_defaults(func=cmd_eval)
 
     s = subparsers.add_parser(

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; "
                         "0.0.0.0 serves everyone who can reach it)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=_port, default=7860, help="port, 1-65535 (default 7860)")
     p.add_argument("--max-upload-mb", type=_positive_float, default=10.0,
                    help="refuse uploads larger than this many MB (default 10)")
     p.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
@@ -56,6 +56,14 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _port(text: str) -> int:
+    # 0 ("any free port") is refused too: Gradio would announce and check http://HOST:0
+    v = _positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {v}")
     return v
 
 
