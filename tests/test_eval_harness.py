@@ -391,3 +391,12 @@ def test_a_level_the_models_unet_lacks_is_refused_once_before_any_sample(tmp_pat
     rc = main(["eval", "piebench", "--data", str(pie), "--out", str(out), "--model", str(model), "--device", "cpu",
                "--steps", "2", "--localization-steps", "2", "--local-files-only", "-q"])
     assert rc == 0, capsys.readouterr().err
+
+
+def test_a_failure_without_a_file_prints_no_empty_field():
+    from lime_edit.eval.runner import failure_line
+
+    assert failure_line({"sample": "0010000001", "file": "", "message": "instruction: empty"}) == \
+        "failed: 0010000001: instruction: empty"
+    assert failure_line({"sample": "7", "file": "a/b.png", "message": "bad\nimage"}) == \
+        "failed: 7: a/b.png: bad\\nimage"

@@ -55,7 +55,7 @@ from typing import Any, Callable
 
 from ..errors import LimeEditError
 from ..io import printable
-from .runner import RowStore, get_shard
+from .runner import RowStore, failure_line, get_shard
 
 PROTOCOL_SETTINGS: dict[str, dict[str, Any]] = {
     "magicbrush": {"num_inference_steps": 100, "guidance_scale": 7.5, "image_guidance_scale": 1.5},
@@ -513,5 +513,5 @@ def run_eval(args) -> int:
         print(f"{bench}{'-' + protocol if protocol else ''}: {manifest['n_done']} done, "
               f"{manifest['n_failed']} failed or skipped; outputs in {out}; manifest {manifest_path}")
         for f in failures[:10]:
-            print(printable(f"failed: {f['sample']}: {f['file']}: {f['message']}"), file=sys.stderr)
+            print(failure_line(f), file=sys.stderr)
     return 0 if not failures else 1

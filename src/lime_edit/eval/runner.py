@@ -128,3 +128,13 @@ def from_json_number(value: Any) -> float:
     if isinstance(value, str):
         return float(value)  # "nan", "inf"
     return float(value)
+
+
+def failure_line(failure: dict[str, Any]) -> str:
+    """One ``failed:`` line of a run's summary: the sample, then its file and message where
+    present (a model error has no file), never an empty field between two colons."""
+    from ..io import printable
+
+    parts = (failure.get("sample"), failure.get("file"), failure.get("message"))
+    return printable("failed: " + ": ".join(str(v) for v in parts if v not in (None, "")))
+

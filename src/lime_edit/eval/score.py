@@ -46,7 +46,7 @@ from ..errors import LimeEditError, ModelLoadError
 from ..io import printable
 from . import references
 from .datasets import EDITVAL_ABBREV
-from .runner import RowStore, Shard, from_json_number, get_shard, json_safe
+from .runner import RowStore, Shard, failure_line, from_json_number, get_shard, json_safe
 
 METRICS: dict[str, tuple[str, ...]] = {
     "magicbrush": ("l1", "l2", "clip_i", "dino", "clip_t"),
@@ -594,7 +594,7 @@ def run_score(args) -> int:
     if not args.quiet:
         print(format_table(report))
         for f in report["failures"][:10]:
-            print(printable(f"failed: {f['sample']}: {f['file']}: {f['message']}"), file=sys.stderr)
+            print(failure_line(f), file=sys.stderr)
         if len(report["failures"]) > 10:
             print(f"... and {len(report['failures']) - 10} more (see {report_path})", file=sys.stderr)
         print(f"report: {report_path}\nrows: {scores_dir / 'rows.csv'}")
