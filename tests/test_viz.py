@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -72,3 +73,16 @@ def test_heatmaps():
     assert [(i, w) for i, w, _ in pics] == [(3, "red"), (4, "car")]
     assert all(p.size == (50, 30) for _, _, p in pics)
     assert viz.heatmap(torch.rand(8, 8, dtype=torch.float16)).size == (8, 8)
+
+
+@pytest.mark.parametrize("k", [3, 5, 9])
+def test_the_fast_erosion_equals_pils_min_filter(k):
+    from PIL import ImageFilter
+
+    from lime_edit.viz import _erode
+
+    rng = np.random.default_rng(k)
+    a = (rng.random((37, 53)) > 0.3).astype(np.uint8) * 255
+    a[10:30, 5:40] = 255
+    pil = np.asarray(Image.fromarray(a, "L").filter(ImageFilter.MinFilter(k))) > 127
+    assert np.array_equal(_erode(a > 127, k), pil)
