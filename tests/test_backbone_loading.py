@@ -221,3 +221,14 @@ def test_training_checkpoints_are_loaded_with_their_ema_weights(release_dir, tmp
     lp = _load(path, folders["sd1"], allow_pickle=True)
     got = lp.pipe.unet.state_dict()
     assert all(torch.equal(got[k], v) for k, v in ema.state_dict().items())
+
+
+def test_a_hub_id_with_no_local_copy_and_no_download_says_so(monkeypatch, tmp_path):
+    # diffusers 0.42 reports it as "... does not appear to have a file named model_index.json"
+    from lime_edit.errors import ModelLoadError
+    from lime_edit.loading import load_backbone
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))          # an empty cache
+    with pytest.raises(ModelLoadError, match=r"^nobody/no-such-editor: no local copy of this model, and the "
+                                             r"Hugging Face Hub did not provide one"):
+        load_backbone("nobody/no-such-editor", local_files_only=True)

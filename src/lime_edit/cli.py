@@ -588,8 +588,9 @@ def _pair(values: list[Any] | None, n: int, what: str, hint: str = "") -> list[A
                      f"inputs or exactly one per input")
 
 
-#: Environment variables that set diffusers' and transformers' log level when they are imported.
-_VERBOSITY_ENV = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")
+#: Environment variables that set diffusers', transformers' and huggingface_hub's log level when
+#: they are imported.
+_VERBOSITY_ENV = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY")  # the Hub's "Retrying in 8s"
 _LIBRARY_LOGGING = ("diffusers.utils.logging", "transformers.utils.logging")
 
 

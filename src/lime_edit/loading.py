@@ -290,6 +290,11 @@ def _explain(spec: str, err: Exception, allow_pickle: bool) -> str:
             or "offline" in low or "name or service" in low or "local_files_only" in low):
         return (f"{spec}: cannot reach the Hugging Face Hub and no complete local copy is cached; "
                 "download it once with network access (then HF_HUB_OFFLINE=1 works), or pass a local folder")
+    if "does not appear to have a file named model_index.json" in low and not _looks_like_path(spec):
+        # what diffusers (0.3x-0.4x) says for a Hub id it could neither find cached nor download
+        return (f"{spec}: no local copy of this model, and the Hugging Face Hub did not provide one (no network, "
+                "HF_HUB_OFFLINE set, or no diffusers model under that id); download it once with network "
+                "access, or pass a local folder")
     if "repository not found" in low or "404" in low or "is not a valid model identifier" in low:
         return f"{spec}: no such model on the Hugging Face Hub (check the id, or pass a local folder)"
     first = text[:300]
