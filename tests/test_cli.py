@@ -986,3 +986,17 @@ def test_library_deprecation_warnings_are_hidden_unless_verbose(tmp_path, imgs, 
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
     run([*argv, "-v"], capsys)
     assert [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_an_input_folder_that_is_also_the_output_folder_resumes(tmp_path, fake, capsys):
+    d = tmp_path / "photos"
+    d.mkdir()
+    _img(64, 64, 0).save(d / "p.png")
+    argv = ["edit", d, "-i", "x y", "--out", d, "--no-lime"]
+    assert run(argv, capsys)[0] == 0
+    code, _, err = run(argv, capsys)                  # its outputs are not taken as new inputs
+    assert code == 0 and len(fake.calls) == 1 and "skipped" in err and "not taken as inputs" in err
+    assert run([*argv, "--overwrite"], capsys)[0] == 0
+    assert len(fake.calls) == 2 and _outputs(d) == ["p.json", "p.png", "p_edited.png"]
+    code, _, _ = run(["edit", d / "p_edited.png", "-i", "x y", "--out", d, "--no-lime"], capsys)
+    assert code == 0 and len(fake.calls) == 3          # named on its own, an output is an input

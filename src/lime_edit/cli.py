@@ -717,10 +717,19 @@ def _run(args: argparse.Namespace, task: str) -> int:
     for p in problems:
         _err(f"error: {p.spec}: {p.message}")
         failed += 1
+    named = [lio.path_key(s) for s in args.inputs if os.path.isfile(s)]
+    # a folder (or glob) that is also the output folder: this tool's own outputs in it, which
+    # its records list, are not inputs (a rerun would edit its edits); files named one by one are
+    own = lio.recorded_outputs(args.out) - set(named) if args.out else set()
+    if own:
+        kept = [f for f in files if lio.path_key(f) not in own]
+        if len(kept) < len(files) and not args.quiet:
+            _err(f"note: {len(files) - len(kept)} file(s) of the input folders are outputs of earlier runs in "
+                 f"{args.out} (their records list them): not taken as inputs")
+        files = kept
     if not files:
         _err("error: no input images")
         return EXIT_USAGE
-    named = [lio.path_key(s) for s in args.inputs if os.path.isfile(s)]
     hint = " (a file given twice is edited once)" if len(named) != len(set(named)) else ""
     instr_for = _pair(instructions, len(files), "target caption" if task == "p2p" else "instruction", hint)
     source_for = _pair(args.source, len(files), "source caption", hint) if task == "p2p" else [None] * len(files)

@@ -573,6 +573,21 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
+def recorded_outputs(out_dir: str | os.PathLike) -> set[str]:
+    """:func:`path_key` of every file that a lime-edit record in ``out_dir`` lists as its
+    output (nothing if the folder does not exist)."""
+    out_dir = Path(out_dir)
+    keys: set[str] = set()
+    if not out_dir.is_dir():
+        return keys
+    for f in out_dir.glob("*.json"):
+        record = read_record(f)
+        for name in (record or {}).get("outputs", {}).values():
+            if isinstance(name, str):
+                keys.add(path_key(out_dir / name))
+    return keys
+
+
 def publish_outputs(files: dict[Path, bytes], record_path: Path, record: dict[str, Any],
                     replaces: Sequence[str] = ()) -> list[Path]:
     """Publish the output set of one input, all-or-nothing: every file (``files``
