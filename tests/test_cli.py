@@ -1000,3 +1000,12 @@ def test_an_input_folder_that_is_also_the_output_folder_resumes(tmp_path, fake, 
     assert len(fake.calls) == 2 and _outputs(d) == ["p.json", "p.png", "p_edited.png"]
     code, _, _ = run(["edit", d / "p_edited.png", "-i", "x y", "--out", d, "--no-lime"], capsys)
     assert code == 0 and len(fake.calls) == 3          # named on its own, an output is an input
+
+
+def test_a_missing_file_among_inputs_paired_one_to_one_fails_alone(tmp_path, imgs, fake, capsys):
+    out = tmp_path / "o"
+    code, _, err = run(["edit", imgs / "a.png", imgs / "gone.png", imgs / "b.jpg", "-i", "one", "-i", "two",
+                        "-i", "three", "--out", out, "--no-lime"], capsys)
+    assert code == 1 and "gone.png" in err
+    assert [c["instruction"] for c in fake.calls] == ["one", "three"]
+    assert json.loads((out / "b.json").read_text())["instruction"] == "three"

@@ -577,6 +577,22 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+def _drop_failed_pairs(specs: Sequence[str], files: Sequence[Path], *per_input: list[Any] | None):
+    """With one value per command-line input (``-i`` a b c for three files), the values of
+    inputs that yielded no file (missing, unreadable) are dropped, so the others keep their
+    pairing and run; only when every input is one file at most and none is repeated (else
+    the pairing is the expanded files', see :func:`_pair`)."""
+    from . import io as lio
+
+    if not any(v is not None and len(v) == len(specs) > 1 for v in per_input):
+        return per_input
+    per_spec = [lio.expand_inputs([s])[0] for s in specs]
+    if any(len(f) > 1 for f in per_spec) or [f[0] for f in per_spec if f] != list(files):
+        return per_input
+    keep = [i for i, f in enumerate(per_spec) if f]
+    return tuple([v[i] for i in keep] if v is not None and len(v) == len(specs) else v for v in per_input)
+
+
 def _pair(values: list[Any] | None, n: int, what: str, hint: str = "") -> list[Any]:
     if not values:
         return [None] * n
@@ -718,6 +734,8 @@ def _run(args: argparse.Namespace, task: str) -> int:
         _err(f"error: {p.spec}: {p.message}")
         failed += 1
     named = [lio.path_key(s) for s in args.inputs if os.path.isfile(s)]
+    sources = args.source if task == "p2p" else None
+    instructions, sources, mask_files = _drop_failed_pairs(args.inputs, files, instructions, sources, mask_files)
     # a folder (or glob) that is also the output folder: this tool's own outputs in it, which
     # its records list, are not inputs (a rerun would edit its edits); files named one by one are
     own = lio.recorded_outputs(args.out) - set(named) if args.out else set()
@@ -732,7 +750,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
         return EXIT_USAGE
     hint = " (a file given twice is edited once)" if len(named) != len(set(named)) else ""
     instr_for = _pair(instructions, len(files), "target caption" if task == "p2p" else "instruction", hint)
-    source_for = _pair(args.source, len(files), "source caption", hint) if task == "p2p" else [None] * len(files)
+    source_for = _pair(sources, len(files), "source caption", hint) if task == "p2p" else [None] * len(files)
     mask_for = _pair(mask_files, len(files), "mask", hint)
 
     out_dir = lio.check_out_dir(args.out)
