@@ -1009,3 +1009,18 @@ def test_a_missing_file_among_inputs_paired_one_to_one_fails_alone(tmp_path, img
     assert code == 1 and "gone.png" in err
     assert [c["instruction"] for c in fake.calls] == ["one", "three"]
     assert json.loads((out / "b.json").read_text())["instruction"] == "three"
+
+
+def test_p2p_help_gives_the_p2p_backbones_defaults_and_no_image_guidance(tmp_path, imgs, fake, capsys):
+    from lime_edit.backbones.p2p import P2PBackbone
+
+    d = P2PBackbone.sampler_defaults
+    assert f"default {d['num_inference_steps']}," in cli.P2P_SETTING_HELP["num_inference_steps"]
+    assert f"default {d['guidance_scale']:g}," in cli.P2P_SETTING_HELP["guidance_scale"]
+    assert f"default {d['localization_guidance_scale']:g})" in cli.P2P_SETTING_HELP["localization_guidance_scale"]
+    assert cli.main(["p2p", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 50, P2P's)" in text and "--image-guidance" not in text
+    code, _, err = run(["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car",
+                        "--image-guidance", "9", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and fake.loads == 0

@@ -166,11 +166,25 @@ _BOOL_FLAGS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _add_setting_args(p: argparse.ArgumentParser) -> None:
+#: p2p's sampler defaults are the p2p backbone's (``P2PBackbone.sampler_defaults``, tested), not
+#: LimeConfig's; it has no image guidance
+P2P_SETTING_HELP = {
+    "num_inference_steps": "DDIM steps of the inversion and the edit (default 50, P2P's)",
+    "guidance_scale": "text guidance scale of the edit (default 7.5, P2P's)",
+    "localization_guidance_scale": "text guidance scale of LIME's localization pass (default 7.5)",
+}
+
+
+def _add_setting_args(p: argparse.ArgumentParser, helps: dict[str, str] | None = None,
+                      omit: tuple[str, ...] = ()) -> None:
+    """The LIME settings flags; ``helps``: another help text for some fields (a command whose
+    defaults are not LimeConfig's), ``omit``: fields the command has no use for."""
     g = p.add_argument_group("LIME settings (unset ones keep the model's defaults; see LimeConfig)")
     for flag, name, typ, help_ in _SETTING_FLAGS:
+        if name in omit:
+            continue
         g.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, metavar=name.split("_")[-1].upper(),
-                       help=help_)
+                       help=(helps or {}).get(name, help_))
     for flag, name, choices, help_ in _CHOICE_FLAGS:
         g.add_argument(flag, dest=f"cfg_{name}", type=_schedule if name == "schedule" else str,
                        choices=choices, default=None, help=help_)
@@ -350,7 +364,10 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or warnings")
     o.add_argument("-v", "--verbose", action="store_true",
                    help="show the messages and model-loading bars of diffusers/transformers")
-    _add_setting_args(p)
+    if task == "p2p":
+        _add_setting_args(p, P2P_SETTING_HELP, omit=("image_guidance_scale",))
+    else:
+        _add_setting_args(p)
 
 
 def _add_mask_args(p: argparse.ArgumentParser, no_lime_help: str) -> None:

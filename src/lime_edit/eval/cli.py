@@ -23,12 +23,12 @@ DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 #: eval's help of the sampler flags whose defaults are the benchmark protocol's
 #: (``generate.PROTOCOL_SETTINGS``, not imported here: it is not light), not LimeConfig's
 _PROTOCOL_HELP = {
-    "cfg_num_inference_steps": "denoising steps of the edit (default: the benchmark protocol's, MagicBrush 100, "
-                               "PIE-Bench and EditVal 50)",
-    "cfg_guidance_scale": "text guidance scale (default: the protocol's 7.5; a --backbone other than ip2p: "
-                          "that family's default)",
-    "cfg_image_guidance_scale": "image guidance scale (default: the protocol's 1.5; a --backbone other than "
-                                "ip2p: that family's default)",
+    "num_inference_steps": "denoising steps of the edit (default: the benchmark protocol's, MagicBrush 100, "
+                           "PIE-Bench and EditVal 50)",
+    "guidance_scale": "text guidance scale (default: the protocol's 7.5; a --backbone other than ip2p: "
+                      "that family's default)",
+    "image_guidance_scale": "image guidance scale (default: the protocol's 1.5; a --backbone other than "
+                            "ip2p: that family's default)",
 }
 
 
@@ -134,9 +134,7 @@ def register(subparsers) -> None:
                         "JPEG quality); the scorer reads either")
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate every output, even if present or made with other settings")
-    _add_setting_args(p)
-    for action in p._actions:     # their shared help gives LimeConfig's defaults; eval's are the protocol's
-        action.help = _PROTOCOL_HELP.get(action.dest, action.help)
+    _add_setting_args(p, _PROTOCOL_HELP)      # the shared help gives LimeConfig's defaults; eval's are the protocol's
     p.set_defaults(func=cmd_eval)
 
     s = subparsers.add_parser(
