@@ -335,3 +335,10 @@ def test_autoencode_upcasts_a_half_precision_vae_that_asks_for_it_and_restores_i
     assert seen == [torch.float32]                   # ran upcast, as the pipelines decode such a VAE
     assert out.size == img.size and pipe.vae.dtype == torch.float16
     assert np.isfinite(np.asarray(out, np.float32)).all()
+
+
+def test_a_method_named_twice_is_one_row(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert _bench(out, "--methods", "vae_roundtrip,vae_roundtrip") == 0
+    assert [r["method"] for r in _rows(out)] == ["vae_roundtrip"]
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["vae_roundtrip"]

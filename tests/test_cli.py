@@ -1024,3 +1024,23 @@ def test_p2p_help_gives_the_p2p_backbones_defaults_and_no_image_guidance(tmp_pat
     code, _, err = run(["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car",
                         "--image-guidance", "9", "--out", tmp_path / "o"], capsys)
     assert code == 2 and fake.loads == 0
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--feature-levels", "4", "--set", "feature_levels=1,2"],
+     "error: --feature-levels and --set feature_levels set the same setting differently: keep one"),
+    (["--set", "top_k=5", "--set", "top_k=6"], "error: --set top_k is given twice, as 5 and 6: keep one"),
+])
+def test_one_setting_given_two_values_is_a_usage_error(tmp_path, imgs, fake, capsys, argv, line):
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", *argv], capsys)
+    assert code == 2 and err.strip().splitlines() == [line] and fake.loads == 0
+    assert run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o2", "--steps", "3", "--set",
+                "num_inference_steps=3"], capsys)[0] == 0                       # the same value twice is fine
+
+
+def test_every_setting_that_defaults_to_none_takes_none_in_set(tmp_path, imgs, fake, capsys):
+    code, _, _ = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", "--set", "out_scale=none",
+                      "--set", "feature_levels=None", "--set", "regularization_levels=none"], capsys)
+    assert code == 0
+    over = fake.calls[0]["overrides"]
+    assert over["out_scale"] is None and over["feature_levels"] is None and over["regularization_levels"] is None

@@ -230,8 +230,8 @@ def _parser_for_default(name: str) -> Callable[[str], Any]:
     return str
 
 
-#: Fields that may be set to None (``--set NAME=none``).
-_NONE_OK = ("localization_steps", "layers")
+#: Fields that may be set to None (``--set NAME=none``): those whose default is None ("the model's").
+_NONE_OK = tuple(f.name for f in dataclasses.fields(LimeConfig) if f.default is None)
 
 
 def _parse_set(item: str) -> tuple[str, Any]:
@@ -259,12 +259,21 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "fast", False):
         fast = LimeConfig.fast()
         overrides.update(localization_steps=fast.localization_steps, capture_at=fast.capture_at)
+    given: dict[str, Any] = {}
     for item in getattr(args, "cfg_set", []) or []:
         name, value = _parse_set(item)
-        overrides[name] = value
+        if name in given and given[name] != value:
+            raise UsageError(f"--set {name} is given twice, as {given[name]!r} and {value!r}: keep one")
+        given[name] = value
+    flags = {n: f for f, n, *_ in (*_SETTING_FLAGS, *_CHOICE_FLAGS, *_BOOL_FLAGS)}
     for key, value in vars(args).items():
         if key.startswith("cfg_") and key != "cfg_set" and value is not None:
-            overrides[key[4:]] = value
+            name = key[4:]
+            if name in given and given[name] != value:
+                raise UsageError(f"{flags.get(name, name)} and --set {name} set the same setting differently: "
+                                 "keep one")
+            given[name] = value
+    overrides.update(given)
     try:
         LimeConfig().replace(**overrides)
     except (ValueError, TypeError) as err:
@@ -382,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lime-edit",
         description="LIME: localized instruction-based image editing on InstructPix2Pix-family models.",
-        epilog="Exit codes: 0 all inputs done, 1 some inputs failed, 2 usage or model error.")
+        epilog="Exit codes: 0 all inputs done, 1 some inputs failed, 2 usage or model error, 130 interrupted "
+               "(rerun the same command to resume).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

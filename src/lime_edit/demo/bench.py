@@ -507,7 +507,8 @@ def run_bench(args) -> int:
         torch.set_num_threads(int(args.threads))
     out = Path(args.out)
     table = method_table()
-    methods = list(table) if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(table) if args.methods is None else list(dict.fromkeys(   # a method named twice runs once
+        m.strip() for m in args.methods.split(",") if m.strip()))
     if not methods:
         from ..cli import UsageError
 
