@@ -232,3 +232,11 @@ def test_a_hub_id_with_no_local_copy_and_no_download_says_so(monkeypatch, tmp_pa
     with pytest.raises(ModelLoadError, match=r"^nobody/no-such-editor: no local copy of this model, and the "
                                              r"Hugging Face Hub did not provide one"):
         load_backbone("nobody/no-such-editor", local_files_only=True)
+
+
+def test_a_model_config_for_a_model_folder_is_refused(tiny_model_dir):
+    from lime_edit.errors import ModelLoadError
+    from lime_edit.loading import load_backbone
+
+    with pytest.raises(ModelLoadError, match=r"model_config elsewhere \(--model-config\): only for a single "):
+        load_backbone(tiny_model_dir, model_config="elsewhere")

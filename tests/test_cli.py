@@ -1044,3 +1044,10 @@ def test_every_setting_that_defaults_to_none_takes_none_in_set(tmp_path, imgs, f
     assert code == 0
     over = fake.calls[0]["overrides"]
     assert over["out_scale"] is None and over["feature_levels"] is None and over["regularization_levels"] is None
+
+
+@pytest.mark.parametrize("cmd", [["edit", "IMG", "-i", "x y"], ["demo"]])
+def test_an_empty_model_is_a_usage_error(tmp_path, imgs, fake, capsys, cmd):
+    argv = [str(imgs / "a.png") if a == "IMG" else a for a in cmd]
+    code, _, err = run([*argv, "--model", "", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.strip().startswith("error: --model is empty") and fake.loads == 0

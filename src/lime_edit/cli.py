@@ -728,6 +728,8 @@ def _run(args: argparse.Namespace, task: str) -> int:
     from .tokens import text_problem
 
     t_start = time.perf_counter()
+    if not str(args.model).strip():
+        raise UsageError("--model is empty; leave it out for the default model, or name one")
     overrides = collect_overrides(args)
     instructions = list(args.instruction)
     for text in instructions:

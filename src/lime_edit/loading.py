@@ -181,6 +181,9 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     if variant:
         kwargs["variant"] = variant
     recommended: dict = {}
+    if model_config and not path.is_file():      # a folder or Hub id brings its own configs
+        raise ModelLoadError(f"model_config {model_config} (--model-config): only for a single checkpoint file (.safetensors, "
+                             f".ckpt); {spec} is a model folder or Hub id with its own configs")
     try:
         if path.is_file():
             suffix = path.suffix.lower()

@@ -54,6 +54,10 @@ def run_demo(args) -> int:
         from ..cli import UsageError
 
         raise UsageError(f"--scene {args.scene}: must be at most {SEED_MAX} (it is also the sampler seed)")
+    if args.model is not None and not args.model.strip():
+        from ..cli import UsageError
+
+        raise UsageError("--model is empty; leave it out for the bundled demo model, or name one")
     if args.instruction is not None:
         from ..cli import UsageError
         from ..tokens import text_problem
