@@ -58,10 +58,11 @@ def _train(args) -> int:
         raise UsageError(f"--budget-min {' '.join(map(str, budget))}: each must be a finite number of minutes, "
                          "at least 0 (0 = no cap)")
     _check_resumed_settings(args)
-    from ..cli import EXIT_INTERRUPTED, _err
+    from ..cli import EXIT_INTERRUPTED, _err, quiet_libraries
 
     try:
-        return main(args)
+        with quiet_libraries(getattr(args, "verbose", False)):   # no model-loading bars in train.log's way
+            return main(args)
     except KeyboardInterrupt:        # Ctrl-C or SIGTERM: say what resuming train-demo does
         _err("interrupted (rerun the same command to resume: finished stages are reused, the text-to-image "
              "stage and the editor continue from their last checkpoint, saved every --ckpt-every steps)")
@@ -110,6 +111,8 @@ def _check_resumed_settings(args) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (train.log, checkpoints, pipeline/)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the messages and model-loading bars of diffusers/transformers")
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--t2i-steps", type=int, default=2500)
