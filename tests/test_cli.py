@@ -949,7 +949,7 @@ def test_a_result_that_is_not_finite_fails_the_input_instead_of_saving_black(tmp
     code, stdout, err = run(["edit", imgs / "a.png", "-i", "make the red car blue", "--model", real_model,
                              "--out", out, "--guidance", "1e30", "--no-lime", *FAST], capsys)
     assert code == 1 and stdout == ""
-    assert "the model produced NaN/inf values (guidance 1e+30" in err and "RuntimeWarning" not in err
+    assert "the model produced NaN/inf values in its image (guidance 1e+30" in err and "RuntimeWarning" not in err
     assert not out.exists() or _outputs(out) == []
 
 

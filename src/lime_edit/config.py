@@ -184,6 +184,8 @@ class LimeConfig:
                                             for v in levels),
                    name, f"must be a non-empty tuple of powers of two (1, 2, 4, ...), got {levels}")
         if self.layers is not None:
+            _check(isinstance(self.layers, (str, tuple, list)), "layers",
+                   f"must be None or a non-empty tuple of fnmatch patterns, got {self.layers!r}")
             layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
             _check(len(layers) > 0 and all(isinstance(v, str) and v.strip() for v in layers), "layers",
                    f"must be None or a non-empty tuple of fnmatch patterns, got {self.layers!r}")

@@ -85,30 +85,54 @@ def mask_to_tensor(mask, name: str = "mask") -> torch.Tensor:
     if isinstance(mask, Image.Image):
         if mask.width < 1 or mask.height < 1:
             raise LimeEditError(f"{name}: the mask has no pixels ({mask.width}x{mask.height})")
-        if mask.mode == "PA" or "transparency" in mask.info:   # palette/keyed transparency: read as alpha
-            mask = mask.convert("RGBA")
-        if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
-            arr = np.asarray(mask.getchannel("A"), dtype=np.float32) / 255.0
-        else:
-            arr = np.asarray(to_rgb(mask).convert("L"), dtype=np.float32) / 255.0
+        try:
+            if mask.mode == "PA" or "transparency" in mask.info:   # palette/keyed transparency: read as alpha
+                mask = mask.convert("RGBA")
+            if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
+                arr = np.asarray(mask.getchannel("A"), dtype=np.float32) / 255.0
+            else:
+                arr = np.asarray(to_rgb(mask).convert("L"), dtype=np.float32) / 255.0
+        except (ValueError, OSError) as err:          # a closed or truncated image
+            raise LimeEditError(f"{name}: cannot read the image ({err})") from None
         t = torch.from_numpy(arr) >= 0.5
-    elif isinstance(mask, np.ndarray) or isinstance(mask, torch.Tensor):
-        t = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
-        if t.numel() == 0:
-            raise LimeEditError(f"{name}: the mask has no pixels (shape {tuple(t.shape)})")
-        t = t.squeeze()
-        if t.ndim == 3:  # HWC or CHW colour -> any channel set
-            t = t.float().amax(dim=0 if t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4) else -1)
-        if t.ndim != 2:
-            raise LimeEditError(f"{name}: expected a 2-D mask, got shape {tuple(t.shape)}")
-        if t.dtype == torch.bool:
-            pass
-        else:
+    elif isinstance(mask, (np.ndarray, torch.Tensor)):
+        t = _mask_array(mask, name)
+        if t.dtype != torch.bool:
             t = t.float()
             t = t > (0.5 * float(t.max()) if float(t.max()) > 1.0 else 0.5)
     else:
         raise LimeEditError(f"{name}: expected an image, array or tensor, got {type(mask).__name__}")
     return t.bool()
+
+
+def _mask_array(mask, name: str) -> torch.Tensor:
+    """An array or tensor mask as a 2-D CPU tensor: ``(H, W)``, or ``(H, W, C)`` / ``(C, H, W)``
+    with 1, 3 or 4 channels (any channel set counts), or any of those with a leading batch of 1.
+    Anything else is a ``LimeEditError``: guessing an axis would regularize the wrong pixels."""
+    if isinstance(mask, torch.Tensor):
+        if mask.layout != torch.strided or mask.device.type == "meta":
+            raise LimeEditError(f"{name}: expected a dense tensor, got a {mask.layout} tensor on {mask.device}")
+        t = mask.detach().cpu()
+        if t.is_complex():
+            raise LimeEditError(f"{name}: expected a bool or real-valued mask, got {t.dtype}")
+    else:
+        if mask.dtype.kind not in "biuf":
+            raise LimeEditError(f"{name}: expected a bool or numeric array, got dtype {mask.dtype}")
+        t = torch.from_numpy(np.array(mask, dtype=bool if mask.dtype.kind == "b" else np.float32))
+    shape = tuple(t.shape)
+    if t.numel() == 0:
+        raise LimeEditError(f"{name}: the mask has no pixels (shape {shape})")
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 3:
+        if t.shape[-1] in (1, 3, 4):          # HWC, PIL's and numpy's layout, first
+            t = t.amax(dim=-1) if t.dtype != torch.bool else t.any(dim=-1)
+        elif t.shape[0] in (1, 3, 4):
+            t = t.amax(dim=0) if t.dtype != torch.bool else t.any(dim=0)
+    if t.ndim != 2:
+        raise LimeEditError(f"{name}: expected a 2-D mask (H, W), or (H, W, C) / (C, H, W) with 1, 3 or 4 "
+                            f"channels, got shape {shape}")
+    return t
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

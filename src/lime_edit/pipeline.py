@@ -21,6 +21,7 @@ processors are installed for one pass at a time and always restored.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -141,10 +142,14 @@ class LimePipeline:
         variant, each exactly what :meth:`localize` returns with those settings (a
         :class:`Localization`, or a list for list input); used to compare settings (the
         recommended settings of ``train-demo``, ablations) at the cost of one pass."""
-        if isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants) or not variants:
+        if not isinstance(variants, (list, tuple)) or not variants or not all(isinstance(v, dict) for v in variants):
             raise LimeEditError("variants: expected a non-empty list of settings dicts")
+        known = {f.name for f in dataclasses.fields(LimeConfig)}
         cfgs = []
         for i, v in enumerate(variants):
+            unknown = sorted(set(v) - known)
+            if unknown:
+                raise LimeEditError(f"variants[{i}]: unknown setting(s) {', '.join(map(str, unknown))}")
             early = sorted(set(v) - POST_CAPTURE_SETTINGS)
             if early:
                 raise LimeEditError(f"variants[{i}]: {', '.join(early)} act(s) before the capture step, so one "
@@ -191,13 +196,15 @@ class LimePipeline:
         if not getattr(self.backbone, "caption_editing", False):
             raise LimeEditError(f"edit_captions needs a caption-editing backbone (p2p) on a text-to-image "
                                 f"model; this pipeline is {self.backbone.name}: use edit(image, instruction)")
+        if p2p is not None and not isinstance(p2p, dict):
+            raise LimeEditError(f"p2p: expected a dict of Prompt-to-Prompt settings, got {type(p2p).__name__}")
         if p2p:
             if not hasattr(self.backbone, "using"):
                 raise LimeEditError(f"p2p: the {self.backbone.name} backbone has no Prompt-to-Prompt settings")
             with self.backbone.using(**p2p):
                 return self.edit_captions(image, source, target, mask=mask, seed=seed, **overrides)
         cfg = self._config(overrides)
-        items, single = self._items(image, target, mask, seed, cfg)
+        items, single = self._items(image, target, mask, seed, cfg, text_name="target")
         sources = _broadcast(source, len(items), "source", str)
         for it, src in zip(items, sources):
             where = "" if single else f"[{it.index}]"
@@ -247,13 +254,14 @@ class LimePipeline:
         select_layers(list(self.pipe.unet.attn_processors), cfg.layers)   # a pattern matching no layer
         return cfg
 
-    def _items(self, image, instruction, mask, seed, cfg: LimeConfig) -> tuple[list[_Item], bool]:
+    def _items(self, image, instruction, mask, seed, cfg: LimeConfig,
+               text_name: str = "instruction") -> tuple[list[_Item], bool]:
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         n = len(images)
         if n == 0:
             raise LimeEditError("image: empty list")
-        instructions = _broadcast(instruction, n, "instruction", str)
+        instructions = _broadcast(instruction, n, text_name, str)
         masks = _broadcast(mask, n, "mask", None)
         seeds = _broadcast(seed, n, "seed", int)
         items = []
@@ -261,15 +269,21 @@ class LimePipeline:
             where = "" if single else f"[{i}]"
             why = text_problem(ins)
             if why:
-                raise LimeEditError(f"instruction{where}: {'empty instruction' if why == 'empty' else why}")
+                empty = "empty instruction" if text_name == "instruction" else "empty caption"
+                raise LimeEditError(f"{text_name}{where}: {empty if why == 'empty' else why}")
             if not isinstance(img, Image.Image):
                 raise LimeEditError(f"image{where}: expected a PIL image, got {type(img).__name__}")
+            if img.width < 1 or img.height < 1:
+                raise LimeEditError(f"image{where}: {img.width}x{img.height} has no pixels")
             s = check_seed(s, f"seed{where}")
             if isinstance(m, str) and m != "auto":
                 raise LimeEditError(f"mask{where}: expected 'auto', None, a Localization or a mask, got {m!r}")
             if m is not None and not isinstance(m, (str, Localization)):
                 m = mask_to_tensor(m, name=f"mask{where}")  # a bad user mask fails before any model work
-            rgb = to_rgb(img)
+            try:
+                rgb = to_rgb(img)
+            except (ValueError, OSError) as err:          # a closed or truncated image
+                raise LimeEditError(f"image{where}: cannot read the image ({err})") from None
             it = _Item(i, rgb, ins.strip(), m, s)
             it.size, it.notice = self._processing_size(rgb.size, cfg)
             items.append(it)
@@ -365,12 +379,18 @@ class LimePipeline:
         for b, it in enumerate(items):
             feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid,
                                           align_corners=cfg.align_corners)                # (Hg*Wg, C)
+            maps = roi_ops.mean_attention([p[b] for p in cross], grid,
+                                          align_corners=cfg.align_corners)                # (T, Hg, Wg)
+            if not (all(torch.isfinite(f[b]).all() for _, _, f in st.features) and torch.isfinite(maps).all()):
+                single = cfg.schedule == "single_pass"       # captured on the edit trajectory
+                g = cfg.guidance_scale if single else cfg.localization_guidance_scale
+                raise _not_finite("" if len(items) == 1 else f"[{it.index}]", "features or attention at the "
+                                  f"capture step ({'' if single else 'localization '}guidance {g:g}, "
+                                  f"image guidance {cfg.image_guidance_scale:g})")
             segments = roi_ops.segment(feats, grid, method=cfg.clustering, num_clusters=cfg.num_clusters,
                                        iters=cfg.kmeans_iters, seed=it.seed,
                                        distance_threshold=cfg.distance_threshold,
                                        max_points=cfg.agglomerative_max_points)
-            maps = roi_ops.mean_attention([p[b] for p in cross], grid,
-                                          align_corners=cfg.align_corners)                # (T, Hg, Wg)
             related = list(it.tokens.related)
             if related and cfg.localize_end_token:
                 related.append(it.tokens.end)
@@ -500,11 +520,8 @@ class LimePipeline:
         total = time.perf_counter() - t0
         for j, it in enumerate(items):
             if not np.isfinite(images[j]).all():      # would be saved as a black image
-                where = "" if len(items) == 1 else f"[{it.index}]"
-                raise LimeEditError(
-                    f"image{where}: the model produced NaN/inf values (guidance {cfg.guidance_scale:g}, "
-                    f"image guidance {cfg.image_guidance_scale:g}): a setting far outside the model's range, "
-                    "or half precision overflowing (try float32)")
+                raise _not_finite("" if len(items) == 1 else f"[{it.index}]", f"image (guidance "
+                                  f"{cfg.guidance_scale:g}, image guidance {cfg.image_guidance_scale:g})")
         results = []
         for j, it in enumerate(items):
             # rounded as diffusers rounds its PIL output (half to even), so mask=None is bit-identical to it
@@ -575,6 +592,11 @@ def _subset(st: PassState, idx: list[int]) -> PassState:
     sub.features = [(n, lvl, f[idx]) for n, lvl, f in st.features]
     sub.cross_probs = [(n, lvl, p[idx]) for n, lvl, p in st.cross_probs]
     return sub
+
+
+def _not_finite(where: str, what: str) -> LimeEditError:
+    return LimeEditError(f"image{where}: the model produced NaN/inf values in its {what}: a setting far "
+                         "outside the model's range, or half precision overflowing (try float32)")
 
 
 def _broadcast(value, n: int, name: str, kind) -> list:

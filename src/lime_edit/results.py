@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
+
+from .errors import LimeEditError
 
 
 @dataclass
@@ -60,6 +63,15 @@ class Localization:
     def with_segments(self, labels: list[int] | set[int]) -> "Localization":
         """A copy whose RoI is the union of the given segment labels (used by the
         web demo's click-to-refine; the segmentation itself is reused)."""
+        present = set(int(v) for v in torch.unique(self.segments).tolist())
+        try:
+            bad = [v for v in labels if isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                   or int(v) not in present]
+        except TypeError:
+            raise LimeEditError(f"labels: expected a list of segment labels, got {type(labels).__name__}") from None
+        if bad:
+            raise LimeEditError(f"labels: {bad[0]!r} is not a segment label of this localization "
+                                f"(labels: {', '.join(map(str, sorted(present)))})")
         labels = sorted(set(int(v) for v in labels))
         mask = torch.isin(self.segments, torch.tensor(labels, dtype=self.segments.dtype)) if labels \
             else torch.zeros_like(self.mask)

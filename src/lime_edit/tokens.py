@@ -71,10 +71,12 @@ _PUNCT = set(string.punctuation)
 
 
 def text_problem(text: object) -> str | None:
-    """Why ``text`` cannot be a prompt, or None: not a string, blank, or not valid Unicode
+    """Why ``text`` cannot be a prompt, or None: not a string, blank (``"empty"``), or not valid Unicode
     (lone surrogates: bytes that were not UTF-8, as a shell passes a Latin-1 argument or
     JSON carries a ``\\ud800`` escape; the tokenizers would fail on them with a TypeError)."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        return f"expected a string, got {type(text).__name__}"
+    if not text.strip():
         return "empty"
     try:
         text.encode("utf-8")

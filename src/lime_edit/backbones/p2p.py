@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,18 +87,39 @@ class P2PSettings:
     def __post_init__(self):
         for name in ("cross_replace", "self_replace", "blend_threshold", "blend_start"):
             v = getattr(self, name)
-            if not 0.0 <= float(v) <= 1.0:     # also refuses nan
-                raise LimeEditError(f"{name}: must be in [0, 1], got {v}")
+            if not _is_number(v) or not 0.0 <= v <= 1.0:     # also refuses nan
+                raise LimeEditError(f"{name}: must be in [0, 1], got {v!r}")
+        for name in ("self_replace_min_level", "blend_level"):
+            v = getattr(self, name)
+            if not _is_number(v) or not math.isfinite(v) or v != int(v) or v < 1:
+                raise LimeEditError(f"{name}: must be a latent level (1, 2, 4, ...), got {v!r}")
+        if not isinstance(self.local_blend, bool):
+            raise LimeEditError(f"local_blend: must be True or False, got {self.local_blend!r}")
         if self.mode not in ("auto", "swap", "refine"):
             raise LimeEditError(f"p2p mode: expected 'auto', 'swap' or 'refine', got {self.mode!r}")
-        if isinstance(self.reweight, dict):
-            object.__setattr__(self, "reweight", tuple(self.reweight.items()))
+        reweight = self.reweight.items() if isinstance(self.reweight, dict) else self.reweight
+        if isinstance(reweight, str) or not all(
+                isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in _iterable(reweight)):
+            raise LimeEditError(f"reweight: expected {{word: scale}} or (word, scale) pairs, got {self.reweight!r}")
+        object.__setattr__(self, "reweight", tuple((w, s) for w, s in reweight))
         for word, scale in self.reweight:
+            if not isinstance(word, str) or not word.strip():
+                raise LimeEditError(f"reweight: a word must be a non-empty string, got {word!r}")
             # attention probabilities are multiplied by it: nan/inf or a huge scale gives a NaN image
-            ok = isinstance(scale, (int, float)) and not isinstance(scale, bool)
-            if not ok or not -REWEIGHT_MAX <= scale <= REWEIGHT_MAX:       # also refuses nan
+            if not _is_number(scale) or not -REWEIGHT_MAX <= scale <= REWEIGHT_MAX:       # also refuses nan
                 raise LimeEditError(f"reweight: {word}={scale}: the scale must be a number in "
                                     f"[-{REWEIGHT_MAX:g}, {REWEIGHT_MAX:g}] (P2P uses about -2 to 5)")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _iterable(v: Any) -> list:
+    try:
+        return list(v)
+    except TypeError:
+        return [None]           # not iterable: reported as a bad value
 
 
 def _settings(base: P2PSettings, options: dict[str, Any]) -> P2PSettings:
