@@ -906,6 +906,12 @@ def test_undecodable_text_is_a_usage_error_naming_the_flag(tmp_path, imgs, fake,
     assert lines[0].startswith(f"error: {flag} ") and "not valid text" in lines[0]
 
 
+def test_a_reweight_word_given_two_scales_is_a_usage_error(tmp_path, imgs, fake, capsys):
+    code, _, err = run(["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car",
+                        "--reweight", "blue=2", "--reweight", "blue=3", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.strip() == "error: --reweight blue is given twice, as 2 and 3: keep one"
+
+
 @pytest.mark.parametrize("scale", ["nan", "inf", "1e308", "-101"])
 def test_a_reweight_scale_out_of_range_is_a_usage_error(tmp_path, imgs, fake, capsys, scale):
     code, _, err = run(["p2p", imgs / "a.png", "--source", "a red car", "--target", "a blue car",

@@ -433,3 +433,16 @@ def test_a_palette_mask_with_a_transparent_index_is_read_by_its_alpha():
     assert t[:4].all() and not t[4:].any()
     t = mask_to_tensor(palette_mask(1))           # white transparent: the black, opaque half is
     assert not t[:4].any() and t[4:].all()
+
+
+def test_a_float_image_with_nan_pixels_converts_without_warnings():
+    import warnings
+
+    from lime_edit.imageops import to_rgb
+
+    a = np.full((8, 8), np.nan, np.float32)
+    a[0, 0] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # numpy's "invalid value encountered in cast"
+        out = np.asarray(to_rgb(Image.fromarray(a, "F")))
+    assert out[0, 0, 0] == 128 and out[0, 1, 0] == 0

@@ -583,11 +583,15 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     for item in getattr(args, "reweight", None) or []:
         word, sep, value = item.partition("=")
         try:
-            weights[word.strip()] = float(value)
+            scale = float(value)
         except ValueError:
             raise UsageError(f"--reweight {item!r}: expected WORD=SCALE, e.g. glitter=2") from None
         if not sep or not word.strip():
             raise UsageError(f"--reweight {item!r}: expected WORD=SCALE, e.g. glitter=2")
+        if word.strip() in weights and weights[word.strip()] != scale:
+            raise UsageError(f"--reweight {word.strip()} is given twice, as {weights[word.strip()]:g} and "
+                             f"{scale:g}: keep one")
+        weights[word.strip()] = scale
     if weights:
         kw["reweight"] = tuple(weights.items())
     if getattr(args, "local_blend", False):

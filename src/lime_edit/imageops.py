@@ -27,7 +27,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     image = ImageOps.exif_transpose(image) or image
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
         if mode in ("I", "F") and arr.max() <= 1.0 and arr.min() >= 0.0 and mode == "F":
             hi = 1.0
