@@ -35,6 +35,7 @@ import functools
 import json
 import logging
 import math
+import numbers
 import os
 import queue
 import shutil
@@ -52,6 +53,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from PIL import Image
+from starlette.formparsers import MultiPartException
 
 from .. import io as lio
 from .. import viz
@@ -104,17 +106,48 @@ def uploaded_image(**kwargs: Any) -> gr.Image:
     return component
 
 
+def unprocessed(component: gr.components.Component) -> gr.components.Component:
+    """``component`` with Gradio's preprocessing turned off: the callback gets the
+    value the page or an API client sent, as it was sent, and checks it itself
+    (:func:`setting`, :func:`seed_value`), with a message naming the setting.
+    Gradio's own checks of a ``gr.Slider`` / ``gr.Number`` give messages that do
+    not (``Value -1 is less than minimum value 0.``), leak ``TypeError`` text for a
+    wrong type and log a traceback, and its rounding (``precision``) would turn a
+    seed of 1.5 into 2 before any check. Done on the instance, as
+    :func:`uploaded_image`."""
+    component.preprocess = _as_sent
+    return component
+
+
+def _as_sent(payload: Any) -> Any:
+    return payload
+
+
+def _is_number(value: Any) -> bool:
+    """A real number sent as a number (not a bool, not text)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` for a one-line message, shortened (a client can send anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def setting(name: str, value: Any) -> int | float:
-    """A page setting checked against :data:`SLIDERS` (finite, in range, whole
-    where it must be); otherwise a ``LimeEditError`` naming it."""
+    """A page setting checked against :data:`SLIDERS` (a number, finite, in range,
+    whole where it must be); otherwise a ``LimeEditError`` naming it."""
     label, lo, hi, whole = SLIDERS[name]
     kind = "a whole number" if whole else "a number"
+    error = LimeEditError(f"{label}: expected {kind} from {lo} to {hi}, got {_shown(value)}")
+    if not _is_number(value):
+        raise error
     try:
         v = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise LimeEditError(f"{label}: expected {kind} from {lo} to {hi}, got {value!r}") from None
+        raise error from None
     if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):
-        raise LimeEditError(f"{label}: expected {kind} from {lo} to {hi}, got {value!r}")
+        raise error
     return int(v) if whole else v
 
 
@@ -154,16 +187,36 @@ def reweight_words(text: Any) -> tuple[tuple[str, float], ...]:
 
 def seed_value(value: Any) -> int:
     """The page's seed as an int in 0..2**64-1 (``check_seed``), or a one-line error."""
+    error = LimeEditError(f"Seed: expected a whole number in 0..2**64-1, got {_shown(value)}")
     if isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
-            raise LimeEditError(f"Seed: expected a whole number in 0..2**64-1, got {value!r}")
+            raise error
         value = int(value)
-    if isinstance(value, str):
+    if isinstance(value, str):  # text keeps any seed exact (a JSON number may pass through a float)
+        if len(value) > 40:
+            raise error
         try:
             value = int(value.strip())
         except ValueError:
-            raise LimeEditError(f"Seed: expected a whole number in 0..2**64-1, got {value!r}") from None
+            raise error from None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**80:
+        raise error  # check_seed would print all its digits
     return check_seed(value, "Seed")
+
+
+def click_point(index: Any) -> tuple[float, float]:
+    """A click's pixel ``(x, y)`` (a select event's ``index``): two finite numbers,
+    else a one-line ``LimeEditError``. A point outside the picture is the nearest
+    edge, as :func:`render.grid_cell` maps it."""
+    if isinstance(index, (list, tuple)) and len(index) == 2 and all(_is_number(v) for v in index):
+        try:
+            x, y = float(index[0]), float(index[1])
+        except (OverflowError, ValueError):
+            pass
+        else:
+            if math.isfinite(x) and math.isfinite(y):
+                return x, y
+    raise LimeEditError(f"Click: expected pixel coordinates (two numbers x, y), got {_shown(index)}")
 
 
 class ModelPool:
@@ -402,7 +455,11 @@ class LimeWebApp:
         try:
             return loader(path, self.max_pixels)
         except LimeEditError as e:
-            raise LimeEditError(str(e).replace(str(path), f"{what} {Path(path).name}")) from None
+            # the pixel limit's advice is for the command line; a web user cannot raise it
+            msg = str(e).replace(str(path), f"{what} {Path(path).name}").replace(
+                "(raise --max-pixels or resize it)", "pixels set by the server: make it smaller and upload "
+                                                     "it again")
+            raise LimeEditError(msg) from None
 
     def _prepare(self, image: str | None) -> tuple[Image.Image, list[str]]:
         if image is None:
@@ -650,6 +707,7 @@ class LimeWebApp:
     def toggle_at(self, session: Session | None, x: float, y: float):
         """A click at pixel ``(x, y)`` of the RoI or segment view toggles that segment.
         Returns (roi, segments, info, session)."""
+        x, y = click_point((x, y))
         s = self._need_segments(session)
         row, col = render.grid_cell(x, y, s.view_size, s.localization.grid_size)
         label = int(s.localization.segments[row, col])
@@ -759,35 +817,43 @@ class LimeWebApp:
                         gr.Examples([list(e) for e in self.examples], inputs=[image, *texts],
                                     label="Examples", examples_per_page=8, cache_examples=False)
                     with gr.Accordion("Settings", open=True):
-                        steps = gr.Slider(1, 100, value=d["steps"], step=1, label="Steps",
-                                          elem_id="lime-steps")
-                        seed = gr.Number(value=d["seed"], precision=0, minimum=0, label="Seed",
-                                         info="a whole number in 0..2**64-1", elem_id="lime-seed")
-                        guidance = gr.Slider(0, 20, value=d["guidance"], step=0.1,
-                                             label="Text guidance", elem_id="lime-guidance")
+                        # settings reach the callbacks as sent (``unprocessed``): the callbacks
+                        # check them (``setting``, ``seed_value``) with messages naming them
+                        steps = unprocessed(gr.Slider(1, 100, value=d["steps"], step=1,
+                                                      label="Steps", elem_id="lime-steps"))
+                        # no rounding (precision=None): 1.5 is refused, not made 2
+                        seed = unprocessed(gr.Number(value=d["seed"], precision=None, minimum=0,
+                                                     label="Seed", info="a whole number in 0..2**64-1",
+                                                     elem_id="lime-seed"))
+                        guidance = unprocessed(gr.Slider(0, 20, value=d["guidance"], step=0.1,
+                                                         label="Text guidance", elem_id="lime-guidance"))
                         if not self.caption_mode:  # Prompt-to-Prompt has no image guidance
-                            image_guidance = gr.Slider(0, 5, value=d["image_guidance"], step=0.05,
-                                                       label="Image guidance",
-                                                       elem_id="lime-image-guidance")
-                        clusters = gr.Slider(1, 16, value=d["clusters"], step=1,
-                                             label="Segments (clusters)", elem_id="lime-clusters")
-                        top_k = gr.Slider(1, 1000, value=d["top_k"], step=1,
-                                          label="Top-k attention points (per 128x128 grid, scaled to the "
-                                                "model's grid)", elem_id="lime-topk")
+                            image_guidance = unprocessed(gr.Slider(0, 5, value=d["image_guidance"],
+                                                                   step=0.05, label="Image guidance",
+                                                                   elem_id="lime-image-guidance"))
+                        clusters = unprocessed(gr.Slider(1, 16, value=d["clusters"], step=1,
+                                                         label="Segments (clusters)",
+                                                         elem_id="lime-clusters"))
+                        top_k = unprocessed(gr.Slider(1, 1000, value=d["top_k"], step=1,
+                                                      label="Top-k attention points (per 128x128 grid, "
+                                                            "scaled to the model's grid)",
+                                                      elem_id="lime-topk"))
                         compare = gr.Checkbox(value=True, label=f"Also run plain {self.method}",
                                               elem_id="lime-compare")
                     if self.caption_mode:
                         with gr.Accordion("Prompt-to-Prompt", open=True):
-                            cross = gr.Slider(0, 1, value=d["cross_replace"], step=0.05,
-                                              label="Cross-attention replace",
-                                              info="fraction of the steps in which the target caption's "
-                                                   "shared words take the source's attention maps",
-                                              elem_id="lime-cross-replace")
-                            self_ = gr.Slider(0, 1, value=d["self_replace"], step=0.05,
-                                              label="Self-attention replace",
-                                              info="fraction of the steps in which the coarse layers' "
-                                                   "self-attention is the source's (keeps the layout)",
-                                              elem_id="lime-self-replace")
+                            cross = unprocessed(gr.Slider(0, 1, value=d["cross_replace"], step=0.05,
+                                                          label="Cross-attention replace",
+                                                          info="fraction of the steps in which the target "
+                                                               "caption's shared words take the source's "
+                                                               "attention maps",
+                                                          elem_id="lime-cross-replace"))
+                            self_ = unprocessed(gr.Slider(0, 1, value=d["self_replace"], step=0.05,
+                                                          label="Self-attention replace",
+                                                          info="fraction of the steps in which the coarse "
+                                                               "layers' self-attention is the source's "
+                                                               "(keeps the layout)",
+                                                          elem_id="lime-self-replace"))
                             blend = gr.Checkbox(value=d["local_blend"],
                                                 label="Local blend (P2P's own localization: keep the "
                                                       "source outside the changed words' attention)",
@@ -853,9 +919,13 @@ class LimeWebApp:
         demo.queue(max_size=self.max_queue, default_concurrency_limit=self.pool.size)
         return demo
 
-    def _on_select(self, session: Session | None, evt: gr.SelectData):
-        x, y = evt.index
-        return self.toggle_at(session, x, y)
+    def _on_select(self, session: Session | None, evt: gr.EventData):
+        """A click on the RoI or segment view. Typed ``gr.EventData``, not
+        ``gr.SelectData``: Gradio builds a ``SelectData`` before the callback runs and
+        fails with its own error on an event without ``index`` or ``value``; here the
+        event's data is checked (:func:`click_point`) like any other input."""
+        data = getattr(evt, "_data", None)
+        return self.toggle_at(session, *click_point(data.get("index") if isinstance(data, dict) else None))
 
 
 def _disk_size(path: Path) -> int:
@@ -871,40 +941,162 @@ def _disk_size(path: Path) -> int:
     return total
 
 
+class _UploadRefused(MultiPartException):
+    """Raised into Gradio's upload parser (from the request body's stream) when a
+    request's files go past the client's allowance: the parser deletes the files it
+    has written so far, exactly as for its own limits (too many files, a file too
+    large)."""
+
+
+class _FileParts:
+    """Counts the files of a ``multipart/form-data`` body as it streams past: a part
+    whose ``Content-Disposition`` has a ``filename`` (those Gradio writes to disk).
+    ``on_file`` runs when a file part's headers end, before any of its data is
+    passed on; a body this cannot parse is left to Gradio's parser (which refuses
+    it)."""
+
+    max_header = 16 * 1024
+
+    def __init__(self, content_type: bytes, on_file: Callable[[], None]):
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        self._options = parse_options_header
+        self.on_file = on_file
+        self._name = self._value = self._disposition = b""
+        _, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        self.parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin, "on_header_field": self._field,
+            "on_header_value": self._val, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+        }) if boundary else None
+
+    def _part_begin(self) -> None:
+        self._name = self._value = self._disposition = b""
+
+    def _field(self, data: bytes, start: int, end: int) -> None:
+        if len(self._name) < self.max_header:
+            self._name += data[start:end]
+
+    def _val(self, data: bytes, start: int, end: int) -> None:
+        if len(self._value) < self.max_header:
+            self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._name.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._name = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = self._options(self._disposition)
+        if b"filename" in options:
+            self.on_file()
+
+    def feed(self, chunk: bytes) -> None:
+        if self.parser is None or not chunk:
+            return
+        try:
+            self.parser.write(chunk)
+        except _UploadRefused:
+            raise
+        except Exception:  # noqa: BLE001 - malformed: Gradio's own parser refuses the request
+            self.parser = None
+
+
 class UploadLimit:
     """ASGI middleware: each client address may upload at most ``max_uploads``
     files per ``window_s`` seconds; more get HTTP 429 with a one-line reason.
     (Gradio's upload request carries no session, so the client address stands
-    for it.)"""
+    for it.)
+
+    Files are counted, not requests: the multipart body is read as it streams to
+    Gradio's upload route, and each file is counted when its part's headers arrive,
+    before its data is passed on. The file that goes past the allowance refuses the
+    whole request: it is never passed on, Gradio's parser deletes the files of the
+    request it has already written, the request's files are not counted, and the
+    client gets 429 instead of Gradio's answer."""
 
     def __init__(self, app, max_uploads: int = DEFAULT_MAX_UPLOADS, window_s: float = UPLOAD_WINDOW_S):
         self.app, self.max_uploads, self.window_s = app, max_uploads, window_s
         self._hits: dict[str, collections.deque] = {}
         self._lock = threading.Lock()
 
-    async def __call__(self, scope, receive, send):
-        if (scope.get("type") == "http" and scope.get("method") == "POST"
-                and scope.get("path", "").rstrip("/").endswith("/upload")):
-            client = (scope.get("client") or ("unknown",))[0]
-            now = time.monotonic()
-            with self._lock:
-                hits = self._hits.setdefault(client, collections.deque())
-                while hits and hits[0] <= now - self.window_s:
-                    hits.popleft()
-                refused = len(hits) >= self.max_uploads
-                if not refused:
-                    hits.append(now)
-                if len(self._hits) > 10_000:  # forget idle clients
-                    for key in [k for k, v in self._hits.items() if not v]:
-                        del self._hits[key]
-            if refused:
-                from starlette.responses import PlainTextResponse
+    @property
+    def message(self) -> str:
+        return (f"too many uploads: at most {self.max_uploads} files per {self.window_s / 60:g} minutes; "
+                "try again later")
 
-                msg = (f"too many uploads: at most {self.max_uploads} per {self.window_s / 60:g} minutes; "
-                       "try again later")
-                await PlainTextResponse(msg, status_code=429)(scope, receive, send)
+    def _recent(self, client: str, now: float) -> collections.deque:
+        """The client's upload times in the window (call with the lock held)."""
+        hits = self._hits.setdefault(client, collections.deque())
+        while hits and hits[0] <= now - self.window_s:
+            hits.popleft()
+        if len(self._hits) > 10_000:  # forget idle clients
+            for key in [k for k, v in self._hits.items() if not v and k != client]:
+                del self._hits[key]
+        return hits
+
+    async def _too_many(self, scope, receive, send) -> None:
+        from starlette.responses import PlainTextResponse
+
+        await PlainTextResponse(self.message, status_code=429)(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if not (scope.get("type") == "http" and scope.get("method") == "POST"
+                and scope.get("path", "").rstrip("/").endswith("/upload")):
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown",))[0]
+        with self._lock:
+            full = len(self._recent(client, time.monotonic())) >= self.max_uploads
+        if full:  # nothing read
+            await self._too_many(scope, receive, send)
+            return
+        taken: list[float] = []
+        refused = started = False
+
+        def take_one() -> None:
+            nonlocal refused
+            with self._lock:
+                now = time.monotonic()
+                hits = self._recent(client, now)
+                if len(hits) >= self.max_uploads:
+                    refused = True
+                    raise _UploadRefused(self.message)
+                hits.append(now)
+                taken.append(now)
+
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+        parts = _FileParts(content_type, take_one)
+
+        async def counting_receive():
+            message = await receive()
+            if message.get("type") == "http.request" and not refused:
+                parts.feed(message.get("body", b""))  # raises _UploadRefused into Gradio's parser
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if refused:  # Gradio's answer to the aborted upload: replaced by the 429 below
                 return
-        await self.app(scope, receive, send)
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _UploadRefused:  # a Gradio that lets it through: still a 429, not a 500
+            if not refused:
+                raise
+        if refused:
+            with self._lock:  # the request stored nothing: its files do not count
+                hits = self._hits.get(client)
+                for t in taken:
+                    try:
+                        hits.remove(t)
+                    except (AttributeError, ValueError):
+                        pass
+            if not started:
+                await self._too_many(scope, receive, send)
 
 
 def _np(t) -> np.ndarray:
