@@ -50,6 +50,30 @@ def scene():
     arr = np.clip(arr.astype(int) + rng.randint(-8, 8, arr.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(arr)
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's ops are far too small to gain from threads; on a busy
+    machine two threads wait on each other (a 2-step edit: 2 s vs 0.4 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+    """The ``scene`` picture saved as a PNG file (what the web demo uploads)."""
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[..., 0] = np.linspace(40, 200, 64)[None, :]
+    arr[..., 2] = 90
+    arr[10:30, 8:28] = (220, 30, 30)
+    arr[36:58, 34:60] = (30, 40, 220)
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    Image.fromarray(arr).save(path)
+    return path
+
 
 def pytest_collection_modifyitems(config, items):
     """``slow`` tests (real checkpoints, GPU) run only with LIME_EDIT_SLOW=1."""

@@ -63,26 +63,7 @@ def _settings(app: LimeWebApp, **kw):
     return [d["steps"], d["seed"], d["guidance"], d["image_guidance"], d["clusters"], d["top_k"]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's ops are far too small to gain from threads; on a busy
-    machine two threads wait on each other (a 2-step edit: 2 s vs 0.4 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def scene_file(tmp_path_factory):
-    arr = np.zeros((64, 64, 3), np.uint8)
-    arr[..., 0] = np.linspace(40, 200, 64)[None, :]
-    arr[..., 2] = 90
-    arr[10:30, 8:28] = (220, 30, 30)
-    arr[36:58, 34:60] = (30, 40, 220)
-    path = tmp_path_factory.mktemp("web") / "scene.png"
-    Image.fromarray(arr).save(path)
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py; scene_file is there too
 
 
 @pytest.fixture(scope="module")

@@ -33,24 +33,7 @@ class Recorder:
         return self.lp.edit(image, instruction, mask=mask, seed=seed, **overrides)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def scene_file(tmp_path_factory):
-    arr = np.zeros((64, 64, 3), np.uint8)
-    arr[..., 0] = np.linspace(40, 200, 64)[None, :]
-    arr[..., 2] = 90
-    arr[10:30, 8:28] = (220, 30, 30)
-    arr[36:58, 34:60] = (30, 40, 220)
-    path = tmp_path_factory.mktemp("probe") / "scene.png"
-    Image.fromarray(arr).save(path)
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py; scene_file is there too
 
 
 @pytest.fixture(scope="module")
