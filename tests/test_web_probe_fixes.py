@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the web demo needs the 'web' extra: pip install -e '.[web]'")
