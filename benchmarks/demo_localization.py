@@ -23,7 +23,9 @@ defaults (plus any ``--set NAME=VALUE``) and reports, averaged over scenes:
   segments put on localization, whatever the attention does.
 - per latent level, the share of the object words' cross-attention inside the mask at the
   capture noise level (``lime_edit.demo.train.measure_attention``) with ``--per-level``,
-  with the noisy latent made from the input image and from the edited target.
+  with the noisy latent made from the input image and from the edited target; and how much of
+  each object pixel's cross-attention sits on the positions LIME's regularization zeroes there
+  (what it moves to the instruction's words).
 
 Together they say whether a poor RoI comes from the attention (low attn_share /
 points_in_mask) or from the segments (low purity / oracle_iou).
@@ -187,6 +189,8 @@ def main(argv=None) -> int:
               out["per_level"]["share_in_mask_by_grid"])
         print("  the same, latent noised from the edited target (the object shows its new colour):",
               out["per_level"]["share_in_mask_by_grid_target_noised"])
+        print("  each object pixel's attention on the positions LIME zeroes there (start, stop words, padding):",
+              out["per_level"]["penalized_share_by_grid"])
     if args.json:
         from lime_edit.io import atomic_write_bytes
 

@@ -5,6 +5,8 @@ written where ``LimePipeline.from_pretrained`` reads it."""
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from lime_edit.demo import train as T
@@ -29,7 +31,7 @@ def test_train_demo_runs_resumes_and_reports(tmp_path):
         assert "input_pass" in steps[-1]           # step 2: the input pass ran
         rep = json.loads((tmp_path / "report.json").read_text())
         assert rep["args"]["input_pass_from"] == 2
-        for key in ("share_in_mask_by_grid", "share_in_mask_by_grid_target_noised"):
+        for key in ("share_in_mask_by_grid", "share_in_mask_by_grid_target_noised", "penalized_share_by_grid"):
             assert set(rep[key]) >= {"8", "16", "32"}
             assert all(0.0 <= v <= 1.0 for v in rep[key].values())
 
@@ -146,3 +148,17 @@ def test_an_interrupted_text_to_image_stage_resumes_from_its_checkpoint(tmp_path
         assert (tmp_path / "stage_b_t2i" / "unet" / "config.json").is_file() and not partial.exists()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_penalized_share_averages_each_object_pixels_attention_on_the_zeroed_positions():
+    # a 4x4 grid, 3 token positions; position 0 is zeroed (keep False); the object is the
+    # left half: there pixels give 0.75 of their attention to position 0, elsewhere 0.25
+    p = torch.zeros(1, 16, 3)
+    left = torch.tensor([c < 2 for r in range(4) for c in range(4)])
+    p[0, left] = torch.tensor([0.75, 0.25, 0.0])
+    p[0, ~left] = torch.tensor([0.25, 0.5, 0.25])
+    mask = np.zeros((8, 8), bool)
+    mask[:, :4] = True
+    keep = torch.tensor([False, True, True])
+    assert T.penalized_share([p], mask, keep) == {4: pytest.approx(0.75)}
+

@@ -278,6 +278,23 @@ def attention_share(store_items, tok_masks, tok_w, grids=(32, 16, 8, 4, 2)):
     return torch.stack(flat).mean(), {g: float(torch.stack(v).mean()) for g, v in per_grid.items()}
 
 
+def penalized_share(store_items, mask: np.ndarray, keep) -> dict[int, float]:
+    """Per grid, the mean over the pixels inside ``mask`` (any size; resized to the grid by
+    area, > 0.5) of each pixel's head-averaged cross-attention on the positions where
+    ``keep`` (:attr:`lime_edit.tokens.TokenSelection.keep`) is False."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    out: dict[int, list] = {}
+    for p in store_items:                              # (B=1, grid*grid, T)
+        g = int(round(math.sqrt(p.shape[1])))
+        inside = F.adaptive_avg_pool2d(m, g).flatten() > 0.5
+        if inside.any():
+            out.setdefault(g, []).append(float(p[0][inside][:, ~keep].sum(-1).mean()))
+    return {g: float(np.mean(v)) for g, v in out.items()}
+
+
 # ----------------------------------------------------------------------------- data
 def _to_tensor(imgs):
     import torch
@@ -769,11 +786,20 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
     sched.set_timesteps(30)
     t = sched.timesteps[round(step_frac * 30)]
     sig = float(sched.sigmas[round(step_frac * 30)])
+    from ..config import LimeConfig
+    from ..tokens import select_tokens
+
+    ref = LimeConfig()
     g = torch.Generator().manual_seed(seed)
     shares: dict[str, dict[int, list]] = {"input": {}, "target": {}}
+    zeroed: dict[int, list] = {}
     areas = []
     with torch.no_grad():
         for e in S.split_edits(split, n):
+            # the positions LIME's regularization zeroes inside its region (the reference's choice)
+            keep = select_tokens(tok, e.instruction, drop_verbs=ref.drop_verbs, penalize_padding=ref.penalize_padding,
+                                 penalize_end_token=ref.penalize_end_token,
+                                 penalize_punctuation=ref.penalize_punctuation).keep
             cond = vae.encode(_to_tensor([e.image])).latent_dist.mode()
             ehs = te(tokenize(tok, [e.instruction]))[0]
             m = torch.nn.functional.avg_pool2d(torch.from_numpy(e.mask.astype(np.float32))[None, None], 2)[0, 0]
@@ -792,17 +818,25 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
                 _, per = attention_share(store.items, tm, tw)
                 for k, v in per.items():
                     shares[src].setdefault(k, []).append(v)
+                if src == "input":
+                    for grid, share in penalized_share(store.items, e.mask, keep).items():
+                        zeroed.setdefault(grid, []).append(share)
     unet.set_attn_processor(__import__("diffusers").models.attention_processor.AttnProcessor2_0())
     return {"n": n, "split": split,
             "share_in_mask_by_grid": {str(k): float(np.mean(v)) for k, v in sorted(shares["input"].items())},
             "share_in_mask_by_grid_target_noised": {str(k): float(np.mean(v))
                                                      for k, v in sorted(shares["target"].items())},
             "mask_area_fraction": float(np.mean(areas)),
+            "penalized_share_by_grid": {str(k): float(np.mean(v)) for k, v in sorted(zeroed.items())},
             "note": "share of the focus tokens' (object + new colour words) cross-attention mass inside "
                     "the GT mask, text+image branch, noise level of step 10/30, noisy latent made from "
                     "the input image (share_in_mask_by_grid) or from the edited target "
                     "(share_in_mask_by_grid_target_noised); a map blind to the object would give "
-                    "about mask_area_fraction"}
+                    "about mask_area_fraction. penalized_share_by_grid: the mean, over the pixels "
+                    "inside the GT mask, of each pixel's cross-attention on the positions LIME's "
+                    "regularization zeroes there (start token, stop words, padding; LimeConfig's "
+                    "defaults), input-noised latent: what the regularization moves to the "
+                    "instruction's words"}
 
 
 # ----------------------------------------------------------------------------- driver
