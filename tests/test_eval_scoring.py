@@ -240,3 +240,13 @@ def test_score_piebench_long_prompt_warns_once_and_structure_resize_is_recorded(
     assert lime_cli.main(["score", "magicbrush", "--data", str(pie), "--outputs", str(out),
                           "--structure-antialias"]) == 2
     assert "--structure-antialias applies to piebench only" in capsys.readouterr().err
+
+
+def test_an_empty_metrics_list_is_refused_and_none_means_all():
+    from lime_edit.errors import LimeEditError
+    from lime_edit.eval.score import METRICS, parse_metrics
+
+    assert parse_metrics("magicbrush", None) == list(METRICS["magicbrush"])
+    for text in ("", " , "):
+        with pytest.raises(LimeEditError, match=r"^--metrics .*: no metric named"):
+            parse_metrics("magicbrush", text)

@@ -538,8 +538,10 @@ def write_csv(path: Path, units: Sequence[Unit], rows: dict[str, dict | None], w
 # --------------------------------------------------------------------------- command
 def parse_metrics(benchmark: str, text: str | None) -> list[str]:
     allowed = METRICS[benchmark]
-    if not text:
+    if text is None:
         return list(allowed)
+    if not any(v.strip() for v in text.split(",")):      # as bench's --methods: name one, or leave it out
+        raise LimeEditError(f"--metrics {text!r}: no metric named; leave it out for all of {', '.join(allowed)}")
     aliases = {"clip-i": "clip_i", "clip-t": "clip_t", "structure": "structure_distance",
                "clip-whole": "clip_whole", "clip-edited": "clip_edited", "accuracy": "owlvit"}
     out = []
