@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -97,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         edges = sorted(float(x) for x in args.by_iou.split(",")) if args.by_iou else []
     except ValueError:
-        print(f"error: --by-iou: {args.by_iou!r} is not a comma-separated list of numbers", file=sys.stderr)
+        edges = [math.nan]
+    if not all(0.0 < e < 1.0 for e in edges) or len(set(edges)) != len(edges):     # also refuses nan
+        print(f"error: --by-iou {args.by_iou!r}: expected distinct IoU edges between 0 and 1, comma-separated "
+              "(e.g. 0.1,0.5,0.7,0.8)", file=sys.stderr)
         return 2
     try:
         return _main(args, edges)
@@ -136,6 +140,9 @@ def _main(args, edges: list[float]) -> int:
         return 2
     if args.split_by is not None and args.split_by not in methods:
         raise LimeEditError(f"--split-by: no rows for {args.split_by} in {args.folder} (has: {', '.join(methods)})")
+    if args.split_by is not None and all(r.get("roi_iou") is None for (m, _), r in rows.items() if m == args.split_by):
+        raise LimeEditError(f"--split-by {args.split_by}: its rows have no RoI (roi_iou); name a LIME row with "
+                            "automatic localization")
     split = args.split_by or ("lime" if "lime" in methods else None)
     report: dict = {"folder": str(args.folder), "scenes": scenes, "hit": args.hit, "split_by": split, "pairs": {}}
     for a, b in pairs:

@@ -62,7 +62,7 @@ def test_bad_folder_and_pairs_are_one_line_errors(bp, tmp_path, capsys):
     assert err.startswith("error: --pairs: no rows for ip2p") and len(err.strip().splitlines()) == 1
     assert bp.main([str(tmp_path), "--pairs", "lime"]) == 2
     assert bp.main([str(tmp_path), "--pairs", "lime:lime", "--by-iou", "0.1,high"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --by-iou:")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --by-iou ")
     for damage, words in [("{not json\n", "samples.jsonl:1: not a bench synthetic row"),
                           ('{"method": "lime", "seed": 0}\n', "samples.jsonl:1: not a bench synthetic row")]:
         (tmp_path / "samples.jsonl").write_text(damage)
@@ -101,3 +101,16 @@ def test_bad_hit_and_split_by_are_errors(bp, tmp_path, capsys):
     assert "lime - ip2p (n=1)" in capsys.readouterr().out
     assert bp.main([str(tmp_path), "--split-by", "nosuch"]) == 2
     assert "--split-by: no rows for nosuch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--by-iou", "nan"], "--by-iou 'nan': expected distinct IoU edges"),
+    (["--by-iou", "5"], "--by-iou '5': expected distinct IoU edges"),
+    (["--by-iou=-1,inf"], "expected distinct IoU edges"),
+    (["--by-iou", "0.1,0.1"], "expected distinct IoU edges"),
+    (["--split-by", "ip2p"], "--split-by ip2p: its rows have no RoI"),
+])
+def test_bad_buckets_and_a_split_without_rois_are_usage_errors(bp, tmp_path, capsys, argv, words):
+    _write(tmp_path, [{"method": "lime", "seed": 0, "roi_iou": 0.5}, {"method": "ip2p", "seed": 0, "roi_iou": None}])
+    assert bp.main([str(tmp_path), *argv]) == 2
+    assert words in capsys.readouterr().err

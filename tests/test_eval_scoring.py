@@ -250,3 +250,27 @@ def test_an_empty_metrics_list_is_refused_and_none_means_all():
     for text in ("", " , "):
         with pytest.raises(LimeEditError, match=r"^--metrics .*: no metric named"):
             parse_metrics("magicbrush", text)
+
+
+@pytest.mark.parametrize("where", ["report", "outputs", "scores_dir"])
+def test_score_never_writes_into_the_dataset(tmp_path, capsys, where):
+    pie = write_piebench_fixture(tmp_path / "pie", n=2, size=64)
+    before = (pie / "mapping_file.json").read_bytes()
+    out = tmp_path / "run"
+    out.mkdir()
+    args = ["score", "piebench", "--data", str(pie), "--outputs", str(pie if where == "outputs" else out), "-q",
+            "--local-files-only", "--metrics", "psnr"]
+    if where == "report":
+        args += ["--report", str(pie / "mapping_file.json")]
+    if where == "scores_dir":
+        args += ["--scores-dir", str(pie / "scores")]
+    flag = {"report": "--report", "outputs": "--outputs", "scores_dir": "--scores-dir"}[where]
+    assert lime_cli.main(args) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {flag} ")
+    assert (pie / "mapping_file.json").read_bytes() == before and not (pie / "scores").exists()
+
+
+def test_a_key_of_unicode_digits_sorts_without_crashing():
+    from lime_edit.eval.datasets import _natural_key
+
+    assert sorted(["10", "²", "9"], key=_natural_key) == ["9", "10", "²"]

@@ -406,4 +406,4 @@ def relative_path(value: Any, what: str, file: str) -> str:
 
 def _natural_key(s: Any) -> tuple:
     s = str(s)
-    return (0, int(s), s) if s.isdigit() else (1, 0, s)
+    return (0, int(s), s) if s.isascii() and s.isdigit() else (1, 0, s)      # "²".isdigit() is True

@@ -572,6 +572,20 @@ def run_score(args) -> int:
     tag = bench + (f"-{protocol}" if protocol else "")
     scores_dir = Path(args.scores_dir) if args.scores_dir else outputs / "scores" / tag
     report_path = Path(args.report) if args.report else scores_dir / "report.json"
+    from .datasets import editval_root, magicbrush_root, piebench_root
+
+    data_root = {"magicbrush": magicbrush_root, "piebench": piebench_root, "editval": editval_root}[bench](args.data)
+    data_dirs = [Path(d).resolve() for d in (data_root, getattr(args, "coco_dir", None)) if d]
+    # score reads the dataset and never writes into it (a report over mapping_file.json; the
+    # dataset's own images scored as if they were edits)
+    for flag, path in (("--outputs", outputs), ("--scores-dir", scores_dir), ("--report", report_path)):
+        real = path.resolve()
+        inside = next((d for d in data_dirs if real.is_relative_to(d)), None)
+        if inside is not None:
+            raise LimeEditError(f"{flag} {str(path)!r} is inside the dataset folder {str(inside)!r}; score never "
+                                "writes there and scores a run folder of `lime-edit eval`: choose one outside it")
+    if report_path.is_dir():
+        raise LimeEditError(f"--report {str(report_path)!r} is a folder; give a file name")
     sources = default_sources()
     for name, flag in BACKBONE_FLAGS.items():
         if getattr(args, flag, None):
