@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -274,3 +275,27 @@ def test_a_key_of_unicode_digits_sorts_without_crashing():
     from lime_edit.eval.datasets import _natural_key
 
     assert sorted(["10", "²", "9"], key=_natural_key) == ["9", "10", "²"]
+
+
+def test_a_rescore_recomputes_a_row_whose_image_changed_or_went(tmp_path, capsys):
+    pie = write_piebench_fixture(tmp_path / "pie", n=2, size=64)
+    out = tmp_path / "run"
+    edited = []
+    for p in sorted((pie / "annotation_images").rglob("*.jpg")):
+        q = (out / "annotation_images" / p.relative_to(pie / "annotation_images")).with_suffix(".png")
+        q.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(p).save(q)
+        edited.append(q)
+    args = ["score", "piebench", "--data", str(pie), "--outputs", str(out), "-q", "--local-files-only",
+            "--metrics", "psnr"]
+    assert lime_cli.main(args) == 0
+    rows = RowStore(out / "scores/piebench/rows")
+    key = sorted(read_json(pie / "mapping_file.json"))[0]
+    first = rows.get(key)["metrics"]["psnr"]
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(edited[0])          # the run's image is replaced
+    os.utime(edited[0], ns=(1, 1))                                   # whatever the clock's resolution
+    assert lime_cli.main(args) == 0
+    assert rows.get(key)["metrics"]["psnr"] != first
+    edited[0].unlink()                                               # and then removed
+    assert lime_cli.main(args) == 1
+    assert rows.get(key)["error"] is not None

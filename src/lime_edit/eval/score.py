@@ -167,6 +167,17 @@ class Unit:
     key: str
     info: dict[str, Any]
     compute: Callable[..., dict[str, float]] = field(repr=False)
+    #: the edited image it scores: a stored row is reused only while this file is unchanged
+    output: Path | None = None
+
+
+def _stamp(path: Path | None) -> list | None:
+    """What identifies the scored file's contents cheaply: name, size and modification time."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else [path.name, st.st_size, st.st_mtime_ns]
 
 
 def magicbrush_units(data, outputs: Path, protocol: str, limit: int | None):
@@ -186,8 +197,9 @@ def magicbrush_units(data, outputs: Path, protocol: str, limit: int | None):
             pairs = [(t, folder / (f"{s.img_id}_1.png" if t.index == 1 else f"{s.img_id}_iter_{t.index}.png"))]
         for turn, gen in pairs:
             key = f"{s.img_id}/{turn.index}" if protocol == "single" else s.img_id
+            out = _find(_with_twins(gen))
             units.append(Unit(key, {"img_id": s.img_id, "turn": turn.index},
-                              _mb_compute(_find(_with_twins(gen)), turn.output, turn.local_description)))
+                              _mb_compute(out, turn.output, turn.local_description), out))
     return units, problems
 
 
@@ -234,7 +246,8 @@ def piebench_units(data, outputs: Path, protocol: str | None, limit: int | None,
     units = []
     for it in items:
         cands = _with_twins(outputs / "annotation_images" / it.image_path) + _with_twins(outputs / it.image_path)
-        units.append(Unit(it.key, {"category": it.editing_type_id}, _pie_compute(it, _find(cands))))
+        out = _find(cands)
+        units.append(Unit(it.key, {"category": it.editing_type_id}, _pie_compute(it, out), out))
     return units, problems
 
 
@@ -296,7 +309,7 @@ def editval_units(data, outputs: Path, protocol: str | None, limit: int | None,
     if limit is not None:
         edits = edits[:limit]
     units = [Unit(e.key, {"edit_type": e.edit_type, "class": e.class_name},
-                  _editval_compute(e, outputs / e.output_relpath)) for e in edits]
+                  _editval_compute(e, outputs / e.output_relpath), outputs / e.output_relpath) for e in edits]
     return units, problems
 
 
@@ -355,6 +368,9 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
         it = mine
     for u in it:
         row = store.get(u.key) or {}
+        stamp = _stamp(u.output)
+        if row and row.get("output") != stamp:      # the edited image changed or went: score it afresh
+            row = {}
         have = dict(row.get("metrics") or {}) if not row.get("error") else {}
         models = dict(row.get("models") or {}) if not row.get("error") else {}
         notes = dict(row.get("warnings") or {}) if not row.get("error") else {}
@@ -367,7 +383,7 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
             new = u.compute(backbones, need, new_notes.__setitem__)
         except SampleError as err:
             store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
-                              "error": {"file": err.file, "message": err.message}})
+                              "output": stamp, "error": {"file": err.file, "message": err.message}})
             done += 1
             continue
         except (KeyboardInterrupt, ModelLoadError):
@@ -377,7 +393,7 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
                 raise
             msg = " ".join(str(err).split()) or type(err).__name__
             store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
-                              "error": {"file": "", "message": f"{type(err).__name__}: {msg}"}})
+                              "output": stamp, "error": {"file": "", "message": f"{type(err).__name__}: {msg}"}})
             done += 1
             continue
         have.update(json_safe(new))
@@ -388,7 +404,8 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
         notes.update(new_notes)
         for message in dict.fromkeys(new_notes.values()):  # once per sample, even if shared by metrics
             print(f"warning: {u.key}: {message}", file=sys.stderr)
-        row = {"info": u.info, "metrics": have, "models": models, "error": None, "process": shard.index}
+        row = {"info": u.info, "metrics": have, "models": models, "error": None, "process": shard.index,
+               "output": stamp}
         if notes:
             row["warnings"] = notes
         store.put(u.key, row)
