@@ -151,12 +151,20 @@ def main(argv=None) -> int:
         overrides = _settings(args)
     except LimeEditError as err:
         ap.error(str(err) if str(err).startswith("--set") else f"--set {err}")
+    from lime_edit.cli import quiet_libraries
+
     try:
         model = resolve_model(args.model)
-        lp = LimePipeline.from_pretrained(model)
+        with quiet_libraries(load=True):                  # no loading bars
+            lp = LimePipeline.from_pretrained(model)
     except LimeEditError as err:
         print(f"error: --model {args.model}: {err}", file=sys.stderr)
-        return 1
+        return 2
+    try:                                   # a level or layer this model lacks: once, before any scene
+        lp.check_settings(**overrides)
+    except LimeEditError as err:
+        print(f"error: --set {err}", file=sys.stderr)
+        return 2
     lp.pipe.set_progress_bar_config(disable=True)
     rows, kinds = [], []
     t0 = time.perf_counter()

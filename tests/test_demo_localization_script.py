@@ -78,6 +78,14 @@ def test_threads_model_and_json_errors_are_one_line(dl, tmp_path, capsys):
     with pytest.raises(SystemExit) as ex:
         dl.main(["--json", str(tmp_path)])
     assert ex.value.code == 2 and "not a file in an existing folder" in capsys.readouterr().err
-    assert dl.main(["--model", str(tmp_path / "nonexistent")]) == 1
+    assert dl.main(["--model", str(tmp_path / "nonexistent")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --model {tmp_path / 'nonexistent'}"), err
+
+
+def test_a_setting_the_model_lacks_is_one_line_before_any_scene(capsys):
+    mod = load_benchmark_script("demo_localization")
+    assert mod.main(["--n", "1", "--set", "feature_levels=64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --set feature_levels: this U-Net has no attention layer") and "Traceback" \
+        not in "\n".join(err)
