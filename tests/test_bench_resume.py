@@ -342,3 +342,9 @@ def test_a_method_named_twice_is_one_row(tmp_path, capsys):
     assert _bench(out, "--methods", "vae_roundtrip,vae_roundtrip") == 0
     assert [r["method"] for r in _rows(out)] == ["vae_roundtrip"]
     assert [r["method"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["vae_roundtrip"]
+
+
+def test_no_examples_grid_is_not_announced(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert _bench(out, "--methods", "vae_roundtrip") == 0            # _bench passes --examples 0
+    assert not (out / "examples.png").exists() and "examples.png" not in capsys.readouterr().out

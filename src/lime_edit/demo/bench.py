@@ -268,12 +268,13 @@ def markdown(rows: list[dict], n: int, header: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _examples_grid(out: Path, samples, methods: list[str], k: int) -> None:
+def _examples_grid(out: Path, samples, methods: list[str], k: int) -> bool:
+    """Write ``out/examples.png`` (the first ``k`` scenes); False when there is none to write."""
     from PIL import Image, ImageDraw
 
     k = min(k, len(samples))
     if k == 0:
-        return
+        return False
     s = 128
     methods = [m for m in methods if m not in AUTOENCODER_METHODS]
     cols = ["input", "target", "GT mask", *methods]
@@ -293,6 +294,7 @@ def _examples_grid(out: Path, samples, methods: list[str], k: int) -> None:
         for j, t in enumerate(tiles):
             canvas.paste(t.resize((s, s), Image.NEAREST), (j * s, head + i * s))
     save_png(canvas, out / "examples.png")
+    return True
 
 
 class _Unedited:
@@ -621,9 +623,9 @@ def run_bench(args) -> int:
     bar.close()
     rows = aggregate(done, methods, seeds)
     _write_results(out, rows, n, args, model, steps, batch, sig, p2p_info)
-    _examples_grid(out, samples, methods, args.examples)
+    grid = _examples_grid(out, samples, methods, args.examples)
     print(markdown(rows, n, _title(n, split)))
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'examples.png'}")
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'examples.png'}" if grid else ""))
     return 0
 
 
