@@ -251,3 +251,32 @@ def test_run_folder_next_to_the_benchmark_root_is_fine(tmp_path, monkeypatch):
     use_editor(monkeypatch)
     assert main(["eval", "magicbrush", "--data", str(mb), "--out", str(mb / "runs"), "-q"]) == 0
     assert main(["eval", "magicbrush", "--data", str(mb), "--out", str(mb / "test" / "runs"), "-q"]) == 2
+
+
+def test_dataset_fields_that_are_not_text_are_per_sample_problems(tmp_path):
+    import json
+
+    from lime_edit.errors import LimeEditError
+    from lime_edit.eval.datasets import read_magicbrush, read_piebench
+    from lime_edit.eval.testing import write_magicbrush_fixture, write_piebench_fixture
+
+    pie = write_piebench_fixture(tmp_path / "pie", n=2, size=32)
+    mapping = json.loads((pie / "mapping_file.json").read_text())
+    bad_key = sorted(mapping)[0]
+    mapping[bad_key]["editing_instruction"] = None             # was edited as the instruction "None"
+    (pie / "mapping_file.json").write_text(json.dumps(mapping))
+    items, problems = read_piebench(pie)
+    assert [p.sample for p in problems] == [bad_key] and "editing_instruction is not text" in problems[0].message
+    assert len(items) == 1
+
+    mb = write_magicbrush_fixture(tmp_path / "mb")
+    sessions_file = mb / "test" / "edit_sessions.json"
+    sessions = json.loads(sessions_file.read_text())
+    img_id = sorted(sessions)[0]
+    sessions[img_id][0]["instruction"] = {"x": 1}
+    sessions_file.write_text(json.dumps(sessions))
+    _, problems = read_magicbrush(mb)
+    assert [p.sample for p in problems] == [img_id] and "turn 1 instruction is not text" in problems[0].message
+    (mb / "test" / "local_descriptions.json").write_text("[]")
+    with pytest.raises(LimeEditError, match=r"local_descriptions\.json: expected an object"):
+        read_magicbrush(mb)

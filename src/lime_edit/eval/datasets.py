@@ -110,6 +110,8 @@ def read_magicbrush(data: str | os.PathLike, check_files: bool = True
         raise LimeEditError(f"{sessions_json}: expected an object {{img_id: [turns]}}")
     local_path = root / "local_descriptions.json"
     local = _load_json(local_path) if local_path.is_file() else {}
+    if not isinstance(local, dict):
+        raise LimeEditError(f"{local_path}: expected an object {{img_id: {{output file: caption}}}}")
     sessions, problems = [], []
     for img_id in sorted(raw, key=_natural_key):
         turns_raw = raw[img_id]
@@ -124,6 +126,8 @@ def read_magicbrush(data: str | os.PathLike, check_files: bool = True
                 missing = [f for f in ("input", "output", "instruction") if not t.get(f)]
                 if missing:
                     raise _Bad(str(sessions_json), f"turn {k} lacks {', '.join(missing)}")
+                _require_text(t, ("input", "output", "instruction") + (("mask",) if t.get("mask") else ()),
+                              str(sessions_json), f"turn {k} ")
                 inp = folder / relative_path(t["input"], f"turn {k} input", str(sessions_json))
                 out = folder / relative_path(t["output"], f"turn {k} output", str(sessions_json))
                 mask = folder / relative_path(t["mask"], f"turn {k} mask", str(sessions_json)) \
@@ -134,6 +138,8 @@ def read_magicbrush(data: str | os.PathLike, check_files: bool = True
                             raise _Bad(str(f), "no such file")
                 desc = local.get(str(img_id), {}).get(Path(str(t["output"])).name) \
                     if isinstance(local.get(str(img_id)), dict) else None
+                if desc is not None and not isinstance(desc, str):
+                    raise _Bad(str(local_path), f"the caption of {Path(t['output']).name} is not text")
                 turns.append(MBTurn(k, inp, mask, out, str(t["instruction"]), desc))
         except _Bad as bad:
             problems.append(Problem(str(img_id), bad.file, bad.message))
@@ -199,6 +205,7 @@ def read_piebench(data: str | os.PathLike, check_files: bool = True,
                                    "mask") if f not in rec]
             if missing:
                 raise _Bad(str(mapping), f"record lacks {', '.join(missing)}")
+            _require_text(rec, ("image_path", "editing_prompt", "editing_instruction"), str(mapping))
             cat = str(rec["editing_type_id"])
             if categories is not None and cat not in categories:
                 continue
@@ -402,6 +409,13 @@ def relative_path(value: Any, what: str, file: str) -> str:
         raise _Bad(file, f"{what} {text!r} is not a relative path inside the dataset folder "
                          "(refused: outputs are written under the same name)")
     return text
+
+
+def _require_text(record: dict, fields: tuple[str, ...], file: str, prefix: str = "") -> None:
+    """Each field a string (a number or null would be turned into the text "5" or "None")."""
+    for f in fields:
+        if not isinstance(record.get(f), str):
+            raise _Bad(file, f"{prefix}{f} is not text (got {type(record.get(f)).__name__})")
 
 
 def _natural_key(s: Any) -> tuple:
