@@ -400,3 +400,20 @@ def test_a_failure_without_a_file_prints_no_empty_field():
         "failed: 0010000001: instruction: empty"
     assert failure_line({"sample": "7", "file": "a/b.png", "message": "bad\nimage"}) == \
         "failed: 7: a/b.png: bad\\nimage"
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "deleted"])
+def test_a_run_folder_whose_manifest_is_damaged_or_gone_is_not_resumed_blindly(tmp_path, monkeypatch, data, capsys,
+                                                                            damage):
+    out = tmp_path / "run"
+    use_editor(monkeypatch, FakeEditor())
+    assert main(["eval", "piebench", "--data", str(data.pie), "--out", str(out), "-q"]) == 0
+    if damage == "corrupt":
+        (out / "manifest.json").write_text("{broken")
+    else:
+        (out / "manifest.json").unlink()
+    capsys.readouterr()
+    assert main(["eval", "piebench", "--data", str(data.pie), "--out", str(out), "-q", "--steps", "3"]) == 2
+    assert "settings cannot be checked" in capsys.readouterr().err
+    assert main(["eval", "piebench", "--data", str(data.pie), "--out", str(out), "-q", "--steps", "3",
+                 "--overwrite"]) == 0

@@ -359,14 +359,22 @@ def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     return sig
 
 
-def _check_signature(out: Path, sig: dict[str, Any]) -> None:
+def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True) -> None:
     import json
 
-    for m in sorted(out.glob("manifest*.json")):
+    manifests = sorted(out.glob("manifest*.json"))
+    records = out / ".records"
+    # (in a sharded run the other processes may write samples before the main one's manifest)
+    if single_process and not manifests and records.is_dir() and any(p.is_file() for p in records.rglob("*")):
+        raise LimeEditError(f"{out}: holds generated samples ({records}) but no manifest, so their settings "
+                            "cannot be checked; use a new --out, or --overwrite to regenerate everything")
+    for m in manifests:
         try:
-            old = json.loads(m.read_text()).get("signature")
-        except (OSError, ValueError):
-            continue
+            old = json.loads(m.read_text())
+            old = old.get("signature") if isinstance(old, dict) else None
+        except (OSError, ValueError) as err:
+            raise LimeEditError(f"{m}: unreadable ({type(err).__name__}), so this run folder's settings cannot be "
+                                "checked; use a new --out, or --overwrite to regenerate everything") from None
         if old and old != sig:
             diff = sorted(k for k in set(old) | set(sig) if old.get(k) != sig.get(k))
             raise LimeEditError(f"{m}: this run folder was generated with other {', '.join(diff)}; "
@@ -419,7 +427,7 @@ def run_eval(args) -> int:
     sig = _signature(args, overrides, seed)
     manifest_path = guard.check(out / (f"manifest-{protocol}.json" if protocol else "manifest.json"))
     if not args.overwrite:
-        _check_signature(out, sig)
+        _check_signature(out, sig, single_process=shard.count == 1)
     shard.barrier()  # every process checked before the main one writes
     base = {"signature": sig, "protocol": protocol, "limit": args.limit, "data": str(args.data),
             "device": str(device), "dtype": args.dtype or "auto", "num_processes": shard.count,
