@@ -417,3 +417,11 @@ def test_a_run_folder_whose_manifest_is_damaged_or_gone_is_not_resumed_blindly(t
     assert "settings cannot be checked" in capsys.readouterr().err
     assert main(["eval", "piebench", "--data", str(data.pie), "--out", str(out), "-q", "--steps", "3",
                  "--overwrite"]) == 0
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, monkeypatch, data, capsys):
+    out = tmp_path / "afile"
+    out.write_text("x")
+    use_editor(monkeypatch, FakeEditor())
+    assert main(["eval", "piebench", "--data", str(data.pie), "--out", str(out), "-q"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {out}: output path exists and is not a folder"

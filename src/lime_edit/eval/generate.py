@@ -402,7 +402,9 @@ def run_eval(args) -> int:
         if guard.run_dir.is_relative_to(d):
             raise LimeEditError(f"--out {str(out)!r} is inside the dataset folder {str(d)!r}; eval never writes "
                                 "there: choose a run folder outside it")
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import check_out_dir
+
+    check_out_dir(out)               # a file, or a folder that cannot be made, is one line
     shard = get_shard(cpu=args.device == "cpu")
     device = args.device or shard.device
 
