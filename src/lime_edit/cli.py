@@ -293,6 +293,18 @@ def check_model_settings(lp, overrides: dict[str, Any], args: argparse.Namespace
         raise LimeEditError(_name_the_flag(str(err), args)) from None
 
 
+def check_text_flag(text: str, flag: str, hint: str) -> None:
+    """A prompt given on the command line: empty, or not valid text (an undecodable byte), is a
+    usage error naming ``flag``; ``hint`` says what to give instead of an empty one."""
+    from .tokens import text_problem
+
+    why = text_problem(text)
+    if why == "empty":
+        raise UsageError(f"{flag} is empty; {hint}")
+    if why:
+        raise UsageError(f"{flag} {ascii(text)}: {why}")
+
+
 def refuse_caption_model(lp, model: str) -> None:
     """The instruction commands (edit, localize, demo, bench) on a text-to-image model, which
     the p2p backbone runs with captions: one usage error pointing at ``lime-edit p2p``."""
@@ -729,7 +741,6 @@ def _load_pipeline(args: argparse.Namespace):
 def _run(args: argparse.Namespace, task: str) -> int:
     from . import io as lio
     from .imageops import DEFAULT_MAX_PIXELS
-    from .tokens import text_problem
 
     t_start = time.perf_counter()
     if not str(args.model).strip():
@@ -737,20 +748,13 @@ def _run(args: argparse.Namespace, task: str) -> int:
     overrides = collect_overrides(args)
     instructions = list(args.instruction)
     for text in instructions:
-        why = text_problem(text)
-        if why == "empty":
-            if task == "p2p":
-                raise UsageError("--target is empty; describe the result, e.g. --target 'a photo of a pink sky'")
-            raise UsageError("-i/--instruction is empty; say what to change, e.g. -i 'make the sky pink'")
-        if why:
-            raise UsageError(f"{'--target' if task == 'p2p' else '-i/--instruction'} {ascii(text)}: {why}")
+        if task == "p2p":
+            check_text_flag(text, "--target", "describe the result, e.g. --target 'a photo of a pink sky'")
+        else:
+            check_text_flag(text, "-i/--instruction", "say what to change, e.g. -i 'make the sky pink'")
     if task == "p2p":
         for text in args.source:
-            why = text_problem(text)
-            if why == "empty":
-                raise UsageError("--source is empty; describe the input, e.g. --source 'a photo of a sky'")
-            if why:
-                raise UsageError(f"--source {ascii(text)}: {why}")
+            check_text_flag(text, "--source", "describe the input, e.g. --source 'a photo of a sky'")
         p2p_load_kwargs(args)           # a bad --reweight is a usage error before any work
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     if max_pixels is not None and max_pixels < 64:
@@ -771,7 +775,9 @@ def _run(args: argparse.Namespace, task: str) -> int:
     instructions, sources, mask_files = _drop_failed_pairs(args.inputs, files, instructions, sources, mask_files)
     # a folder (or glob) that is also the output folder: this tool's own outputs in it, which
     # its records list, are not inputs (a rerun would edit its edits); files named one by one are
-    own = lio.recorded_outputs(args.out) - set(named) if args.out else set()
+    out_key = lio.path_key(args.out) if args.out else None
+    in_out = any(lio.path_key(f.parent) == out_key for f in files)     # reading the records only then
+    own = lio.recorded_outputs(args.out) - set(named) if in_out else set()
     if own:
         kept = [f for f in files if lio.path_key(f) not in own]
         if len(kept) < len(files) and not args.quiet:

@@ -222,7 +222,7 @@ class LimeConfig:
                        f"must be an int{' or None' if kind == 'int?' else ''}, got {_shown(value)}")
                 object.__setattr__(self, f.name, int(value))
             elif kind == "float":
-                _check(isinstance(value, numbers.Real) and not isinstance(value, bool), f.name,
+                _check(is_real(value), f.name,
                        f"must be a number, got {_shown(value)}")
                 _check(math.isfinite(value), f.name, f"must be a finite number, got {value}")
                 object.__setattr__(self, f.name, float(value))
@@ -338,6 +338,11 @@ def _shown(value: Any) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def is_real(value: Any) -> bool:
+    """A real number given as a number: not a bool (Python's or numpy's), not text."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, *_np_bool_types()))
 
 
 def _check(ok: bool, name: str, msg: str) -> None:

@@ -375,18 +375,23 @@ class LimePipeline:
         cross = [p for _, _, p in st.cross_probs]
         if not st.features or not cross:
             raise LimeEditError("feature_levels: no attention layer was captured at the capture step")
+        # NaN/inf captures (a guidance far out of range) would crash the clustering: one check
+        # per batch, one device sync
+        finite = torch.stack([torch.isfinite(t).flatten(1).all(1)
+                              for t in [f for _, _, f in st.features] + cross]).all(0).cpu()
+        if not finite.all():
+            it = items[int((~finite).nonzero()[0])]
+            single = cfg.schedule == "single_pass"       # captured on the edit trajectory
+            g = cfg.guidance_scale if single else cfg.localization_guidance_scale
+            raise _not_finite("" if len(items) == 1 else f"[{it.index}]", "features or attention at the "
+                              f"capture step ({'' if single else 'localization '}guidance {g:g}, "
+                              f"image guidance {cfg.image_guidance_scale:g})")
         out = []
         for b, it in enumerate(items):
             feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid,
                                           align_corners=cfg.align_corners)                # (Hg*Wg, C)
             maps = roi_ops.mean_attention([p[b] for p in cross], grid,
                                           align_corners=cfg.align_corners)                # (T, Hg, Wg)
-            if not (all(torch.isfinite(f[b]).all() for _, _, f in st.features) and torch.isfinite(maps).all()):
-                single = cfg.schedule == "single_pass"       # captured on the edit trajectory
-                g = cfg.guidance_scale if single else cfg.localization_guidance_scale
-                raise _not_finite("" if len(items) == 1 else f"[{it.index}]", "features or attention at the "
-                                  f"capture step ({'' if single else 'localization '}guidance {g:g}, "
-                                  f"image guidance {cfg.image_guidance_scale:g})")
             segments = roi_ops.segment(feats, grid, method=cfg.clustering, num_clusters=cfg.num_clusters,
                                        iters=cfg.kmeans_iters, seed=it.seed,
                                        distance_threshold=cfg.distance_threshold,

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..config import LimeConfig
+from ..config import LimeConfig, is_real
 from ..errors import LimeEditError
 from ..p2p_control import P2PController, align_tokens, ddim_invert, p2p_attention, unwrapped_attention
 from ..tokens import TokenSelection, select_tokens
@@ -87,11 +86,11 @@ class P2PSettings:
     def __post_init__(self):
         for name in ("cross_replace", "self_replace", "blend_threshold", "blend_start"):
             v = getattr(self, name)
-            if not _is_number(v) or not 0.0 <= v <= 1.0:     # also refuses nan
+            if not is_real(v) or not 0.0 <= v <= 1.0:     # also refuses nan
                 raise LimeEditError(f"{name}: must be in [0, 1], got {v!r}")
         for name in ("self_replace_min_level", "blend_level"):
             v = getattr(self, name)
-            if not _is_number(v) or not math.isfinite(v) or v != int(v) or v < 1:
+            if not is_real(v) or not math.isfinite(v) or v != int(v) or v < 1:
                 raise LimeEditError(f"{name}: must be a latent level (1, 2, 4, ...), got {v!r}")
         if not isinstance(self.local_blend, bool):
             raise LimeEditError(f"local_blend: must be True or False, got {self.local_blend!r}")
@@ -106,13 +105,9 @@ class P2PSettings:
             if not isinstance(word, str) or not word.strip():
                 raise LimeEditError(f"reweight: a word must be a non-empty string, got {word!r}")
             # attention probabilities are multiplied by it: nan/inf or a huge scale gives a NaN image
-            if not _is_number(scale) or not -REWEIGHT_MAX <= scale <= REWEIGHT_MAX:       # also refuses nan
+            if not is_real(scale) or not -REWEIGHT_MAX <= scale <= REWEIGHT_MAX:       # also refuses nan
                 raise LimeEditError(f"reweight: {word}={scale}: the scale must be a number in "
                                     f"[-{REWEIGHT_MAX:g}, {REWEIGHT_MAX:g}] (P2P uses about -2 to 5)")
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _iterable(v: Any) -> list:

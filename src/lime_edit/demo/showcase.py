@@ -59,14 +59,9 @@ def run_demo(args) -> int:
 
         raise UsageError("--model is empty; leave it out for the bundled demo model, or name one")
     if args.instruction is not None:
-        from ..cli import UsageError
-        from ..tokens import text_problem
+        from ..cli import check_text_flag
 
-        why = text_problem(args.instruction)
-        if why == "empty":
-            raise UsageError("--instruction is empty; leave it out for the scene's own instruction")
-        if why:
-            raise UsageError(f"--instruction {ascii(args.instruction)}: {why}")
+        check_text_flag(args.instruction, "--instruction", "leave it out for the scene's own instruction")
     if getattr(args, "threads", 0):
         import torch
 

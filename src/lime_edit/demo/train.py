@@ -786,10 +786,11 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
     sched.set_timesteps(30)
     t = sched.timesteps[round(step_frac * 30)]
     sig = float(sched.sigmas[round(step_frac * 30)])
+    from ..backbones.base import token_settings
     from ..config import LimeConfig
     from ..tokens import select_tokens
 
-    ref = LimeConfig()
+    ref = token_settings(LimeConfig())
     g = torch.Generator().manual_seed(seed)
     shares: dict[str, dict[int, list]] = {"input": {}, "target": {}}
     zeroed: dict[int, list] = {}
@@ -797,9 +798,7 @@ def measure_attention(pipe_dir: str | os.PathLike, n: int = 32, seed: int = 0, s
     with torch.no_grad():
         for e in S.split_edits(split, n):
             # the positions LIME's regularization zeroes inside its region (the reference's choice)
-            keep = select_tokens(tok, e.instruction, drop_verbs=ref.drop_verbs, penalize_padding=ref.penalize_padding,
-                                 penalize_end_token=ref.penalize_end_token,
-                                 penalize_punctuation=ref.penalize_punctuation).keep
+            keep = select_tokens(tok, e.instruction, **ref).keep
             cond = vae.encode(_to_tensor([e.image])).latent_dist.mode()
             ehs = te(tokenize(tok, [e.instruction]))[0]
             m = torch.nn.functional.avg_pool2d(torch.from_numpy(e.mask.astype(np.float32))[None, None], 2)[0, 0]

@@ -35,7 +35,6 @@ import functools
 import json
 import logging
 import math
-import numbers
 import os
 import queue
 import shutil
@@ -57,7 +56,7 @@ from starlette.formparsers import MultiPartException
 
 from .. import io as lio
 from .. import viz
-from ..config import check_seed
+from ..config import check_seed, is_real
 from ..errors import LimeEditError
 from ..imageops import DEFAULT_MAX_PIXELS
 from . import render
@@ -123,11 +122,6 @@ def _as_sent(payload: Any) -> Any:
     return payload
 
 
-def _is_number(value: Any) -> bool:
-    """A real number sent as a number (not a bool, not text)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _shown(value: Any, limit: int = 40) -> str:
     """``repr(value)`` for a one-line message, shortened (a client can send anything)."""
     text = repr(value)
@@ -140,7 +134,7 @@ def setting(name: str, value: Any) -> int | float:
     label, lo, hi, whole = SLIDERS[name]
     kind = "a whole number" if whole else "a number"
     error = LimeEditError(f"{label}: expected {kind} from {lo} to {hi}, got {_shown(value)}")
-    if not _is_number(value):
+    if not is_real(value):
         raise error
     try:
         v = float(value)
@@ -208,7 +202,7 @@ def click_point(index: Any) -> tuple[float, float]:
     """A click's pixel ``(x, y)`` (a select event's ``index``): two finite numbers,
     else a one-line ``LimeEditError``. A point outside the picture is the nearest
     edge, as :func:`render.grid_cell` maps it."""
-    if isinstance(index, (list, tuple)) and len(index) == 2 and all(_is_number(v) for v in index):
+    if isinstance(index, (list, tuple)) and len(index) == 2 and all(is_real(v) for v in index):
         try:
             x, y = float(index[0]), float(index[1])
         except (OverflowError, ValueError):
