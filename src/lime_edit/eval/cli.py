@@ -85,12 +85,26 @@ def _check_selection(args: argparse.Namespace, edit_types: dict[str, str], edit_
         setattr(args, name, ",".join(values))
 
 
+def _check_dirs(args: argparse.Namespace) -> None:
+    """A usage error, before anything is read or written, for a --coco-dir (when given) that is
+    not a folder (it would only turn every EditVal sample into "COCO image not found")."""
+    from pathlib import Path
+
+    from ..cli import UsageError
+
+    coco = getattr(args, "coco_dir", None)
+    if coco is not None and not Path(coco).is_dir():
+        why = "not a folder" if Path(coco).exists() else "no such folder"
+        raise UsageError(f"{coco}: {why} (--coco-dir: the folder with the COCO train2017 images)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..cli import quiet_libraries
     from .generate import EDITVAL_PROMPTS, run_eval
 
     # every EditVal type can be generated (the six scored automatically and the others)
     _check_selection(args, {**dict.fromkeys(EDITVAL_PROMPTS, ""), "all": "every type"}, "an EditVal edit type")
+    _check_dirs(args)
     with quiet_libraries(getattr(args, "verbose", False), load=True):  # no model-loading bars
         return run_eval(args)
 
@@ -102,6 +116,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     _check_selection(args, {**dict.fromkeys(EDITVAL_SCORED, ""), "all": "these six"},
                      "an EditVal edit type scored automatically")
+    _check_dirs(args)
     if args.edit_types and "all" in args.edit_types.split(","):
         args.edit_types = None     # the default: every type scored automatically
     with quiet_libraries(getattr(args, "verbose", False), load=True):
@@ -166,5 +181,6 @@ def register(subparsers) -> None:
     g.add_argument("--owlvit-model", default=None, help="OWL-ViT for EditVal (google/owlvit-base-patch32)")
     g.add_argument("--lpips-model", default=None,
                    help="LPIPS-SqueezeNet folder/file/Hub id with model.safetensors (layout: lime_edit.eval.lpips; "
-                        "default: torchvision's SqueezeNet download + torchmetrics' lin weights)")
+                        "default: torchvision's SqueezeNet download, or with --local-files-only its copy in the "
+                        "torch hub cache, + torchmetrics' lin weights)")
     s.set_defaults(func=cmd_score)

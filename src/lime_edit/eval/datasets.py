@@ -30,12 +30,13 @@ folder (no absolute path, drive or ``..``). A record that breaks this is a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -221,7 +222,11 @@ def read_piebench(data: str | os.PathLike, check_files: bool = True,
             problems.append(Problem(str(key), bad.file, bad.message))
         except LimeEditError as err:
             problems.append(Problem(str(key), str(mapping), f"bad mask: {err}"))
-    return items, problems
+    # two records with one image_path: one output file (annotation_images/<image_path>)
+    items, shared = first_per_output(
+        items, key=lambda it: it.key, outputs=lambda it: [str(Path(it.image_path))], file=lambda it, name: str(mapping),
+        entry=lambda it: f"record {it.key!r}")
+    return items, problems + shared
 
 
 def _check_rle(rle: Any) -> None:
@@ -288,13 +293,28 @@ class EditValEdit:
 
     @property
     def output_relpath(self) -> str:
-        """Where the edited image goes: ``<edit_type>/<image_id>/<to>.png``."""
+        """Where the edited image goes: ``<edit_type>/<image_id>/<to>.png`` (a long ``to``
+        shortened, see :func:`safe_component`)."""
         return f"{self.edit_type}/{self.image_id}/{safe_component(self.to)}.png"
 
 
+#: longest file-name-safe ``to`` (UTF-8 bytes) used as it is in an output name; a longer one
+#: ("File name too long": names are limited to 255 bytes, and the atomic writer's temporary
+#: name adds 14) is cut and given a hash of the whole value, as the run folder's record names
+MAX_NAME_BYTES = 200
+
+
 def safe_component(text: str) -> str:
-    """A file-name-safe version of an EditVal ``to`` value (keeps spaces)."""
-    text = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", str(text)).strip().strip(".")
+    """A file-name-safe version of an EditVal ``to`` value (keeps spaces). Over
+    :data:`MAX_NAME_BYTES` it is cut to its first 100 bytes + ``~`` + 16 hex digits of
+    the value's SHA-256, so long values keep distinct, stable names; shorter ones are unchanged."""
+    raw = str(text)
+    text = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", raw).strip().strip(".")
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        head = data[:100].decode("utf-8", "ignore").rstrip(" .")
+        text = f"{head}~{digest}"
     return text or "_"
 
 
@@ -380,10 +400,38 @@ def read_editval(data: str | os.PathLike, coco_dir: str | os.PathLike | None = N
                                              tuple(str(v) for v in frm if isinstance(v, str)),
                                              image or root / "images" / f"{image_id}"))
     edits.sort(key=lambda e: e.key)
-    return edits, problems
+    # e.g. the same image id under two classes, or 'to' values that differ only in characters
+    # a file name cannot hold: one output file, so the second would overwrite the first's
+    edits, shared = first_per_output(
+        edits, key=lambda e: e.key, outputs=lambda e: [e.output_relpath], file=lambda e, name: str(obj),
+        entry=lambda e: f"class {e.class_name!r} image {e.image_id!r} {e.edit_type} 'to' {e.to!r}")
+    return edits, problems + shared
 
 
 # --------------------------------------------------------------------------- helpers
+def first_per_output(items: list, key: Callable[[Any], str], outputs: Callable[[Any], list],
+                     entry: Callable[[Any], str], file: Callable[[Any, str], str]) -> tuple[list, list[Problem]]:
+    """Keep the first item (in the given order) of each output file; a later one with an
+    output an earlier one has (two entries that would overwrite each other's file) becomes a
+    :class:`Problem` naming both entries. ``outputs(item)``: its output names (compared as the
+    platform does, ``os.path.normcase``); ``file(item, name)``: the file the problem names."""
+    seen: dict[str, tuple[Any, str]] = {}
+    kept, problems = [], []
+    for it in items:
+        names = [str(n) for n in outputs(it)]
+        clash = next((n for n in names if os.path.normcase(n) in seen), None)
+        if clash is not None:
+            first = seen[os.path.normcase(clash)][0]
+            problems.append(Problem(key(it), file(it, clash),
+                                    f"{entry(it)} has the same output file {clash!r} as {entry(first)}; "
+                                    "left out, so that neither overwrites the other"))
+            continue
+        for n in names:
+            seen[os.path.normcase(n)] = (it, n)
+        kept.append(it)
+    return kept, problems
+
+
 class _Bad(Exception):
     def __init__(self, file: str, message: str):
         super().__init__(message)

@@ -18,7 +18,8 @@ Outputs (the layout each benchmark's scorer reads, see :mod:`lime_edit.eval.scor
   edits from ``original_prompt`` to ``editing_prompt`` (``[ ]`` markers removed) instead,
   which gives PIE-Bench's "DirectInversion + P2P" row and, without ``--no-lime``, its
   "+ LIME" counterpart. The other benchmarks have no captions and refuse a caption editor.
-- EditVal: ``RUN_DIR/<edit_type>/<image_id>/<to>.png`` at the COCO image's size.
+- EditVal: ``RUN_DIR/<edit_type>/<image_id>/<to>.png`` at the COCO image's size (a ``to``
+  over 200 bytes cut and given a hash, see :func:`lime_edit.eval.datasets.safe_component`).
 
 Sampler defaults follow each benchmark's IP2P protocol (MagicBrush: 100 steps;
 PIE-Bench and EditVal: 50 steps; text guidance 7.5, image guidance 1.5; PIE-Bench
@@ -394,7 +395,7 @@ def run_eval(args) -> int:
     overrides = {**PROTOCOL_SETTINGS[bench], **user}
     seed = DEFAULT_SEED[bench] if args.seed is None else int(args.seed)
     out = Path(args.out)
-    from .datasets import editval_root, magicbrush_root, piebench_root
+    from .datasets import editval_root, first_per_output, magicbrush_root, piebench_root
 
     root = {"magicbrush": magicbrush_root, "piebench": piebench_root, "editval": editval_root}[bench](args.data)
     guard = OutputGuard(out, [root] + ([args.coco_dir] if getattr(args, "coco_dir", None) else []))
@@ -417,6 +418,10 @@ def run_eval(args) -> int:
     else:
         types = None if not args.edit_types else set(args.edit_types.split(","))
         units, problems = editval_units(args.data, out, args.limit, coco_dir=args.coco_dir, edit_types=types)
+    # two samples whose names only this run makes one file (--lossless: <stem>.jpg and <stem>.png)
+    units, shared = first_per_output(units, key=lambda u: u.key, outputs=lambda u: u.outputs,
+                                     entry=lambda u: f"sample {u.key!r}", file=lambda u, name: name)
+    problems = problems + shared
     for u in units:  # every folder a source image lies in is dataset too
         for src in u.sources:
             guard.add_data_dir(Path(src).parent)

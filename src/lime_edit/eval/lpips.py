@@ -14,7 +14,8 @@ packages as ``squeeze.pth``). :func:`load_lpips` takes
   ``torch.hub.load_state_dict_from_url`` (hash-checked, cached in the torch hub
   cache; torchvision itself is not needed) and the ``lin`` layers from the
   ``squeeze.pth`` inside the installed ``torchmetrics``; both read with
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)``. With ``local_files_only`` only the cached
+  copy is used; without one that is a :class:`ModelLoadError` naming ``--lpips-model``.
 - a local folder holding ``model.safetensors``, or a ``.safetensors`` file, with the
   tensors under their original names (**the documented layout**)::
 
@@ -122,7 +123,12 @@ def _torch_load(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _default_state() -> dict[str, torch.Tensor]:
+def _cached_squeezenet() -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps the SqueezeNet download."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(SQUEEZENET_URL)
+
+
+def _default_state(local_files_only: bool | None = None) -> dict[str, torch.Tensor]:
     try:
         import torchmetrics
     except ImportError:
@@ -131,9 +137,17 @@ def _default_state() -> dict[str, torch.Tensor]:
     lin_path = Path(torchmetrics.__file__).parent / "functional" / "image" / "lpips_models" / "squeeze.pth"
     if not lin_path.is_file():
         raise ModelLoadError(f"LPIPS: {lin_path} not found in this torchmetrics; pass --lpips-model")
+    cached = _cached_squeezenet()
+    if local_files_only and not cached.is_file():    # as the Hub backbones: no download
+        raise ModelLoadError(f"LPIPS: --local-files-only and the SqueezeNet 1.1 weights are not in the torch hub "
+                             f"cache ({cached}); pass --lpips-model FOLDER with model.safetensors (see "
+                             "lime_edit.eval.lpips), or run once without --local-files-only")
     try:
-        backbone = torch.hub.load_state_dict_from_url(SQUEEZENET_URL, map_location="cpu", check_hash=True,
-                                                      progress=False, weights_only=True)
+        if local_files_only:
+            backbone = _torch_load(cached)
+        else:  # the cached copy when there is one (load_state_dict_from_url's own rule)
+            backbone = torch.hub.load_state_dict_from_url(SQUEEZENET_URL, map_location="cpu", check_hash=True,
+                                                          progress=False, weights_only=True)
     except Exception as err:  # network, hash
         raise ModelLoadError(f"LPIPS: cannot get the SqueezeNet 1.1 weights from {SQUEEZENET_URL} ({err}); "
                              "pass --lpips-model FOLDER (see lime_edit.eval.lpips)") from None
@@ -152,7 +166,7 @@ def load_lpips(source: str | os.PathLike | None = None, device: str | torch.devi
                local_files_only: bool | None = None) -> LpipsSqueeze:
     """LPIPS-SqueezeNet from ``source`` (see the module docstring for what it may be)."""
     if source is None:
-        state = _default_state()
+        state = _default_state(local_files_only)
         name = "squeezenet1_1(torchvision)+lpips-v0.1-lin(torchmetrics)"
     else:
         p = Path(source)

@@ -7,7 +7,8 @@ Output layouts read (the ones ``lime-edit eval`` writes, and the benchmarks' own
   Single-turn scores every turn against ``<img_id>-output<k>.png``; multi-turn scores the
   last turn of each session (``_1`` for one-turn sessions) against the last output.
 - PIE-Bench: ``OUTPUTS/annotation_images/<image_path>`` (or ``OUTPUTS/<image_path>``; a
-  ``.png``/``.jpg`` twin of the same stem is accepted). QUIRK (matched): a non-square
+  ``.png``/``.jpg`` twin of the same stem is accepted; in a run folder of ``eval`` the file
+  its record names, and a sample it recorded as failed is a failed row). QUIRK (matched): a non-square
   output is cropped to its bottom-right 512x512 (their methods save source|edited side
   by side).
 - EditVal: ``OUTPUTS/<edit_type>/<image_id>/<to>.png``.
@@ -244,11 +245,36 @@ def piebench_units(data, outputs: Path, protocol: str | None, limit: int | None,
     if limit is not None:
         items = items[:limit]
     units = []
+    records = RowStore(outputs / ".records" / "piebench")   # a run folder of `lime-edit eval`
     for it in items:
-        cands = _with_twins(outputs / "annotation_images" / it.image_path) + _with_twins(outputs / it.image_path)
-        out = _find(cands)
+        rec = records.get(it.key)
+        if rec is not None and rec.get("error"):
+            # a leftover under the sample's name (e.g. from before --overwrite) is not this run's edit
+            msg = rec["error"].get("message") if isinstance(rec["error"], dict) else None
+            units.append(Unit(it.key, {"category": it.editing_type_id},
+                              _failed(records.path(it.key), f"eval failed on this sample: {msg or 'no output'}")))
+            continue
+        # the file the run's record names (a .png after --lossless, even beside a stale .jpg), else the
+        # benchmark's layout: <image_path> under annotation_images/ or not, or its .png/.jpg twin
+        out = _recorded_output(rec, outputs) or _find(
+            _with_twins(outputs / "annotation_images" / it.image_path) + _with_twins(outputs / it.image_path))
         units.append(Unit(it.key, {"category": it.editing_type_id}, _pie_compute(it, out), out))
     return units, problems
+
+
+def _recorded_output(record: dict | None, outputs: Path) -> Path | None:
+    """The output file an eval record names (relative to the run folder), if it names one."""
+    rel = (record or {}).get("output")
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return None
+    return outputs / rel
+
+
+def _failed(file: Path, message: str):
+    def compute(bb: Backbones, want: set[str], warn: Warn = _no_warn) -> dict[str, float]:
+        raise SampleError(file, message)
+
+    return compute
 
 
 def _pie_compute(item, gen_path: Path):
