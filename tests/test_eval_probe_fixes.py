@@ -208,6 +208,22 @@ def test_score_does_not_score_a_leftover_of_a_sample_the_run_failed(tmp_path, mo
     assert all("eval failed on this sample" in f["message"] and "boom" in f["message"] for f in rep["failures"])
 
 
+
+def test_a_rerun_redoes_samples_recorded_as_failed_even_beside_an_old_image(tmp_path, monkeypatch):
+    """An --overwrite run that fails on a sample leaves the earlier run's image under its name;
+    the next rerun (no --overwrite) must redo that sample, not count it done."""
+    pie = write_piebench_fixture(tmp_path / "pie", n=2, size=32)
+    out = tmp_path / "run"
+    use_editor(monkeypatch, Editor(shift=60))
+    assert lime_cli.main(["eval", "piebench", "--data", str(pie), "--out", str(out), "-q"]) == 0
+    use_editor(monkeypatch, Editor(shift=0, fail_on="dog"))
+    assert lime_cli.main(["eval", "piebench", "--data", str(pie), "--out", str(out), "-q", "--overwrite"]) == 1
+    assert len(list(out.rglob("*.jpg"))) == 2                           # the first run's images are still there
+    ed = use_editor(monkeypatch, Editor(shift=30))
+    assert lime_cli.main(["eval", "piebench", "--data", str(pie), "--out", str(out), "-q"]) == 0
+    assert len(ed.instructions) == 2
+    assert read_json(out / "manifest.json")["n_failed"] == 0
+
 # --------------------------------------------------------------------------- 5: one output, two entries
 def test_editval_entries_with_one_output_file_are_reported_and_the_run_goes_on(tmp_path, monkeypatch):
     ev = write_editval_fixture(tmp_path / "ev")

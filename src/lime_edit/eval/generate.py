@@ -464,8 +464,10 @@ def run_eval(args) -> int:
             print(f"error: {u.key}: {refused[u.key]}", file=sys.stderr)
             put_record(u.key, {"error": {"file": str(u.outputs[0]) if u.outputs else "", "message": refused[u.key]},
                                "wall_s": 0.0})
+    # a sample whose record is a failure is redone even if an image lies under its name (an
+    # earlier run's, left when an --overwrite run then failed on it): the record decides
     todo = [u for u in mine if u.key not in refused and (args.overwrite or not all(p.is_file() for p in u.outputs)
-                                                         or records.get(u.key) is None)]
+                                                         or (records.get(u.key) or {"error": 1}).get("error"))]
     if todo:
         try:
             editor = _load_pipeline(args, device)
