@@ -241,3 +241,25 @@ def test_train_demo_resume_with_other_results_changing_settings_is_refused(tmp_p
     fresh.mkdir()
     (fresh / "train.log").write_text(log)
     assert lime_cli.main(["train-demo", "--out", str(fresh), *_TINY, "--attn-loss", "0"]) == 0
+
+
+def test_train_demo_shows_no_library_loading_bars_unless_verbose(tmp_path):
+    """A resumed run loads its stages with from_pretrained: transformers' "Loading weights" bars
+    stay out of the output (and of a nohup log) unless -v. In a fresh process, as a user runs it:
+    the libraries are imported only after the command starts."""
+    import subprocess
+    import sys
+
+    import torch
+
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert lime_cli.main(["train-demo", "--out", str(out), *_TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    proc = subprocess.run([sys.executable, "-m", "lime_edit.cli", "train-demo", "--out", str(out), *_TINY,
+                           "--edit-steps", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from the pipeline checkpoint" in proc.stdout
+    assert "Loading" not in proc.stdout + proc.stderr

@@ -41,6 +41,9 @@ def no_model_load(monkeypatch):
     (["train-demo", "--ema-from", "-1"], "--ema-from -1"),
     (["train-demo", "--ema-decay", "1"], "--ema-decay 1"),
     (["train-demo", "--ema-decay", "nan"], "--ema-decay nan"),
+    (["train-demo", "--weak-edits", "1.5"], "--weak-edits 1.5"),
+    (["train-demo", "--weak-strength", "nan"], "--weak-strength nan"),
+    (["train-demo", "--weak-from", "-1"], "--weak-from -1"),
     (["train-demo", "--n-train", "50001"], "--n-train 50001"),   # would train on the validation scenes
 ])
 def test_bad_counts_are_usage_errors(tmp_path, capsys, no_model_load, argv, flag):

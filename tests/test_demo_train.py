@@ -162,3 +162,34 @@ def test_penalized_share_averages_each_object_pixels_attention_on_the_zeroed_pos
     keep = torch.tensor([False, True, True])
     assert T.penalized_share([p], mask, keep) == {4: pytest.approx(0.75)}
 
+
+
+def test_weak_edit_targets_blend_the_input_and_the_target():
+    """--weak-edits: that share of the pairs gets ``input + a * (target - input)`` with ``a`` in
+    ``[0, --weak-strength]``, fixed by the seed; the other targets are untouched."""
+    g = torch.Generator().manual_seed(0)
+    inp = torch.randint(0, 256, (400, 4, 4, 3), generator=g, dtype=torch.uint8)
+    tgt = torch.randint(0, 256, (400, 4, 4, 3), generator=g, dtype=torch.uint8)
+    assert torch.equal(T.weak_targets(inp, tgt, 0.0, 1.0), tgt)
+    assert torch.equal(T.weak_targets(inp, tgt, 1.0, 0.0), inp)
+    w = T.weak_targets(inp, tgt, 0.5, 0.5, seed=3)
+    assert torch.equal(w, T.weak_targets(inp, tgt, 0.5, 0.5, seed=3))
+    x, y, z = inp.double(), tgt.double(), w.double()
+    a = ((z - x) * (y - x)).sum((1, 2, 3)) / ((y - x) ** 2).sum((1, 2, 3))   # the blend of each sample
+    untouched = (w == tgt).flatten(1).all(1)
+    assert 0.35 < 1 - untouched.double().mean() < 0.65
+    assert (a[~untouched] <= 0.5 + 0.01).all() and (a[~untouched] >= -0.01).all()
+
+
+def test_weak_edits_enter_the_editor_from_their_step(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        assert T.run(tmp_path, n_train=12, vae_steps=2, t2i_steps=2, edit_steps=3, batch=2, attn_loss=0.5, seed=0,
+                     threads=1, ckpt_every=2, install_to=None, input_pass_from=2, recommend_n=0,
+                     weak_edits=0.5, weak_strength=0.8, weak_from=1) == 0
+        log = (tmp_path / "train.log").read_text()
+        assert "weak-edit targets for 50% of the pairs (strength up to 0.8) from step 1" in log
+        rep = json.loads((tmp_path / "report.json").read_text())
+        assert (rep["args"]["weak_edits"], rep["args"]["weak_strength"], rep["args"]["weak_from"]) == (0.5, 0.8, 1)
+    finally:
+        torch.set_num_threads(threads)

@@ -33,7 +33,8 @@ def _train(args) -> int:
     from .train import main
 
     check_counts(args, {"n_train": 1, "vae_steps": 1, "t2i_steps": 1, "edit_steps": 1, "batch": 1,
-                        "ckpt_every": 1, "input_pass_from": 0, "recommend_n": 0, "threads": 0, "ema_from": 0})
+                        "ckpt_every": 1, "input_pass_from": 0, "recommend_n": 0, "threads": 0, "ema_from": 0,
+                        "weak_from": 0})
     from .scenes import VALIDATION_SEED0
 
     if getattr(args, "n_train", None) is not None and args.n_train > VALIDATION_SEED0:
@@ -46,6 +47,12 @@ def _train(args) -> int:
         from ..cli import UsageError
 
         raise UsageError(f"--ema-decay {decay}: must be at least 0 and below 1 (0 = no moving average)")
+    for flag, name in (("--weak-edits", "weak_edits"), ("--weak-strength", "weak_strength")):
+        value = getattr(args, name, None)
+        if value is not None and not 0.0 <= value <= 1.0:   # also refuses nan
+            from ..cli import UsageError
+
+            raise UsageError(f"{flag} {value}: must be between 0 and 1")
     attn = getattr(args, "attn_loss", None)
     if attn is not None and not 0.0 <= attn < math.inf:     # also refuses nan
         from ..cli import UsageError
@@ -61,7 +68,7 @@ def _train(args) -> int:
     from ..cli import EXIT_INTERRUPTED, _err, quiet_libraries
 
     try:
-        with quiet_libraries(getattr(args, "verbose", False)):   # no model-loading bars in train.log's way
+        with quiet_libraries(getattr(args, "verbose", False), load=True):   # no loading bars in train.log's way
             return main(args)
     except KeyboardInterrupt:        # Ctrl-C or SIGTERM: say what resuming train-demo does
         _err("interrupted (rerun the same command to resume: finished stages are reused, the text-to-image "
@@ -70,8 +77,8 @@ def _train(args) -> int:
 
 
 #: train.log's name of a setting that a resumed folder must keep -> its flag and argument. The others
-#: (--edit-steps, --input-pass-from, --ema-decay, --ema-from) may change on a resume, as the shipped
-#: run's parts did; --threads, --ckpt-every and --budget-min do not change what is trained.
+#: (--edit-steps, --input-pass-from, --ema-decay, --ema-from, --weak-edits, --weak-strength, --weak-from)
+#: may change on a resume, as the shipped run's parts did; --threads, --ckpt-every and --budget-min do not change what is trained.
 _KEPT_ON_RESUME = {"n_train": ("--n-train", "n_train"), "vae": ("--vae-steps", "vae_steps"),
                    "t2i": ("--t2i-steps", "t2i_steps"), "batch": ("--batch", "batch"),
                    "attn_loss": ("--attn-loss", "attn_loss"), "seed": ("--seed", "seed")}
@@ -128,6 +135,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 0.995; 0 = no average, the trained weights are saved)")
     p.add_argument("--ema-from", type=int, default=5000,
                    help="editor step from which the moving average runs (default 5000)")
+    p.add_argument("--weak-edits", type=float, default=0.5,
+                   help="share of the training pairs whose target is a weak edit (blended with the input), "
+                        "from editor step --weak-from (default 0.5; 0 = none; see lime_edit.demo.train.weak_targets)")
+    p.add_argument("--weak-strength", type=float, default=1.0,
+                   help="a weak edit's strength is uniform in [0, this] (default 1)")
+    p.add_argument("--weak-from", type=int, default=5000,
+                   help="editor step from which the weak edits are in the training pairs (default 5000)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--budget-min", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("VAE", "T2I", "EDIT"),
                    help="optional wall-clock cap per stage in minutes (0 = none; the steps reached are logged)")
