@@ -19,7 +19,8 @@ from lime_edit import cli as lime_cli  # noqa: E402
 from lime_edit.eval import generate  # noqa: E402
 from lime_edit.eval.datasets import read_editval, read_piebench, safe_component  # noqa: E402
 from lime_edit.eval.runner import RowStore  # noqa: E402
-from lime_edit.eval.testing import write_editval_fixture, write_piebench_fixture  # noqa: E402
+from lime_edit.eval.testing import (  # noqa: E402
+    write_editval_fixture, write_magicbrush_fixture, write_piebench_fixture)
 
 
 class Editor:
@@ -271,3 +272,29 @@ def test_piebench_records_with_one_output_file_are_reported(tmp_path, monkeypatc
     (fail,) = man["failures"]
     assert fail["sample"] == k1 and repr(k0) in fail["message"] and fail["file"].endswith(".png")
     assert "Traceback" not in capsys.readouterr().err
+
+
+
+def test_overwrite_with_other_settings_drops_the_other_protocols_manifest(tmp_path, monkeypatch, capsys):
+    """MagicBrush's single- and multi-turn runs share turn 1: an --overwrite run of one protocol
+    with other settings rewrites it, so the other protocol's manifest (which described the old
+    turn 1) is removed with a notice, and that protocol is refused until regenerated."""
+    mb = write_magicbrush_fixture(tmp_path / "mb")
+    out = tmp_path / "run"
+    use_editor(monkeypatch, Editor())
+    args = ["--data", str(mb), "--out", str(out), "-q"]
+    assert lime_cli.main(["eval", "magicbrush", *args]) == 0
+    assert lime_cli.main(["eval", "magicbrush", "--protocol", "multi", *args]) == 0
+    # the same settings again: both manifests stay
+    assert lime_cli.main(["eval", "magicbrush", "--overwrite", *args]) == 0
+    assert (out / "manifest-multi.json").is_file()
+    capsys.readouterr()
+    assert lime_cli.main(["eval", "magicbrush", "--overwrite", "--seed", "7", *args]) == 0
+    assert not (out / "manifest-multi.json").exists() and (out / "manifest-single.json").is_file()
+    assert "removed" in capsys.readouterr().err
+    assert not (out / ".records" / "multi").exists() and (out / ".records" / "single").is_dir()
+    assert lime_cli.main(["eval", "magicbrush", "--protocol", "multi", *args]) == 2    # other settings than turn 1's
+    ed = use_editor(monkeypatch, Editor())
+    assert lime_cli.main(["eval", "magicbrush", "--protocol", "multi", "--seed", "7", *args]) == 0
+    assert len(ed.instructions) == 3                   # its own turns (2 and 3) again; turn 1 is the new one
+    assert read_json(out / "manifest-multi.json")["signature"]["seed"] == 7

@@ -382,6 +382,35 @@ def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True
                                 "use a new --out, or --overwrite to regenerate everything")
 
 
+def _drop_stale_manifests(out: Path, keep: Path, sig: dict[str, Any], shared: Path) -> None:
+    """Under ``--overwrite``: another protocol's manifest in the folder (MagicBrush's single and
+    multi-turn runs share turn 1) made with other settings no longer describes the outputs this
+    run rewrites. It is removed with its run's records and the per-output records both protocols
+    share (``shared``; this run rewrites its own), with a notice: that protocol's next run
+    regenerates its own samples (with these settings; other ones are refused), instead of resuming
+    on turn-1 images made with these settings."""
+    import json
+    import shutil
+
+    for m in sorted(out.glob("manifest*.json")):
+        if m.resolve() == keep.resolve():
+            continue
+        try:
+            old = json.loads(m.read_text())
+            old = old.get("signature") if isinstance(old, dict) else None
+        except (OSError, ValueError):
+            old = None
+        if old != sig:
+            # manifest-<protocol>.json's records are in .records/<protocol>, manifest.json's in .records/<benchmark>
+            name = m.stem.partition("-")[2] or (old or {}).get("benchmark")
+            m.unlink(missing_ok=True)
+            if isinstance(name, str) and name and name == Path(name).name and not name.startswith("."):
+                shutil.rmtree(out / ".records" / name, ignore_errors=True)
+            shutil.rmtree(shared, ignore_errors=True)
+            print(f"note: removed {m} and its records: that run shares outputs with this one and was made with "
+                  "other settings; rerun it to regenerate it", file=sys.stderr)
+
+
 def run_eval(args) -> int:
     """``lime-edit eval`` (see :mod:`lime_edit.eval.cli`)."""
     from ..cli import collect_overrides
@@ -435,6 +464,8 @@ def run_eval(args) -> int:
     manifest_path = guard.check(out / (f"manifest-{protocol}.json" if protocol else "manifest.json"))
     if not args.overwrite:
         _check_signature(out, sig, single_process=shard.count == 1)
+    elif shard.is_main:
+        _drop_stale_manifests(out, manifest_path, sig, shared=out / ".records" / f"{bench}-outputs")
     shard.barrier()  # every process checked before the main one writes
     base = {"signature": sig, "protocol": protocol, "limit": args.limit, "data": str(args.data),
             "device": str(device), "dtype": args.dtype or "auto", "num_processes": shard.count,
