@@ -298,3 +298,19 @@ def test_overwrite_with_other_settings_drops_the_other_protocols_manifest(tmp_pa
     assert lime_cli.main(["eval", "magicbrush", "--protocol", "multi", "--seed", "7", *args]) == 0
     assert len(ed.instructions) == 3                   # its own turns (2 and 3) again; turn 1 is the new one
     assert read_json(out / "manifest-multi.json")["signature"]["seed"] == 7
+
+
+def test_a_resume_in_another_weights_dtype_is_refused(tmp_path, monkeypatch, capsys):
+    """--dtype changes every image (float16 vs float32): a folder made in one is not resumed in
+    the other; 'auto' is the dtype it resolves to (float32 on the CPU), the device alone may change."""
+    pie = write_piebench_fixture(tmp_path / "pie", n=2, size=32)
+    out = tmp_path / "run"
+    use_editor(monkeypatch, Editor())
+    args = ["eval", "piebench", "--data", str(pie), "--out", str(out), "-q", "--device", "cpu"]
+    assert lime_cli.main([*args, "--dtype", "float32"]) == 0
+    capsys.readouterr()
+    assert lime_cli.main([*args, "--dtype", "float16"]) == 2
+    line = one_error_line(capsys)
+    assert "float32" in line and "--dtype float32" in line, line
+    assert lime_cli.main([*args]) == 0                   # auto on the CPU is float32
+    assert lime_cli.main([*args, "--dtype", "float16", "--overwrite"]) == 0

@@ -360,7 +360,18 @@ def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     return sig
 
 
-def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True) -> None:
+def _effective_dtype(dtype: str | None, device: Any) -> str:
+    """The weights' dtype a run used: ``--dtype``, or with ``auto`` float16 on CUDA, else float32."""
+    if dtype in (None, "auto"):
+        return "float16" if str(device).startswith("cuda") else "float32"
+    return str(dtype)
+
+
+def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True,
+                     dtype: str | None = None) -> None:
+    """Refuse a folder whose manifests hold other results-changing settings (``sig``), or whose
+    samples were made in another weights dtype (``dtype``, effective; older manifests record
+    ``--dtype`` and the device it was resolved on). The device alone may change on a resume."""
     import json
 
     manifests = sorted(out.glob("manifest*.json"))
@@ -371,11 +382,17 @@ def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True
                             "cannot be checked; use a new --out, or --overwrite to regenerate everything")
     for m in manifests:
         try:
-            old = json.loads(m.read_text())
-            old = old.get("signature") if isinstance(old, dict) else None
+            whole = json.loads(m.read_text())
+            old = whole.get("signature") if isinstance(whole, dict) else None
         except (OSError, ValueError) as err:
             raise LimeEditError(f"{m}: unreadable ({type(err).__name__}), so this run folder's settings cannot be "
                                 "checked; use a new --out, or --overwrite to regenerate everything") from None
+        if dtype is not None and isinstance(whole, dict) and isinstance(whole.get("dtype"), str):
+            was = _effective_dtype(whole["dtype"], whole.get("device", ""))
+            if was != dtype:
+                raise LimeEditError(f"{m}: this run folder was generated in {was} and this run would use {dtype}; "
+                                    f"rerun with --dtype {was}, use a new --out, or --overwrite to regenerate "
+                                    "everything")
         if old and old != sig:
             diff = sorted(k for k in set(old) | set(sig) if old.get(k) != sig.get(k))
             raise LimeEditError(f"{m}: this run folder was generated with other {', '.join(diff)}; "
@@ -463,7 +480,7 @@ def run_eval(args) -> int:
     sig = _signature(args, overrides, seed)
     manifest_path = guard.check(out / (f"manifest-{protocol}.json" if protocol else "manifest.json"))
     if not args.overwrite:
-        _check_signature(out, sig, single_process=shard.count == 1)
+        _check_signature(out, sig, single_process=shard.count == 1, dtype=_effective_dtype(args.dtype, device))
     elif shard.is_main:
         _drop_stale_manifests(out, manifest_path, sig, shared=out / ".records" / f"{bench}-outputs")
     shard.barrier()  # every process checked before the main one writes
