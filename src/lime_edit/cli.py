@@ -180,6 +180,7 @@ def _add_setting_args(p: argparse.ArgumentParser, helps: dict[str, str] | None =
     """The LIME settings flags; ``helps``: another help text for some fields (a command whose
     defaults are not LimeConfig's), ``omit``: fields the command has no use for."""
     g = p.add_argument_group("LIME settings (unset ones keep the model's defaults; see LimeConfig)")
+    p.set_defaults(unused_settings=omit)      # refused in --set too (collect_overrides)
     for flag, name, typ, help_ in _SETTING_FLAGS:
         if name in omit:
             continue
@@ -262,6 +263,9 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = {}
     for item in getattr(args, "cfg_set", []) or []:
         name, value = _parse_set(item)
+        if name in (getattr(args, "unused_settings", None) or ()):
+            raise UsageError(f"--set {name}: not a setting of `lime-edit {getattr(args, 'command', '')}`; "
+                             "it would be ignored")
         if name in given and given[name] != value:
             raise UsageError(f"--set {name} is given twice, as {given[name]!r} and {value!r}: keep one")
         given[name] = value

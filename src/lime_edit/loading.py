@@ -172,6 +172,8 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     from .backbones import get_family
 
     device = torch.device(device) if device is not None else torch.device(default_device())
+    if device.type == "meta":      # moving there "works", but holds no weights: every call would fail
+        raise ModelLoadError("--device meta: cannot run the model there (a meta device holds no data)")
     dtype = parse_dtype(torch_dtype)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -231,7 +233,7 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
         raise ModelLoadError(f"{spec}: {err}") from None
     try:
         pipe.to(device)
-    except (RuntimeError, AssertionError, ValueError) as err:
+    except (RuntimeError, AssertionError, ValueError, ImportError, NotImplementedError) as err:
         raise ModelLoadError(f"--device {device}: cannot move the model there "
                              f"({' '.join(str(err).split())[:200]})") from err
     return bb, recommended

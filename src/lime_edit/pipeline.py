@@ -318,6 +318,13 @@ class LimePipeline:
             it.tokens = (self.backbone.select_tokens(it.instruction, cfg) if it.source is None else
                          self.backbone.select_tokens(it.instruction, cfg, source=it.source))
 
+    def _image_guidance_note(self, cfg: LimeConfig) -> str:
+        """", image guidance G" for the NaN/inf messages; a caption editor (p2p) has no image
+        guidance, and naming its unused value would point at the wrong setting."""
+        if getattr(self.backbone, "caption_editing", False):
+            return ""
+        return f", image guidance {cfg.image_guidance_scale:g}"
+
     # ------------------------------------------------------------------ passes
     def _latent_hw(self, size: tuple[int, int]) -> tuple[int, int]:
         f = int(self.pipe.vae_scale_factor)
@@ -384,8 +391,8 @@ class LimePipeline:
             single = cfg.schedule == "single_pass"       # captured on the edit trajectory
             g = cfg.guidance_scale if single else cfg.localization_guidance_scale
             raise _not_finite("" if len(items) == 1 else f"[{it.index}]", "features or attention at the "
-                              f"capture step ({'' if single else 'localization '}guidance {g:g}, "
-                              f"image guidance {cfg.image_guidance_scale:g})")
+                              f"capture step ({'' if single else 'localization '}guidance {g:g}"
+                              f"{self._image_guidance_note(cfg)})")
         out = []
         for b, it in enumerate(items):
             feats = roi_ops.fuse_features([f[b] for _, _, f in st.features], grid,
@@ -526,7 +533,7 @@ class LimePipeline:
         for j, it in enumerate(items):
             if not np.isfinite(images[j]).all():      # would be saved as a black image
                 raise _not_finite("" if len(items) == 1 else f"[{it.index}]", f"image (guidance "
-                                  f"{cfg.guidance_scale:g}, image guidance {cfg.image_guidance_scale:g})")
+                                  f"{cfg.guidance_scale:g}{self._image_guidance_note(cfg)})")
         results = []
         for j, it in enumerate(items):
             # rounded as diffusers rounds its PIL output (half to even), so mask=None is bit-identical to it

@@ -209,11 +209,15 @@ class P2PBackbone(Backbone):
         tok = self.tokenizer
         eq = torch.ones(len(targets), self.max_tokens)
         for b, text in enumerate(targets):
-            ids = list(tok(text, add_special_tokens=False).input_ids)[: self.max_tokens - 2]
+            full = list(tok(text, add_special_tokens=False).input_ids)
+            ids = full[: self.max_tokens - 2]
             for word, scale in self.settings.reweight:
                 wid = list(tok(word, add_special_tokens=False).input_ids)
                 hits = [1 + i + k for i in range(len(ids) - len(wid) + 1) if ids[i:i + len(wid)] == wid
                         for k in range(len(wid))]
+                if not hits and wid and any(full[i:i + len(wid)] == wid for i in range(len(full) - len(wid) + 1)):
+                    raise LimeEditError(f"reweight: {word!r} comes after the text encoder's {self.max_tokens}-token "
+                                        f"limit in the target caption, which was truncated there: shorten it")
                 if not hits:
                     raise LimeEditError(f"reweight: {word!r} is not a word of the target caption {text!r}")
                 eq[b, hits] = float(scale)

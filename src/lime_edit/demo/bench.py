@@ -520,6 +520,11 @@ def run_bench(args) -> int:
         raise LimeEditError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(table)}")
     n = int(args.n)
     settings = _settings(args)
+    if "num_inference_steps" in settings:   # every row's calls pass --steps / --p2p-steps: never used
+        from ..cli import UsageError
+
+        raise UsageError("--set num_inference_steps: the steps are set by --steps (IP2P rows) and "
+                         "--p2p-steps (p2p rows)")
     model = resolve_model(args.model or "demo")
     device = getattr(args, "device", "cpu")
     batch = int(args.batch)
@@ -630,11 +635,17 @@ def run_bench(args) -> int:
 
 
 def _settings(args) -> dict:
-    """The ``--set NAME=VALUE`` LimeConfig overrides (validated like ``lime-edit edit --set``)."""
+    """The ``--set NAME=VALUE`` LimeConfig overrides (validated like ``lime-edit edit --set``: a
+    field set twice differently is refused)."""
     from ..cli import UsageError, _parse_set
     from ..config import LimeConfig
 
-    settings = dict(_parse_set(item) for item in (getattr(args, "cfg_set", None) or []))
+    settings: dict[str, Any] = {}
+    for item in getattr(args, "cfg_set", None) or []:
+        name, value = _parse_set(item)
+        if name in settings and settings[name] != value:
+            raise UsageError(f"--set {name} is given twice, as {settings[name]!r} and {value!r}: keep one")
+        settings[name] = value
     try:
         LimeConfig().replace(**settings)
     except (ValueError, TypeError) as err:
