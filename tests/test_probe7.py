@@ -131,3 +131,27 @@ def test_nan_message_of_a_caption_editor_names_no_image_guidance(monkeypatch):
     with pytest.raises(LimeEditError, match="NaN/inf") as err:
         lp.edit_captions(img, "a red square", "a blue square", mask=None, num_inference_steps=2)
     assert "image guidance" not in str(err.value)
+
+
+def test_api_warns_when_a_mask_or_localization_is_stretched_to_another_aspect_ratio():
+    """The CLI said so for mask files; the API stretched silently (a Localization of another image too)."""
+    import numpy as np
+    from PIL import Image
+
+    from lime_edit import LimePipeline
+    from lime_edit.demo import bundled_model_path
+
+    lp = LimePipeline.from_pretrained(str(bundled_model_path()), device="cpu")
+    lp.pipe.set_progress_bar_config(disable=True)
+    img = Image.new("RGB", (64, 64), (200, 40, 40))
+    wide = Image.new("RGB", (128, 64), (200, 40, 40))
+    mask = np.zeros((40, 20), bool)
+    mask[:, :10] = True
+    res = lp.edit(img, "make the red square blue", mask=mask, num_inference_steps=2)
+    assert any("the mask is 20x40 but the image is 64x64: it was stretched to fit" in w for w in res.warnings)
+    same = lp.localize(img, "make the red square blue", num_inference_steps=2)
+    other = lp.localize(wide, "make the red square blue", num_inference_steps=2)
+    assert not any("stretched" in w for w in lp.edit(img, "make the red square blue", mask=same,
+                                                     num_inference_steps=2).warnings)
+    res = lp.edit(img, "make the red square blue", mask=other, num_inference_steps=2)
+    assert any("Localization's image is 128x64 but the image is 64x64" in w for w in res.warnings), res.warnings

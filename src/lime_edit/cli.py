@@ -1092,11 +1092,9 @@ def _lanczos():
 
 def _user_mask_notes(mask, image_size: tuple[int, int]) -> list[str]:
     """CLI-level notes on a user mask (empty/full masks are reported by the pipeline)."""
-    mh, mw = int(mask.shape[0]), int(mask.shape[1])
-    w, h = image_size
-    if (mw, mh) != (w, h) and abs(mw / mh - w / h) > 0.01 * (w / h):
-        return [f"the mask is {mw}x{mh} but the image is {w}x{h}: it was stretched to fit"]
-    return []
+    from .imageops import stretch_notes
+
+    return stretch_notes((int(mask.shape[1]), int(mask.shape[0])), image_size)
 
 
 def _loc_summary(loc, region) -> dict[str, Any] | None:

@@ -135,6 +135,15 @@ def _mask_array(mask, name: str) -> torch.Tensor:
     return t
 
 
+def stretch_notes(mask_wh: tuple[int, int], image_wh: tuple[int, int], what: str = "the mask") -> list[str]:
+    """A note when a mask of ``mask_wh`` is stretched onto an image of another aspect ratio
+    (more than 1 %): ``resize_mask`` fits it anyway, which the user should know."""
+    (mw, mh), (w, h) = mask_wh, image_wh
+    if (mw, mh) != (w, h) and min(mw, mh, w, h) > 0 and abs(mw / mh - w / h) > 0.01 * (w / h):
+        return [f"{what} is {mw}x{mh} but the image is {w}x{h}: it was stretched to fit"]
+    return []
+
+
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest-neighbour resize of an ``(H, W)`` bool mask to ``size = (h, w)``."""
     if tuple(mask.shape) == tuple(size):

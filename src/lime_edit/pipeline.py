@@ -35,7 +35,7 @@ from . import roi as roi_ops
 from .backbones import Backbone, StopPass, for_pipeline
 from .config import LimeConfig, check_seed
 from .errors import LimeEditError
-from .imageops import downscaled_size, mask_to_tensor, processing_size, resize_mask, to_rgb
+from .imageops import downscaled_size, mask_to_tensor, processing_size, resize_mask, stretch_notes, to_rgb
 from .processors import PassState, check_levels, lime_attention, select_layers
 from .results import EditResult, Localization
 from .tokens import TokenSelection, text_problem
@@ -466,7 +466,8 @@ class LimePipeline:
                     raise LimeEditError(f"mask: expected 'auto', None, a Localization or a mask, got {m!r}")
                 auto.append(j)
                 continue
-            grid_mask = resize_mask((m.mask if isinstance(m, Localization) else mask_to_tensor(m)), grid)
+            given = m.mask if isinstance(m, Localization) else mask_to_tensor(m)
+            grid_mask = resize_mask(given, grid)
             if isinstance(m, Localization):
                 locs[j] = m
             if not grid_mask.any():
@@ -474,6 +475,10 @@ class LimePipeline:
                 continue
             if grid_mask.all():
                 warnings[j].append("mask covers the whole image: every pixel is regularized")
+            elif isinstance(m, Localization):           # its maps refer to its own processed image
+                warnings[j] += stretch_notes(tuple(m.image_size), it.size, "the Localization's image")
+            else:
+                warnings[j] += stretch_notes((int(given.shape[1]), int(given.shape[0])), it.image.size)
             masks[j] = grid_mask
 
         t_loc = 0.0
