@@ -1057,3 +1057,10 @@ def test_an_empty_model_is_a_usage_error(tmp_path, imgs, fake, capsys, cmd):
     argv = [str(imgs / "a.png") if a == "IMG" else a for a in cmd]
     code, _, err = run([*argv, "--model", "", "--out", tmp_path / "o"], capsys)
     assert code == 2 and err.strip().startswith("error: --model is empty") and fake.loads == 0
+
+
+def test_a_run_of_two_inputs_where_one_is_missing_ends_with_its_summary(tmp_path, imgs, fake, capsys):
+    """The summary line counts the inputs given, not those left after a missing one."""
+    code, _, err = run(["localize", imgs / "a.png", imgs / "gone.png", "-i", "x y", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and "gone.png" in err
+    assert "localize: 1 done, 1 failed" in err, err

@@ -771,6 +771,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
 
     files, problems = lio.expand_inputs(args.inputs)
     failed = 0
+    several = len(files) + len(problems) > 1       # a summary line ends a run of several inputs
     for p in problems:
         _err(f"error: {p.spec}: {p.message}")
         failed += 1
@@ -850,7 +851,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
                 _err(f"note: {plan.source}: {detail}; redoing it")
             todo.append(i)
     if not todo:
-        if not args.quiet and skipped and len(plans) > 1:
+        if not args.quiet and skipped and several:
             _err(f"{task}: 0 done, {skipped} done already, {failed} failed; outputs in {out_dir}")
         return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
@@ -863,7 +864,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
     with quiet_libraries(args.verbose, load=True):
         return _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides,
                           max_pixels, show_bars, failed, out_dir, t_start, requests, skipped,
-                          source_for=source_for)
+                          source_for=source_for, several=several)
 
 
 def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -890,7 +891,8 @@ def _request(args, task: str, plan, instruction: str, mask_file, overrides: dict
 
 
 def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overrides, max_pixels,
-               show_bars, failed, out_dir, t_start, requests=None, skipped=0, source_for=None) -> int:
+               show_bars, failed, out_dir, t_start, requests=None, skipped=0, source_for=None,
+               several: bool = False) -> int:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -945,7 +947,7 @@ def _run_items(args, task, plans, todo, instr_for, mask_for, shared_mask, overri
         print(main_out, flush=True)  # stdout: one output path per input, for scripts
         bar.refresh()
     bar.close()
-    if not args.quiet and len(plans) > 1:
+    if not args.quiet and several:       # the inputs given, failed ones before planning included
         again = f", {skipped} done already" if skipped else ""
         _err(f"{task}: {done} done{again}, {failed} failed, {time.perf_counter() - t_start:.1f}s; "
              f"outputs in {out_dir}")
