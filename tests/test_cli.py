@@ -1064,3 +1064,8 @@ def test_a_run_of_two_inputs_where_one_is_missing_ends_with_its_summary(tmp_path
     code, _, err = run(["localize", imgs / "a.png", imgs / "gone.png", "-i", "x y", "--out", tmp_path / "o"], capsys)
     assert code == 1 and "gone.png" in err
     assert "localize: 1 done, 1 failed" in err, err
+
+
+def test_an_empty_levels_value_is_named_in_its_error(tmp_path, imgs, fake, capsys):
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", "--feature-levels", ","], capsys)
+    assert code == 2 and err.startswith("error: --feature-levels (no value): "), err

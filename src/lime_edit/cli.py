@@ -330,7 +330,7 @@ def _name_the_flag(message: str, args: argparse.Namespace) -> str:
     value = getattr(args, f"cfg_{name}", None)
     if name in flags and value is not None:
         shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
-        return f"{flags[name]} {shown}: {why}"
+        return f"{flags[name]} {shown if shown != '' else '(no value)'}: {why}"
     if any(item.partition("=")[0].strip().replace("-", "_") == name for item in getattr(args, "cfg_set", []) or []):
         return f"--set {name}: {why}"
     return message     # a rule between settings, reported on a field the user did not set
