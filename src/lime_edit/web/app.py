@@ -815,10 +815,11 @@ class LimeWebApp:
                         # check them (``setting``, ``seed_value``) with messages naming them
                         steps = unprocessed(gr.Slider(1, 100, value=d["steps"], step=1,
                                                       label="Steps", elem_id="lime-steps"))
-                        # no rounding (precision=None): 1.5 is refused, not made 2
-                        seed = unprocessed(gr.Number(value=d["seed"], precision=None, minimum=0,
-                                                     label="Seed", info="a whole number in 0..2**64-1",
-                                                     elem_id="lime-seed"))
+                        # text, not a number field: the browser's numbers are doubles, so a seed
+                        # above 2**53 typed there would arrive changed; seed_value parses the text
+                        # (1.5 is refused, not made 2)
+                        seed = unprocessed(gr.Textbox(value=str(d["seed"]), max_lines=1, label="Seed",
+                                                      info="a whole number in 0..2**64-1", elem_id="lime-seed"))
                         guidance = unprocessed(gr.Slider(0, 20, value=d["guidance"], step=0.1,
                                                          label="Text guidance", elem_id="lime-guidance"))
                         if not self.caption_mode:  # Prompt-to-Prompt has no image guidance
