@@ -163,8 +163,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="run IP2P and IP2P+LIME on a synthetic scene with the bundled model (offline)",
         description="Edit a held-out synthetic scene with plain InstructPix2Pix and with LIME using the "
-                    "bundled demo model, and write a comparison panel (input | RoI mask | segments | IP2P | "
-                    "IP2P+LIME). The scene is chosen by rule, never by hand: held-out scene --scene N, by "
+                    "bundled demo model, and write a comparison panel (input | RoI mask | segments | IP2P at "
+                    "guidance 7.5 | IP2P at LIME's guidance | IP2P+LIME). The scene is chosen by rule, never by hand: held-out scene --scene N, by "
                     "default the first one (0), with its own instruction and the scene number as sampler "
                     "seed, exactly as 'lime-edit bench synthetic' runs it.")
     p.add_argument("-o", "--out", default="lime-demo", help="output folder (default: ./lime-demo)")

@@ -1,4 +1,5 @@
-"""``lime-edit demo``: plain IP2P vs IP2P+LIME on one synthetic scene, as a panel PNG.
+"""``lime-edit demo``: plain IP2P (at 7.5 and at LIME's guidance) vs IP2P+LIME on one
+synthetic scene, as a panel PNG.
 
 Which scene: held-out (test-split) scene ``--scene N``, by default the first one
 (``N = 0``); the sampler seed is the scene's number unless ``--seed`` is given. So
@@ -17,12 +18,15 @@ DEFAULT_SCENE = 0
 TILE = 192
 
 
-def make_panel(image, roi_tile, seg_tile, ip2p, lime, instruction: str, notes: str = ""):
-    """input | RoI mask | segments | IP2P | IP2P+LIME, titled, with the instruction below."""
+def make_panel(image, roi_tile, seg_tile, ip2p, ip2p_low, lime, instruction: str, notes: str = "",
+               guidance: float = 2.0):
+    """input | RoI mask | segments | IP2P at 7.5 | IP2P at LIME's guidance | IP2P+LIME, titled,
+    with the instruction below."""
     from PIL import Image, ImageDraw
 
-    titles = ["input", "LIME RoI", "segments", "IP2P (guidance 7.5)", "IP2P + LIME"]
-    tiles = [image, roi_tile, seg_tile, ip2p, lime]
+    titles = ["input", "LIME RoI", "segments", "IP2P (guidance 7.5)", f"IP2P (guidance {guidance:g})",
+              f"IP2P + LIME (guidance {guidance:g})"]
+    tiles = [image, roi_tile, seg_tile, ip2p, ip2p_low, lime]
     head, foot, pad = 18, 34, 4
     W = len(tiles) * (TILE + pad) + pad
     H = head + TILE + foot
@@ -89,7 +93,10 @@ def run_demo(args) -> int:
         pass
     extra = {"num_inference_steps": args.steps} if args.steps is not None else {}
     plain = lp.edit(e.image, instruction, mask=None, seed=seed, guidance_scale=7.5, **extra)
+    # plain IP2P with LIME's own settings: what the regularization alone changes
+    low = lp.edit(e.image, instruction, mask=None, seed=seed, **extra)
     lime = lp.edit(e.image, instruction, mask="auto", seed=seed, **extra)
+    guidance = lp.settings(**extra).guidance_scale
     big = e.image.resize((TILE, TILE), Image.NEAREST)
     if lime.localization is not None:
         roi_tile = overlay(big, lime.localization.mask)
@@ -102,16 +109,19 @@ def run_demo(args) -> int:
     notes = f"related tokens: {tokens}"
     if lime.warnings:
         notes += " | " + "; ".join(lime.warnings)
-    panel = make_panel(e.image, roi_tile, seg_tile, plain.image, lime.image, instruction, notes)
+    panel = make_panel(e.image, roi_tile, seg_tile, plain.image, low.image, lime.image, instruction, notes,
+                       guidance)
     path = out / "panel.png"
     save_png(panel, path)
     save_png(e.image, out / "input.png")
     save_png(plain.image, out / "ip2p.png")
+    save_png(low.image, out / "ip2p_low_guidance.png")
     save_png(lime.image, out / "ip2p_lime.png")
     info = {"scene": scene_seed, "instruction": instruction, "seed": seed, "model": model,
             "lime_applied": lime.lime_applied, "warnings": lime.warnings,
             "tokens": lime.localization.tokens if lime.localization is not None else [],
-            "timings_s": {"ip2p": plain.timings, "lime": lime.timings,
+            "guidance_scale": {"ip2p": 7.5, "ip2p_low_guidance": guidance, "lime": guidance},
+            "timings_s": {"ip2p": plain.timings, "ip2p_low_guidance": low.timings, "lime": lime.timings,
                           "total": time.perf_counter() - t0}}
     from ..io import atomic_write_json
 
