@@ -173,6 +173,9 @@ def test_demo_command_writes_a_panel(tmp_path, capsys):
     # the scene by rule: the first held-out scene, its own instruction, sampler seed = scene (as the bench)
     info = json.loads((tmp_path / "demo.json").read_text())
     assert info["scene"] == 0 and info["seed"] == 0 and info["instruction"] == S.make_edit(0, "test").instruction
+    # three results: IP2P at 7.5, IP2P at LIME's own guidance, LIME
+    assert info["guidance_scale"] == {"ip2p": 7.5, "ip2p_low_guidance": 2.0, "lime": 2.0}
+    assert all((tmp_path / f).is_file() for f in ("ip2p.png", "ip2p_low_guidance.png", "ip2p_lime.png"))
 
 
 def test_demo_scene_and_seed_are_the_users(tmp_path, capsys):
