@@ -39,6 +39,17 @@ def tiny_model_dir(tmp_path_factory, tiny_pipe):
 
 
 @pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail loudly if a command gets as far as loading a model."""
+    from lime_edit import pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(pipeline.LimePipeline, "from_pretrained", classmethod(lambda cls, *a, **k: refuse()))
+
+
+@pytest.fixture()
 def scene():
     """A 64x64 RGB test image: two coloured blocks on a gradient."""
     rng = np.random.RandomState(0)

@@ -13,17 +13,6 @@ import pytest
 from lime_edit import cli as lime_cli
 
 
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    """Fail loudly if a command gets as far as loading a model."""
-    from lime_edit import pipeline
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(pipeline.LimePipeline, "from_pretrained", classmethod(lambda cls, *a, **k: refuse()))
-
-
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err

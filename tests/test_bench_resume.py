@@ -13,17 +13,6 @@ from lime_edit import cli as lime_cli
 from lime_edit.demo import bundled_model_path
 
 
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    """Fail loudly if a command gets as far as loading a model."""
-    from lime_edit import pipeline
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(pipeline.LimePipeline, "from_pretrained", classmethod(lambda cls, *a, **k: refuse()))
-
-
 @pytest.mark.parametrize("argv, flag", [
     (["bench", "synthetic", "--steps", "0"], "--steps 0"),
     (["bench", "synthetic", "--steps", "-4"], "--steps -4"),

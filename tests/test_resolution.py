@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from lime_edit import LimeConfig, LimeEditError, LimePipeline
+from lime_edit import LimeConfig, LimePipeline
 from lime_edit.imageops import downscaled_size
 
 FAST = dict(num_inference_steps=2, capture_at=0.0, num_clusters=3)

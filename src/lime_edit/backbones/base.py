@@ -30,8 +30,6 @@ import dataclasses
 import re
 from typing import Any, Callable, ClassVar, Iterator
 
-import torch
-
 from ..config import LimeConfig
 from ..errors import LimeEditError
 from ..tokens import TokenSelection, select_tokens

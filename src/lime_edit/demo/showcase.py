@@ -9,7 +9,6 @@ the panel shows exactly what ``lime-edit bench synthetic`` computes for that sce
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

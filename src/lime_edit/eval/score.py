@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import LimeEditError, ModelLoadError
-from ..io import printable
 from . import references
 from .datasets import EDITVAL_ABBREV
 from .runner import RowStore, Shard, failure_line, from_json_number, get_shard, json_safe
