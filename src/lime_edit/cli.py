@@ -253,6 +253,20 @@ def _parse_set(item: str) -> tuple[str, Any]:
         raise UsageError(f"--set {name}={text}: {why}") from None
 
 
+def parse_set_items(items, unused=(), command: str = "") -> dict[str, Any]:
+    """``--set NAME=VALUE`` items as a dict; a field given twice with different values, or one
+    the command has no use for (``unused``), is a usage error."""
+    given: dict[str, Any] = {}
+    for item in items or []:
+        name, value = _parse_set(item)
+        if name in (unused or ()):
+            raise UsageError(f"--set {name}: not a setting of `lime-edit {command}`; it would be ignored")
+        if name in given and given[name] != value:
+            raise UsageError(f"--set {name} is given twice, as {given[name]!r} and {value!r}: keep one")
+        given[name] = value
+    return given
+
+
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The LimeConfig overrides the user actually set (``--fast`` first, explicit
     flags win), validated against LimeConfig."""
@@ -260,15 +274,8 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "fast", False):
         fast = LimeConfig.fast()
         overrides.update(localization_steps=fast.localization_steps, capture_at=fast.capture_at)
-    given: dict[str, Any] = {}
-    for item in getattr(args, "cfg_set", []) or []:
-        name, value = _parse_set(item)
-        if name in (getattr(args, "unused_settings", None) or ()):
-            raise UsageError(f"--set {name}: not a setting of `lime-edit {getattr(args, 'command', '')}`; "
-                             "it would be ignored")
-        if name in given and given[name] != value:
-            raise UsageError(f"--set {name} is given twice, as {given[name]!r} and {value!r}: keep one")
-        given[name] = value
+    given = parse_set_items(getattr(args, "cfg_set", None), getattr(args, "unused_settings", None),
+                            getattr(args, "command", ""))
     flags = {n: f for f, n, *_ in (*_SETTING_FLAGS, *_CHOICE_FLAGS, *_BOOL_FLAGS)}
     for key, value in vars(args).items():
         if key.startswith("cfg_") and key != "cfg_set" and value is not None:
@@ -962,6 +969,7 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
     returns ``(written kind -> path, warnings)``."""
     from . import io as lio
     from . import viz
+    from .imageops import stretch_notes
 
     t0 = time.perf_counter()
     image = lio.load_image(plan.source, max_pixels)
@@ -972,7 +980,8 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
         mask, mask_source = None, {"kind": "none"}
     elif mask_file is not None:
         mask = shared_mask if shared_mask is not None else lio.load_mask(mask_file, max_pixels)
-        warnings += _user_mask_notes(mask, image.size)
+        # said here too, for any editor (LimePipeline says the same; the record keeps it once)
+        warnings += stretch_notes((int(mask.shape[1]), int(mask.shape[0])), image.size)
         mask_source = {"kind": "file", "file": str(mask_file), "size": [int(mask.shape[1]), int(mask.shape[0])],
                        "fraction": round(lio.mask_coverage(mask), 6)}
     read_s = time.perf_counter() - t0
@@ -1090,13 +1099,6 @@ def _lanczos():
     from PIL import Image
 
     return Image.Resampling.LANCZOS
-
-
-def _user_mask_notes(mask, image_size: tuple[int, int]) -> list[str]:
-    """CLI-level notes on a user mask (empty/full masks are reported by the pipeline)."""
-    from .imageops import stretch_notes
-
-    return stretch_notes((int(mask.shape[1]), int(mask.shape[0])), image_size)
 
 
 def _loc_summary(loc, region) -> dict[str, Any] | None:

@@ -637,15 +637,10 @@ def run_bench(args) -> int:
 def _settings(args) -> dict:
     """The ``--set NAME=VALUE`` LimeConfig overrides (validated like ``lime-edit edit --set``: a
     field set twice differently is refused)."""
-    from ..cli import UsageError, _parse_set
+    from ..cli import UsageError, parse_set_items
     from ..config import LimeConfig
 
-    settings: dict[str, Any] = {}
-    for item in getattr(args, "cfg_set", None) or []:
-        name, value = _parse_set(item)
-        if name in settings and settings[name] != value:
-            raise UsageError(f"--set {name} is given twice, as {settings[name]!r} and {value!r}: keep one")
-        settings[name] = value
+    settings = parse_set_items(getattr(args, "cfg_set", None))
     try:
         LimeConfig().replace(**settings)
     except (ValueError, TypeError) as err:

@@ -302,10 +302,7 @@ def _load_pipeline(args, device):
 
     from lime_edit import LimePipeline  # the public API only
 
-    if args.dtype in (None, "auto"):
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-    else:
-        dtype = getattr(torch, args.dtype)
+    dtype = getattr(torch, _effective_dtype(args.dtype, device))
     from ..cli import family_load_kwargs
 
     lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=str(device),
@@ -367,13 +364,21 @@ def _effective_dtype(dtype: str | None, device: Any) -> str:
     return str(dtype)
 
 
+def _read_manifest(m: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A manifest's JSON object ({} if it is not one) and its signature; OSError/ValueError
+    when it cannot be read or parsed."""
+    import json
+
+    whole = json.loads(m.read_text())
+    whole = whole if isinstance(whole, dict) else {}
+    return whole, whole.get("signature")
+
+
 def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True,
                      dtype: str | None = None) -> None:
     """Refuse a folder whose manifests hold other results-changing settings (``sig``), or whose
     samples were made in another weights dtype (``dtype``, effective; older manifests record
     ``--dtype`` and the device it was resolved on). The device alone may change on a resume."""
-    import json
-
     manifests = sorted(out.glob("manifest*.json"))
     records = out / ".records"
     # (in a sharded run the other processes may write samples before the main one's manifest)
@@ -382,12 +387,11 @@ def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True
                             "cannot be checked; use a new --out, or --overwrite to regenerate everything")
     for m in manifests:
         try:
-            whole = json.loads(m.read_text())
-            old = whole.get("signature") if isinstance(whole, dict) else None
+            whole, old = _read_manifest(m)
         except (OSError, ValueError) as err:
             raise LimeEditError(f"{m}: unreadable ({type(err).__name__}), so this run folder's settings cannot be "
                                 "checked; use a new --out, or --overwrite to regenerate everything") from None
-        if dtype is not None and isinstance(whole, dict) and isinstance(whole.get("dtype"), str):
+        if dtype is not None and isinstance(whole.get("dtype"), str):
             was = _effective_dtype(whole["dtype"], whole.get("device", ""))
             if was != dtype:
                 raise LimeEditError(f"{m}: this run folder was generated in {was} and this run would use {dtype}; "
@@ -406,15 +410,13 @@ def _drop_stale_manifests(out: Path, keep: Path, sig: dict[str, Any], shared: Pa
     share (``shared``; this run rewrites its own), with a notice: that protocol's next run
     regenerates its own samples (with these settings; other ones are refused), instead of resuming
     on turn-1 images made with these settings."""
-    import json
     import shutil
 
     for m in sorted(out.glob("manifest*.json")):
         if m.resolve() == keep.resolve():
             continue
         try:
-            old = json.loads(m.read_text())
-            old = old.get("signature") if isinstance(old, dict) else None
+            old = _read_manifest(m)[1]
         except (OSError, ValueError):
             old = None
         if old != sig:
@@ -512,10 +514,13 @@ def run_eval(args) -> int:
             print(f"error: {u.key}: {refused[u.key]}", file=sys.stderr)
             put_record(u.key, {"error": {"file": str(u.outputs[0]) if u.outputs else "", "message": refused[u.key]},
                                "wall_s": 0.0})
-    # a sample whose record is a failure is redone even if an image lies under its name (an
-    # earlier run's, left when an --overwrite run then failed on it): the record decides
-    todo = [u for u in mine if u.key not in refused and (args.overwrite or not all(p.is_file() for p in u.outputs)
-                                                         or (records.get(u.key) or {"error": 1}).get("error"))]
+    def done(u) -> bool:
+        # the images and a successful record: a failure record is redone even if an image lies
+        # under its name (an earlier run's, left when an --overwrite run then failed on it)
+        rec = records.get(u.key)
+        return all(p.is_file() for p in u.outputs) and rec is not None and not rec.get("error")
+
+    todo = [u for u in mine if u.key not in refused and (args.overwrite or not done(u))]
     if todo:
         try:
             editor = _load_pipeline(args, device)
