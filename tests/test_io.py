@@ -183,6 +183,15 @@ def test_load_mask_empty_and_full(tmp_path):
     assert lio.mask_coverage(lio.load_mask(tmp_path / "full.png")) == 1.0
 
 
+def test_load_mask_one_pixel_is_a_whole_image_mask(tmp_path):
+    # a mask is resized to its image, so 1x1 is valid (an input image must be 8x8)
+    Image.new("L", (1, 1), 255).save(tmp_path / "one.png")
+    assert lio.load_mask(tmp_path / "one.png").tolist() == [[True]]
+    Image.new("L", (1, 1), 255).save(tmp_path / "in.png")
+    with pytest.raises(InputImageError, match="too small"):
+        lio.load_image(tmp_path / "in.png")
+
+
 def test_load_mask_bad_file(tmp_path):
     p = tmp_path / "mask.png"
     p.write_bytes(b"\x89PNG garbage")

@@ -45,10 +45,13 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB")
 
 
-def check_size(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image") -> None:
+def check_size(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image",
+               min_side: int = 8) -> None:
+    """Refuse an image under ``min_side`` pixels a side (8 for inputs; a mask may be 1x1:
+    it is resized to its image) or above ``max_pixels`` (``None`` = no limit)."""
     w, h = image.size
-    if w < 8 or h < 8:
-        raise InputImageError(f"{name}: {w}x{h} is too small (at least 8x8 pixels)")
+    if w < min_side or h < min_side:
+        raise InputImageError(f"{name}: {w}x{h} is too small (at least {min_side}x{min_side} pixels)")
     if max_pixels is not None and w * h > max_pixels:
         raise InputImageError(f"{name}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels} "
                               "(raise --max-pixels or resize it)")

@@ -108,10 +108,10 @@ def _open_regular(path: Path):
         raise
 
 
-def _open_verified(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
+def _open_verified(path: str | os.PathLike, max_pixels: int | None, min_side: int = 8) -> Image.Image:
     """Open ``path`` (a regular file only), check that it is a complete,
-    decodable image within the pixel limit, and return it fully loaded (first
-    frame of animations)."""
+    decodable image within the pixel limit and at least ``min_side`` pixels a
+    side, and return it fully loaded (first frame of animations)."""
     path = Path(path)
     fh = _open_regular(path)
     try:
@@ -120,8 +120,7 @@ def _open_verified(path: str | os.PathLike, max_pixels: int | None) -> Image.Ima
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fh) as probe:
                 size = probe.size
-                if max_pixels is not None:
-                    check_size(probe, max_pixels, name=str(path))  # header only: no decoding yet
+                check_size(probe, max_pixels, name=str(path), min_side=min_side)  # header only: no decoding yet
                 probe.verify()  # structure / checksums (PNG CRC, ...)
             # verify() leaves the image unusable: reopen and decode every pixel,
             # which is what catches truncated files.
@@ -182,7 +181,7 @@ def load_mask(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXE
     is empty or full is reported by :func:`mask_coverage` / the pipeline, not
     refused here.
     """
-    image = _open_verified(path, max_pixels)
+    image = _open_verified(path, max_pixels, min_side=1)   # a 1x1 mask is a valid whole-image mask
     try:
         image = _exif_transposed(image)
         return mask_to_tensor(image, name=str(path))
