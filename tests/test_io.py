@@ -331,6 +331,12 @@ def test_expand_inputs_folders_globs_files(tmp_path):
     assert [p.name for p in files] == ["z.png"]
     assert [p.message for p in problems] == ["no such file or folder", "no image file matches this pattern"]
 
+    # globs are case-sensitive (as in the shell); a pattern that matches only by ignoring case says so
+    files, problems = lio.expand_inputs([str(d / "*.jpg")])
+    assert files == [] and [p.message for p in problems] == [
+        "no image file matches this pattern (patterns are case-sensitive; 1 image file matches it "
+        "ignoring case, e.g. a.JPG)"]
+
 
 def test_plan_outputs_names_collisions_and_existing(tmp_path):
     a, b = tmp_path / "a" / "x.png", tmp_path / "b" / "x.jpg"

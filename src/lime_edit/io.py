@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import glob
 import io as _io
 import json
@@ -349,6 +350,24 @@ def _is_glob(spec: str) -> bool:
     return any(ch in _GLOB_CHARS for ch in spec)
 
 
+def _case_hint(spec: str) -> str:
+    """For a glob that matched no image: the image files of its (literal) folder that its
+    last component matches when case is ignored, as a hint (globs are case-sensitive, as
+    in a POSIX shell, while folder expansion takes ``.JPG`` like ``.jpg``)."""
+    folder, pattern = os.path.split(os.path.expanduser(spec))
+    if not pattern or _is_glob(folder) or not Path(folder or ".").is_dir():
+        return ""
+    try:
+        names = [p.name for p in _image_files_in(Path(folder or "."))
+                 if fnmatch.fnmatchcase(p.name.lower(), pattern.lower())]
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    return (f" (patterns are case-sensitive; {len(names)} image file{'s' if len(names) > 1 else ''} "
+            f"match{'es' if len(names) == 1 else ''} it ignoring case, e.g. {names[0]})")
+
+
 def _image_files_in(folder: Path) -> list[Path]:
     """Entries of ``folder`` with an image extension, not hidden, sorted by name
     (subfolders named like images left out; other non-regular files are kept
@@ -408,7 +427,7 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
             found = [m for m in matches if m.suffix.lower() in IMAGE_EXTENSIONS and not m.is_dir()]
             if not found:
-                problems.append(InputSpec(spec, "no image file matches this pattern"))
+                problems.append(InputSpec(spec, "no image file matches this pattern" + _case_hint(spec)))
             for p in found:
                 add(p)
         else:
