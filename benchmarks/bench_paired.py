@@ -12,6 +12,10 @@ where that method's RoI hits the object (``roi_iou >= --hit``, default 0.1) and 
 ``--by-iou 0.1,0.5,0.7,0.8`` also prints every row's mean background L1, in-mask L1 and edit
 success in the buckets of that method's RoI IoU cut at those edges ([0, 0.1), [0.1, 0.5), ...,
 [0.8, 1]): where a row gains or loses, by how well the RoI found the object.
+``--rows-from DIR2`` (repeatable) adds the rows of another ``bench synthetic`` folder of the same
+model and scene split for the methods DIR lacks, e.g. to pair a ``--set`` variant's ``lime`` rows
+with the IP2P rows an earlier run already made (``bench synthetic`` binds a folder to one
+``--set``, and the IP2P rows do not depend on LIME's settings).
 """
 
 from __future__ import annotations
@@ -40,6 +44,35 @@ def load(folder: Path) -> dict[tuple[str, int], dict]:
             if r.get(k) is None:
                 raise LimeEditError(f"{f}: the {m} row of scene {s} has no {k}")
     return rows
+
+
+def signature(folder: Path) -> dict:
+    try:
+        sig = json.loads((folder / "signature.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise LimeEditError(f"{folder / 'signature.json'}: cannot read ({getattr(err, 'strerror', None) or err})"
+                            ) from None
+    if not isinstance(sig, dict):
+        raise LimeEditError(f"{folder / 'signature.json'}: not a bench synthetic signature")
+    return sig
+
+
+def borrow(rows: dict, folder: Path, others: list[Path]) -> list[str]:
+    """Add to ``rows`` the rows of ``others`` for methods ``rows`` lacks; each folder must hold
+    the same model (weights' hash) and scene split as ``folder``.  Returns the methods added."""
+    sig = signature(folder)
+    key = lambda s: ((s.get("model") or {}).get("sha256"), s.get("split", "test"), s.get("device"))  # noqa: E731
+    added: list[str] = []
+    for other in others:
+        osig = signature(other)
+        if key(osig) != key(sig):
+            raise LimeEditError(f"--rows-from {other}: another model, scene split or device than {folder} "
+                                f"(model/split/device {key(osig)} vs {key(sig)})")
+        have = {m for m, _ in rows}
+        extra = {k: r for k, r in load(other).items() if k[0] not in have}
+        rows.update(extra)
+        added += sorted({m for m, _ in extra})
+    return added
 
 
 def paired(rows: dict, a: str, b: str, seeds: list[int]) -> dict:
@@ -91,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hit", type=float, default=0.1, help="RoI IoU from which a scene counts as a hit (default 0.1)")
     ap.add_argument("--by-iou", default=None, metavar="EDGES",
                     help="comma-separated RoI IoU edges (e.g. 0.1,0.5,0.7,0.8): every row's means per bucket")
+    ap.add_argument("--rows-from", type=Path, action="append", default=[], metavar="DIR2",
+                    help="also the rows of this bench folder (same model and split) for the methods FOLDER "
+                         "lacks (repeatable)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not 0.0 <= args.hit <= 1.0:            # also refuses nan
@@ -112,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args, edges: list[float]) -> int:
     rows = load(args.folder)
+    if args.rows_from:
+        added = borrow(rows, args.folder, args.rows_from)
+        print(f"rows of {', '.join(added) or 'no method'} from {', '.join(map(str, args.rows_from))}")
     try:
         scenes = json.loads((args.folder / "signature.json").read_text(encoding="utf-8")).get("split", "test")
     except (OSError, ValueError, AttributeError):
@@ -144,7 +183,7 @@ def _main(args, edges: list[float]) -> int:
         raise LimeEditError(f"--split-by {args.split_by}: its rows have no RoI (roi_iou); name a LIME row with "
                             "automatic localization")
     split = args.split_by or ("lime" if "lime" in methods else None)
-    report: dict = {"folder": str(args.folder), "scenes": scenes, "hit": args.hit, "split_by": split, "pairs": {}}
+    report: dict = {"folder": str(args.folder), "rows_from": [str(p) for p in args.rows_from], "scenes": scenes, "hit": args.hit, "split_by": split, "pairs": {}}
     for a, b in pairs:
         seeds = sorted(s for (m, s) in rows if m == a and (b, s) in rows)
         entry = {"all": paired(rows, a, b, seeds)}
