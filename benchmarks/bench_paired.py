@@ -12,10 +12,12 @@ where that method's RoI hits the object (``roi_iou >= --hit``, default 0.1) and 
 ``--by-iou 0.1,0.5,0.7,0.8`` also prints every row's mean background L1, in-mask L1 and edit
 success in the buckets of that method's RoI IoU cut at those edges ([0, 0.1), [0.1, 0.5), ...,
 [0.8, 1]): where a row gains or loses, by how well the RoI found the object.
-``--rows-from DIR2`` (repeatable) adds the rows of another ``bench synthetic`` folder of the same
-model and scene split for the methods DIR lacks, e.g. to pair a ``--set`` variant's ``lime`` rows
-with the IP2P rows an earlier run already made (``bench synthetic`` binds a folder to one
-``--set``, and the IP2P rows do not depend on LIME's settings).
+``--rows-from DIR2`` (repeatable) adds the rows of the methods ``--borrow`` names (default
+``ip2p``) from another ``bench synthetic`` folder of the same model and scene split, where DIR
+lacks them: to pair a ``--set`` variant's ``lime`` rows with the IP2P rows an earlier run already
+made (``bench synthetic`` binds a folder to one ``--set``). Borrow only rows the differing
+settings do not touch: ``ip2p`` runs at guidance 7.5 whatever LIME's settings (not across an
+``--set image_guidance_scale``); ``ip2p_low_guidance`` follows ``guidance_scale``.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ def signature(folder: Path) -> dict:
     return sig
 
 
-def borrow(rows: dict, folder: Path, others: list[Path]) -> list[str]:
-    """Add to ``rows`` the rows of ``others`` for methods ``rows`` lacks; each folder must hold
-    the same model (weights' hash) and scene split as ``folder``.  Returns the methods added."""
+def borrow(rows: dict, folder: Path, others: list[Path], methods: set[str]) -> list[str]:
+    """Add to ``rows`` the rows of ``others`` for the ``methods`` ``rows`` lacks; each folder must
+    hold the same model (weights' hash) and scene split as ``folder``.  Returns the methods added."""
     sig = signature(folder)
     key = lambda s: ((s.get("model") or {}).get("sha256"), s.get("split", "test"), s.get("device"))  # noqa: E731
     added: list[str] = []
@@ -69,7 +71,7 @@ def borrow(rows: dict, folder: Path, others: list[Path]) -> list[str]:
             raise LimeEditError(f"--rows-from {other}: another model, scene split or device than {folder} "
                                 f"(model/split/device {key(osig)} vs {key(sig)})")
         have = {m for m, _ in rows}
-        extra = {k: r for k, r in load(other).items() if k[0] not in have}
+        extra = {k: r for k, r in load(other).items() if k[0] in methods and k[0] not in have}
         rows.update(extra)
         added += sorted({m for m, _ in extra})
     return added
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated RoI IoU edges (e.g. 0.1,0.5,0.7,0.8): every row's means per bucket")
     ap.add_argument("--rows-from", type=Path, action="append", default=[], metavar="DIR2",
                     help="also the rows of this bench folder (same model and split) for the methods FOLDER "
-                         "lacks (repeatable)")
+                         "lacks, of the methods --borrow names (repeatable)")
+    ap.add_argument("--borrow", default="ip2p", metavar="METHODS",
+                    help="comma-separated methods --rows-from takes (default: ip2p)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not 0.0 <= args.hit <= 1.0:            # also refuses nan
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args, edges: list[float]) -> int:
     rows = load(args.folder)
     if args.rows_from:
-        added = borrow(rows, args.folder, args.rows_from)
+        added = borrow(rows, args.folder, args.rows_from, {m.strip() for m in args.borrow.split(",") if m.strip()})
         print(f"rows of {', '.join(added) or 'no method'} from {', '.join(map(str, args.rows_from))}")
     try:
         scenes = json.loads((args.folder / "signature.json").read_text(encoding="utf-8")).get("split", "test")

@@ -120,7 +120,7 @@ def test_rows_from_another_folder_of_the_same_model_and_split(bp, tmp_path, caps
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     _write(a, [{"method": "lime", "seed": s, "roi_iou": 0.9, "bg_l1": 0.03, "edit_success": 1} for s in (0, 1)])
     _write(b, [{"method": m, "seed": s, "bg_l1": bg, "edit_success": 0}
-               for s in (0, 1) for m, bg in (("ip2p", 0.05), ("lime", 0.5))])
+               for s in (0, 1) for m, bg in (("ip2p", 0.05), ("lime", 0.5), ("ip2p_low_guidance", 0.04))])
     _write(c, [{"method": "ip2p", "seed": s, "bg_l1": 0.05, "edit_success": 0} for s in (0, 1)])
     sig = {"model": {"sha256": "x"}, "split": "validation", "device": "cpu"}
     for d, s in ((a, sig), (b, sig), (c, {**sig, "split": "test"})):
@@ -128,9 +128,11 @@ def test_rows_from_another_folder_of_the_same_model_and_split(bp, tmp_path, caps
     out = tmp_path / "r.json"
     assert bp.main([str(a), "--rows-from", str(b), "--json", str(out)]) == 0
     rep = json.loads(out.read_text())["pairs"]
-    assert list(rep) == ["lime:ip2p"]                      # b's lime rows are not taken: a has its own
+    assert list(rep) == ["lime:ip2p"]         # b's lime rows: a has its own; ip2p_low_guidance: not borrowed
     assert rep["lime:ip2p"]["all"]["bg_l1"]["diff"] == pytest.approx(-0.02)
     assert "rows of ip2p from" in capsys.readouterr().out
+    assert bp.main([str(a), "--rows-from", str(b), "--borrow", "ip2p,ip2p_low_guidance", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["pairs"]) == ["lime:ip2p", "lime:ip2p_low_guidance"]
     assert bp.main([str(a), "--rows-from", str(c)]) == 2   # other scene split: refused
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--rows-from" in err[0] and "split" in err[0]
