@@ -490,6 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "out", None) == "":    # Path("") would silently mean the current folder
         _err("error: -o/--out is empty; name a folder ('.' for the current one)")
         return EXIT_USAGE
+    for attr, flag in (("model", "--model"), ("t2i_model", "--t2i-model"), ("model_config", "--model-config")):
+        value = getattr(args, attr, None)        # an empty one would silently mean the default model
+        if isinstance(value, str) and not value.strip():
+            _err(f"error: {flag} is empty; leave it out for the default, or name one")
+            return EXIT_USAGE
     try:
         with _sigterm_as_interrupt(), quiet_libraries(bool(getattr(args, "verbose", False))):
             return int(func(args))

@@ -22,8 +22,10 @@ a one-line, actionable message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -83,12 +85,31 @@ def checkpoint_shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ..
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as err:  # noqa: BLE001 - SafetensorError (no public class) for a bad file
+            raise ModelLoadError(f"{path}: not a readable .safetensors file ({_short(err)}): empty, "
+                                 "truncated or not a safetensors file") from None
     if not allow_pickle:
         raise ModelLoadError(f"{path}: is a pickle checkpoint, which can run code when loaded; "
                              "convert it to .safetensors, or pass --allow-pickle if you trust it")
-    sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    import zipfile
+
+    try:
+        # mmap works only on the zip format torch.save writes since PyTorch 1.6; older
+        # (legacy) checkpoints are read whole
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError, OSError ...
+        text = " ".join(str(err).split())
+        what = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if what:
+            raise ModelLoadError(f"{path}: holds Python objects besides tensors ({what.group(1)}), which the "
+                                 "safe (weights-only) loader refuses; convert it to .safetensors") from None
+        why = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint "
+                             f"({why.group(1).strip() if why else _short(err)}): empty, truncated "
+                             "or not a checkpoint") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -106,7 +127,10 @@ def detect_family(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, 
     if in_shape is None:
         raise ModelLoadError(f"{path}: not a Stable Diffusion U-Net checkpoint (no {_UNET_IN}); "
                              f"supported families: {family_list()}")
-    in_ch = in_shape[1] if len(in_shape) > 1 else None
+    if len(in_shape) != 4:
+        raise ModelLoadError(f"{path}: not a Stable Diffusion U-Net checkpoint ({_UNET_IN} has shape "
+                             f"{tuple(in_shape)}, not that of a convolution)")
+    in_ch = in_shape[1]
     if in_ch != 8:
         hint = " (a text-to-image model: edit it by captions with `lime-edit p2p` / backbone='p2p')" \
             if in_ch == 4 else ""
@@ -132,13 +156,59 @@ def read_model_settings(folder: Path) -> dict:
         raise ModelLoadError(f"{f}: unreadable ({' '.join(str(err).split())[:120]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("lime_config", {}), dict):
         raise ModelLoadError(f"{f}: expected {{\"backbone\": NAME, \"lime_config\": {{...}}}}")
+    from .backbones import FAMILIES, family_list
     from .config import LimeConfig
 
+    name = data.get("backbone")
+    if name is not None and (not isinstance(name, str) or name.lower() not in FAMILIES):
+        raise ModelLoadError(f"{f}: backbone: unknown family {name!r} (known: {family_list()})")
+    known = {fld.name for fld in dataclasses.fields(LimeConfig)}
+    unknown = sorted(set(data.get("lime_config", {})) - known)
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ModelLoadError(f"{f}: lime_config: unknown setting(s) {', '.join(map(repr, unknown))}"
+                             f"{f' (did you mean {near[0]!r}?)' if near else ''}; see LimeConfig for the names")
     try:
         LimeConfig(**data.get("lime_config", {}))
     except (TypeError, ValueError) as err:
         raise ModelLoadError(f"{f}: lime_config: {' '.join(str(err).split())}") from None
     return data
+
+
+def _read_json_object(f: Path, expected: str) -> dict:
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{f}: not valid JSON ({_short(err, 120)})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{f}: expected {expected}, got a JSON {type(data).__name__}")
+    return data
+
+
+def read_model_index(folder: Path) -> dict:
+    """A diffusers folder's ``model_index.json``, checked before diffusers reads it: a JSON
+    object whose ``_class_name`` is a string, every component it lists (``[library, class]``)
+    present as a subfolder, and that subfolder's ``config.json`` / ``scheduler_config.json``
+    (if any) a JSON object; each failure is one line naming the file or folder."""
+    f = folder / "model_index.json"
+    if not f.is_file():
+        raise ModelLoadError(f"{folder}: not a diffusers model folder (no model_index.json)")
+    index = _read_json_object(f, "a JSON object (\"_class_name\": a pipeline class, and its components)")
+    if not isinstance(index.get("_class_name", ""), str):
+        raise ModelLoadError(f"{f}: _class_name must be a pipeline class name, got {index['_class_name']!r}")
+    for name, value in index.items():
+        if name.startswith("_") or not (isinstance(value, list) and len(value) == 2 and all(value)):
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise ModelLoadError(f"{folder}: no {name}/ folder (model_index.json lists a {name}: "
+                                 f"{' '.join(map(str, value))})")
+        for cfg in ("config.json", "scheduler_config.json"):
+            if (sub / cfg).is_file():
+                _read_json_object(sub / cfg, "a JSON object of settings")
+    return index
 
 
 def _family_of_index(index: dict, where: str) -> str:
@@ -177,6 +247,9 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     dtype = parse_dtype(torch_dtype)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
+        got = repr(model) if isinstance(model, str) else type(model).__name__
+        raise ModelLoadError(f"model (--model): expected a Hub id, a model folder or a checkpoint file, got {got}")
     spec = resolve_model(model)
     path = Path(spec).expanduser()
     kwargs: dict = {_dtype_kwarg(): dtype}
@@ -186,23 +259,27 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     if model_config and not path.is_file():      # a folder or Hub id brings its own configs
         raise ModelLoadError(f"model_config {model_config} (--model-config): only for a single checkpoint file (.safetensors, "
                              f".ckpt); {spec} is a model folder or Hub id with its own configs")
+    if model_config is not None:
+        model_config = _check_model_config(model_config)
     try:
         if path.is_file():
             suffix = path.suffix.lower()
             if suffix not in SINGLE_FILE_SUFFIXES:
                 raise ModelLoadError(f"{path}: not a checkpoint file (expected {', '.join(SINGLE_FILE_SUFFIXES)})")
+            if suffix == ".safetensors" and path.suffix != suffix:
+                # diffusers tells the formats apart by the exact suffix: it would unpickle this one
+                raise ModelLoadError(f"{path}: diffusers reads a safetensors file only by its lower-case suffix; "
+                                     f"rename it to {path.stem}.safetensors")
             shapes = checkpoint_shapes(path, allow_pickle)
             name = backbone or detect_family(path, shapes)[0]
             family = get_family(name)
             pipe = _load_single_file(family, path, shapes, kwargs, model_config, local_files_only)
             options = dict(family.default_options(str(path)))
         elif path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelLoadError(f"{path}: not a diffusers model folder (no model_index.json)")
+            index = read_model_index(path)
             settings = read_model_settings(path)
             recommended = dict(settings.get("lime_config", {}))
-            name = backbone or settings.get("backbone") or _family_of_index(
-                json.loads((path / "model_index.json").read_text()), str(path))
+            name = backbone or settings.get("backbone") or _family_of_index(index, str(path))
             family = get_family(name)
             pipe = _pipeline_class(family).from_pretrained(
                 str(path), use_safetensors=None if allow_pickle else True, **kwargs)
@@ -225,7 +302,8 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     except (ModelLoadError, LimeEditError):
         raise
     except Exception as err:  # noqa: BLE001 - turned into one actionable line
-        raise ModelLoadError(_explain(spec, err, allow_pickle)) from err
+        raise ModelLoadError(_explain(spec, err, allow_pickle, single_file=path.is_file(),
+                                      model_config=model_config)) from err
     options.update(backbone_options)
     try:
         bb = family(pipe, **options)
@@ -237,6 +315,30 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
         raise ModelLoadError(f"--device {device}: cannot move the model there "
                              f"({' '.join(str(err).split())[:200]})") from err
     return bb, recommended
+
+
+def _check_model_config(model_config) -> str | None:
+    """``model_config`` (``--model-config``) as ``from_single_file`` takes it: a Hub id, or a
+    local diffusers config folder (``~`` expanded), checked like a model folder."""
+    if not isinstance(model_config, (str, os.PathLike)):
+        raise ModelLoadError(f"model_config (--model-config): expected a diffusers folder or Hub id, got "
+                             f"{type(model_config).__name__}")
+    text = str(model_config)
+    if not text.strip():
+        return None
+    folder = Path(text).expanduser()
+    if not (folder.exists() or _looks_like_path(text)):
+        return text                                  # a Hub id
+    if not folder.exists():
+        raise ModelLoadError(f"--model-config {text}: no such folder")
+    if not folder.is_dir():
+        raise ModelLoadError(f"--model-config {text}: a file, not a diffusers config folder (one with a "
+                             "model_index.json and the components' configs)")
+    try:
+        read_model_index(folder)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"--model-config: {err}") from None
+    return str(folder)
 
 
 def load_ip2p(model: str | os.PathLike, **kwargs):
@@ -272,6 +374,12 @@ def _load_single_file(family, path: Path, shapes: dict, kwargs: dict, config: st
     return pipe
 
 
+def _short(err: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, shortened (no internal class name)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _dtype_kwarg() -> str:
     """diffusers renamed ``torch_dtype`` to ``dtype`` (it warns about the old name)."""
     from diffusers.pipelines import pipeline_utils
@@ -285,9 +393,18 @@ def _looks_like_path(spec: str) -> bool:
             or spec.lower().endswith(SINGLE_FILE_SUFFIXES))
 
 
-def _explain(spec: str, err: Exception, allow_pickle: bool) -> str:
+def _explain(spec: str, err: Exception, allow_pickle: bool, single_file: bool = False,
+             model_config: str | None = None) -> str:
     text = " ".join(str(err).split())
     low = text.lower()
+    if single_file and ("not fully cached" in low or "couldn't connect" in low or "connection" in low
+                        or "offline" in low or "local_files_only" in low or "cached snapshot" in low):
+        # the file is here; what the Hub was asked for is the configs of its architecture
+        where = (f"the configs of --model-config {model_config}" if model_config else
+                 "the configs of its architecture (diffusers' default for this kind of checkpoint)")
+        return (f"{spec}: {where} are not cached locally and the Hugging Face Hub cannot be reached; "
+                "pass --model-config FOLDER (a local diffusers folder of the same architecture), or "
+                "download the configs once with network access")
     if "safetensors" in low and not allow_pickle and ("not found" in low or "no file" in low or "could not" in low):
         return (f"{spec}: no .safetensors weights found; convert the model, or pass --allow-pickle to load "
                 ".bin/.ckpt weights you trust")
