@@ -207,3 +207,19 @@ def test_cli_broken_folder_is_one_error_for_all_inputs(tmp_path, model_copy, sce
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, lines
     assert "model_index.json: expected a JSON object" in lines[0] and "AttributeError" not in lines[0]
+
+
+def test_p2p_takes_model_config_for_a_single_file(tmp_path, scene, capsys):
+    # a single text-to-image file offline needs --model-config; p2p lacked the flag (the API had it)
+    from lime_edit.cli import build_parser, main, p2p_load_kwargs
+
+    args = build_parser().parse_args(["p2p", "x.png", "--source", "a", "--target", "b",
+                                      "--model", "t2i.safetensors", "--model-config", "cfg"])
+    assert p2p_load_kwargs(args)["model_config"] == "cfg"
+    scene.save(tmp_path / "in.png")
+    (tmp_path / "t2i.safetensors").write_bytes(b"not looked at")
+    code = main(["p2p", str(tmp_path / "in.png"), "--source", "a", "--target", "b", "--model",
+                 str(tmp_path / "t2i.safetensors"), "--model-config", str(tmp_path / "nowhere"),
+                 "-o", str(tmp_path / "out")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and f"--model-config {tmp_path / 'nowhere'}: no such folder" in lines[0]

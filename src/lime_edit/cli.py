@@ -375,6 +375,7 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                         "unpickling can run arbitrary code")
     m.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
     if task == "p2p":
+        add_model_config_arg(m)
         add_p2p_args(p)
     else:
         add_family_args(m)
@@ -603,6 +604,8 @@ def add_p2p_args(parser) -> None:
 def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Backbone options from :func:`add_p2p_args` flags."""
     kw: dict[str, Any] = {"backbone": "p2p"}
+    if getattr(args, "model_config", None):
+        kw["model_config"] = args.model_config
     for flag, opt in (("cross_replace", "cross_replace"), ("self_replace", "self_replace"), ("p2p_mode", "mode"),
                       ("blend_threshold", "blend_threshold")):
         if getattr(args, flag, None) is not None:
@@ -627,7 +630,7 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from .backbones.p2p import P2PSettings
 
     try:                                    # bad values are usage errors before the model loads
-        P2PSettings(**{k: v for k, v in kw.items() if k != "backbone"})
+        P2PSettings(**{k: v for k, v in kw.items() if k not in ("backbone", "model_config")})
     except LimeEditError as err:
         name, _, why = str(err).partition(": ")
         flag = {"cross_replace": "--cross-replace", "self_replace": "--self-replace",
@@ -724,11 +727,15 @@ def add_family_args(group) -> None:
 
     group.add_argument("--backbone", default=None, choices=BACKBONE_NAMES,
                        help="editor family (default: recognised from the model; see README, 'Editors')")
+    add_model_config_arg(group)
+    group.add_argument("--no-prompt-suffix", action="store_true",
+                       help="do not append the family's own prompt text (HIVE's reward suffix)")
+
+
+def add_model_config_arg(group) -> None:
     group.add_argument("--model-config", default=None, metavar="ID|FOLDER",
                        help="for a single-file checkpoint: a diffusers folder or Hub id with the same "
                             "architecture to take configs from (default: chosen per family)")
-    group.add_argument("--no-prompt-suffix", action="store_true",
-                       help="do not append the family's own prompt text (HIVE's reward suffix)")
 
 
 def family_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
