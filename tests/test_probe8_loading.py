@@ -223,3 +223,16 @@ def test_p2p_takes_model_config_for_a_single_file(tmp_path, scene, capsys):
                  "-o", str(tmp_path / "out")])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and f"--model-config {tmp_path / 'nowhere'}: no such folder" in lines[0]
+
+
+def test_bench_refuses_a_level_the_model_lacks_before_any_row(tmp_path, model_copy, capsys):
+    # a lime_edit.json level the U-Net lacks: one line before the progress bar and any row
+    from lime_edit.cli import main
+
+    (model_copy / "lime_edit.json").write_text(json.dumps({"lime_config": {"feature_levels": [64]}}))
+    out = tmp_path / "bench"
+    code = main(["bench", "synthetic", "--n", "1", "--methods", "ip2p,lime", "--model", str(model_copy),
+                 "--steps", "2", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "feature_levels" in err[0], err
+    assert not (out / "samples.jsonl").exists() or not (out / "samples.jsonl").read_text().strip()

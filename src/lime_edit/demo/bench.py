@@ -579,6 +579,10 @@ def run_bench(args) -> int:
     p2p_extra = {**settings, "num_inference_steps": p2p_steps}
     _write_atomic_text(out / "signature.json", json.dumps(sig, indent=2) + "\n")  # before any row
     overrides = {m: table[m][1] if m in P2P_METHODS else method_overrides(m, model) for m in methods}
+    for m in methods:                      # a setting a row's model cannot take: refused before the bar
+        if m not in AUTOENCODER_METHODS:
+            (p2p_lp if m in P2P_METHODS else lp).check_settings(
+                **{**(p2p_extra if m in P2P_METHODS else extra), **overrides[m]})
     samples = split_edits(split, n)
     seeds = [e.seed for e in samples]
     shown = set(seeds[:max(0, int(args.examples))])
