@@ -174,6 +174,12 @@ def test_lime_edit_json_unknown_setting(model_copy):
     assert "lime_config: unknown setting(s) 'num_clustres' (did you mean 'num_clusters'?)" in text
 
 
+def test_lime_edit_json_misspelt_top_level_key(model_copy):
+    # "lime_confg" was ignored silently: the model loaded without its recommended settings
+    (model_copy / "lime_edit.json").write_text(json.dumps({"lime_confg": {"num_clusters": 4}, "note": "x"}))
+    assert "'lime_confg' is not a key of this file; did you mean 'lime_config'?" in _load_error(model_copy)
+
+
 # ------------------------------------------------------------------ empty names
 def test_empty_model_name_is_not_the_current_folder(model_copy, monkeypatch):
     monkeypatch.chdir(model_copy)          # "" would have loaded the current folder

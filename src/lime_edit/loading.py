@@ -156,17 +156,21 @@ def read_model_settings(folder: Path) -> dict:
         raise ModelLoadError(f"{f}: unreadable ({' '.join(str(err).split())[:120]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("lime_config", {}), dict):
         raise ModelLoadError(f"{f}: expected {{\"backbone\": NAME, \"lime_config\": {{...}}}}")
+    import difflib
+
     from .backbones import FAMILIES, family_list
     from .config import LimeConfig
 
+    for key in ("lime_config", "backbone"):     # other top-level keys are notes (the demo's has scores)
+        near = difflib.get_close_matches(key, [k for k in data if k != key], n=1, cutoff=0.8)
+        if key not in data and near:
+            raise ModelLoadError(f"{f}: {near[0]!r} is not a key of this file; did you mean {key!r}?")
     name = data.get("backbone")
     if name is not None and (not isinstance(name, str) or name.lower() not in FAMILIES):
         raise ModelLoadError(f"{f}: backbone: unknown family {name!r} (known: {family_list()})")
     known = {fld.name for fld in dataclasses.fields(LimeConfig)}
     unknown = sorted(set(data.get("lime_config", {})) - known)
     if unknown:
-        import difflib
-
         near = difflib.get_close_matches(unknown[0], known, n=1)
         raise ModelLoadError(f"{f}: lime_config: unknown setting(s) {', '.join(map(repr, unknown))}"
                              f"{f' (did you mean {near[0]!r}?)' if near else ''}; see LimeConfig for the names")
