@@ -468,9 +468,9 @@ def _import_feature(name: str):
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version   # outside the try: an interrupt
+                                                                   # here must stay an interrupt
     try:
-        from importlib.metadata import PackageNotFoundError, version
-
         return version("lime-edit")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0+unknown"
@@ -479,6 +479,15 @@ def _version() -> str:
 # --------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code (see module docstring)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:       # Ctrl-C / SIGTERM at any moment: while imports run included
+        _err("interrupted (no half-written file was left; rerun the same command to finish: "
+             "finished inputs are skipped)")
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -532,15 +541,16 @@ def _sigterm_as_interrupt():
 def _err(line: str) -> None:
     """One line on stderr; control characters (from file names, messages) are
     shown escaped, so nothing can start a forged line or colour the terminal."""
-    from .io import printable
+    from .errors import printable   # not .io: that imports torch, maybe the import an interrupt broke
 
     line = printable(line)
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)   # bars exist only once tqdm is imported
     try:
-        from tqdm import tqdm
-
+        if tqdm is None or not hasattr(tqdm, "write"):
+            raise ImportError
         tqdm.write(line, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(line, file=sys.stderr)
+    except Exception:  # tqdm not imported (or half-imported when interrupted)
+        print(line, file=sys.stderr, flush=True)
 
 
 def _one_line(err: BaseException) -> str:
@@ -837,6 +847,11 @@ def _run(args: argparse.Namespace, task: str) -> int:
     # photo_mask.png, or photo_edited.png given as an input) would destroy it: refused, even
     # with --overwrite, before any work
     protected = lio.run_files([*files, *(m for m in (mask_files or []) if m)])
+    with lio.output_lock(out_dir):      # a run publishing in this folder now finishes its set first
+        for plan in plans:
+            plan.existing = plan.find_existing()
+            plan.record_stamp = lio.file_stamp(plan.paths["record"])
+        states = [plan.state(requests[i]) if not args.overwrite else ("", "") for i, plan in enumerate(plans)]
     for i, plan in enumerate(plans):
         plan.protected = protected
         clash = plan.replaces()
@@ -853,7 +868,7 @@ def _run(args: argparse.Namespace, task: str) -> int:
         if args.overwrite:
             todo.append(i)
             continue
-        state, detail = plan.state(requests[i])
+        state, detail = states[i]
         if state == "done":
             skipped += 1
             if not args.quiet:
@@ -1083,9 +1098,20 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
     record_path = plan.paths["record"]
     written["record"] = record_path
 
+    with lio.output_lock(plan.out_dir):     # check and publish as one step against other runs
+        _publish(args, plan, files, record_path, record, batch_stems)
+    return written, warnings
+
+
+def _publish(args, plan, files: dict[Path, bytes], record_path: Path, record: dict[str, Any],
+             batch_stems: Sequence[str]) -> None:
+    from . import io as lio
+
     if not args.overwrite:  # another process may have written there since planning
         before = set(plan.existing)
         clash = [p for p in [*files, record_path] if (p.exists() or p.is_symlink()) and p not in before]
+        if not clash and lio.file_stamp(record_path) != plan.record_stamp:
+            clash = [record_path]       # replaced since planning (another run published this input)
         if clash:
             raise LimeEditError(f"output appeared while running ({clash[0]}); use --overwrite to replace it")
     clash = plan.replaces(files)       # a heatmap named like an input
@@ -1104,7 +1130,8 @@ def _process_one(lp, args, task: str, plan, instruction: str, mask_file: str | N
     for path in stale:
         with contextlib.suppress(OSError):
             path.unlink()
-    return written, warnings
+    # what a killed run (or a failed cleanup) left of this input's temporary files
+    lio.remove_stale_temps(plan.out_dir, [*(p.name for p in files), record_path.name, *(p.name for p in stale)])
 
 
 def _lanczos():

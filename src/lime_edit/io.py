@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputImageError, LimeEditError
+from .errors import InputImageError, LimeEditError, printable  # printable: torch-free, for the CLI's messages
 from .imageops import DEFAULT_MAX_PIXELS, check_size, mask_to_tensor, to_rgb
 
 #: Extensions picked up when a folder or a glob is expanded (lower case).
@@ -42,20 +42,6 @@ _GLOB_CHARS = set("*?[")
 
 
 # --------------------------------------------------------------------------- reading
-def printable(text: Any) -> str:
-    """``text`` made safe to print as (part of) one terminal line: characters
-    that are not printable (newline, tab, the ESC of ANSI colour sequences, other
-    control characters, Unicode line separators and bidirectional overrides,
-    undecodable bytes of a file name) are replaced by their Python escapes
-    (``\\n``, ``\\x1b``, ``\\u202e``, ``\\udcff``), so a file name cannot
-    start a new ``error:`` line or colour the terminal. Printable text is
-    returned unchanged, so applying it twice changes nothing."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
 _FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -229,7 +215,8 @@ def _umask() -> int:
 def _write_temp(path: Path, data: bytes) -> Path:
     """Write ``data`` to a new hidden temporary file next to ``path``; return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's pid in the name: a rerun removes what a killed run left (remove_stale_temps)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     tmp_path = Path(tmp)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -465,6 +452,8 @@ class OutputPlan:
     paths: dict[str, Path]
     explain: bool = False
     existing: list[Path] = field(default_factory=list)
+    #: :func:`file_stamp` of the record when the run planned this input (under :func:`output_lock`)
+    record_stamp: Any = None
     #: the run's inputs and masks (:func:`run_files`): never written or removed
     protected: dict[str, Path] = field(default_factory=dict)
 
@@ -666,6 +655,79 @@ def plan_outputs(inputs: Sequence[Path], out_dir: str | os.PathLike, kinds: Iter
     return plans
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False        # this process: its temporary files of a finished publish are gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(out_dir: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files that a killed run (SIGKILL, power loss: no cleanup ran)
+    or a failed cleanup (read-only folder) left for the outputs ``names`` in ``out_dir``:
+    ``.<name>.<pid>-XXXXXXXX.tmp`` of a process that no longer runs. POSIX only (elsewhere
+    a pid cannot be checked safely); returns what was removed."""
+    if os.name != "posix":
+        return []
+    out_dir, names = Path(out_dir), set(names)
+    pattern = re.compile(r"\.(.+)\.(\d+)-[A-Za-z0-9_]{8}\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(out_dir))
+    except OSError:
+        return []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m or m.group(1) not in names or _alive(int(m.group(2))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
+    """What changes whenever a file is replaced or rewritten (device, inode, mtime, size);
+    ``None`` for no file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str | os.PathLike):
+    """Hold an exclusive advisory lock (``flock``) on the output folder: runs sharing a
+    folder plan and publish one at a time, so one never reads another's half-published
+    set or replaces a set published after it planned. Without ``fcntl`` (Windows) or
+    when the folder cannot be opened, no lock is taken."""
+    try:
+        import fcntl
+    except ImportError:       # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:       # a file system without flock: go on unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)          # releases the lock
+
+
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` if needed and check that it is a writable folder;
     raise ``LimeEditError`` otherwise (before any expensive work)."""
@@ -687,5 +749,6 @@ __all__ = [
     "atomic_write_bytes", "atomic_save_image", "atomic_write_json", "atomic_write_many",
     "encode_image", "to_json_bytes", "expand_inputs", "plan_outputs", "check_out_dir", "safe_name",
     "read_record", "publish_outputs", "path_key", "run_files",
+    "output_lock", "file_stamp", "remove_stale_temps",
     "printable",
 ]
