@@ -1069,3 +1069,17 @@ def test_a_run_of_two_inputs_where_one_is_missing_ends_with_its_summary(tmp_path
 def test_an_empty_levels_value_is_named_in_its_error(tmp_path, imgs, fake, capsys):
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", "--feature-levels", ","], capsys)
     assert code == 2 and err.startswith("error: --feature-levels (no value): "), err
+
+
+def test_threads_sets_torch_threads_before_loading(tmp_path, imgs, fake, capsys, monkeypatch):
+    # a small model on a shared CPU runs several times faster with 1 thread (README); 0 keeps torch's
+    import torch
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    code, _, _ = run(["edit", imgs / "a.png", "-i", "x y", "-o", tmp_path / "o", "--threads", "1"], capsys)
+    assert code == 0 and seen == [1]
+    code, _, _ = run(["edit", imgs / "a.png", "-i", "x y", "-o", tmp_path / "o2"], capsys)
+    assert code == 0 and seen == [1]
+    code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "-o", tmp_path / "o3", "--threads", "-1"], capsys)
+    assert code == 2 and err.strip() == "error: --threads -1: must be at least 0 (0 = torch's default)"
