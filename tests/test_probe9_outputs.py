@@ -26,23 +26,7 @@ import pytest
 from lime_edit import cli
 from lime_edit import io as lio
 
-from test_cli import FakeLime, _img  # noqa: F401  (fixtures below reuse the fake pipeline)
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    lime = FakeLime()
-    monkeypatch.setattr(cli, "_load_pipeline", lambda args: lime)
-    return lime
-
-
-@pytest.fixture
-def imgs(tmp_path):
-    d = tmp_path / "in"
-    d.mkdir()
-    _img(64, 64, 0).save(d / "a.png")
-    _img(64, 64, 1).save(d / "b.png")
-    return d
+from test_cli import fake, imgs  # noqa: F401  (the fake pipeline and two input images, as fixtures)
 
 
 def run(argv, capsys):
