@@ -701,12 +701,51 @@ def _save_atomically(pipe, folder: Path) -> None:
         data = json.loads(cfg.read_text())
         if data.pop("_name_or_path", None) is not None:
             cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    _swap_in(tmp, folder)
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by the finished ``tmp`` beside it, by renames."""
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(cls, folder: Path):
+    """``cls.from_pretrained(folder)`` of a stage this run saved; a damaged one (truncated,
+    garbled, a file missing) is one line naming the folder, not the loader's traceback."""
+    from ..errors import LimeEditError
+
+    try:
+        return cls.from_pretrained(folder)
+    except Exception as err:  # noqa: BLE001  (safetensors, JSON, OSError ... : all mean a damaged checkpoint)
+        why = " ".join(str(err).split())[:200] or type(err).__name__
+        raise LimeEditError(f"{folder}: cannot load this checkpoint ({why}); remove it to retrain its stage, "
+                            "or use a new --out") from None
+
+
+def _read_step(f: Path) -> int:
+    """The step count a checkpoint's step file holds; anything else is one line naming the file."""
+    from ..errors import LimeEditError
+
+    try:
+        text = f.read_text().strip()
+        step = int(text)
+    except (OSError, ValueError):
+        step = -1
+    if step < 0:
+        raise LimeEditError(f"{f}: not a checkpoint's step count; remove it (and its checkpoint) to retrain "
+                            "that stage, or use a new --out")
+    return step
+
+
+def _write_step(f: Path, step: int) -> None:
+    from ..io import atomic_write_bytes
+
+    atomic_write_bytes(f, str(step).encode())
 
 
 def save_t2i_pipeline(folder: Path, unet, vae, text_encoder, tok):
@@ -922,10 +961,17 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     vae = build_vae()
     vae_file = out / "stage_a_vae"
     resumed_vae = False
+    later = [f for f in (out / "stage_b_t2i" / "unet", out / "stage_b_t2i" / "partial", out / "t2i_pipeline",
+                         out / "pipeline") if f.exists()]
+    if later and not (vae_file / "config.json").is_file():
+        from ..errors import LimeEditError
+
+        raise LimeEditError(f"{vae_file}: missing, but {later[0]} was trained on its latents; restore it, "
+                            "or use a new --out to train afresh")
     if (vae_file / "config.json").is_file():
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(vae_file)
+        vae = _load_checkpoint(AutoencoderKL, vae_file)
         resumed_vae = True
         log("vae: resumed from stage_a_vae (already standardized)")
     else:
@@ -941,7 +987,8 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
         x = data["inp"][:256].permute(0, 3, 1, 2).float() / 127.5 - 1
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         rt = float((rec - x).abs().mean() / 2)
-    vae.save_pretrained(vae_file, safe_serialization=True)
+    if not resumed_vae:              # written once, whole (a kill mid-write leaves no half of it)
+        _save_atomically(vae, vae_file)
     times["vae_s"] = time.time() - t
     log(f"vae: scaling_factor {sf:.4f}, round-trip L1 (0..1 scale) {rt:.4f}, {times['vae_s']:.0f}s")
 
@@ -956,8 +1003,8 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        unet4 = UNet2DConditionModel.from_pretrained(t2i_dir / "unet")
-        te = CLIPTextModel.from_pretrained(t2i_dir / "text_encoder")
+        unet4 = _load_checkpoint(UNet2DConditionModel, t2i_dir / "unet")
+        te = _load_checkpoint(CLIPTextModel, t2i_dir / "text_encoder")
         log("t2i: resumed from stage_b_t2i")
     else:
         start_b = 0
@@ -965,9 +1012,9 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
             from diffusers import UNet2DConditionModel
             from transformers import CLIPTextModel
 
-            start_b = int((partial / "step.txt").read_text().strip())
-            unet4 = UNet2DConditionModel.from_pretrained(partial / "unet")
-            te = CLIPTextModel.from_pretrained(partial / "text_encoder")
+            start_b = _read_step(partial / "step.txt")
+            unet4 = _load_checkpoint(UNet2DConditionModel, partial / "unet")
+            te = _load_checkpoint(CLIPTextModel, partial / "text_encoder")
             log(f"t2i: resumed from its checkpoint at step {start_b} (optimizer state and data order restart: "
                 "a resumed run is not bit-identical to an uninterrupted one)")
 
@@ -975,14 +1022,15 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
             (partial / "step.txt").unlink(missing_ok=True)      # never a step with other weights
             _save_atomically(unet4, partial / "unet")
             _save_atomically(te, partial / "text_encoder")
-            (partial / "step.txt").write_text(str(step))
+            _write_step(partial / "step.txt", step)
             log(f"t2i: checkpoint at step {step}")
         train_t2i(unet4, te, tok, data, lat_in * sf, t2i_steps, batch, 8e-4, attn_loss, log, seed + 2 + start_b,
                   ckpt_b, budgets_min[1] * 60, start=start_b, ckpt_every=ckpt_every)
         from diffusers.models.attention_processor import AttnProcessor2_0
         unet4.set_attn_processor(AttnProcessor2_0())
-        unet4.save_pretrained(t2i_dir / "unet", safe_serialization=True)
-        te.save_pretrained(t2i_dir / "text_encoder", safe_serialization=True)
+        # whole folders, the text encoder first: unet/config.json marks the stage as finished
+        _save_atomically(te, t2i_dir / "text_encoder")
+        _save_atomically(unet4, t2i_dir / "unet")
         shutil.rmtree(partial, ignore_errors=True)
     t2i_pipe_dir = out / "t2i_pipeline"
     if not (t2i_pipe_dir / "model_index.json").is_file():
@@ -1003,14 +1051,14 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        start = int(step_file.read_text().strip())
+        start = _read_step(step_file)
         averaged = (raw_dir / "unet" / "config.json").is_file()
         src = raw_dir if averaged else pipe_dir           # the pipeline holds the average, if any
-        unet8 = UNet2DConditionModel.from_pretrained(src / "unet")
-        te = CLIPTextModel.from_pretrained(src / "text_encoder")
+        unet8 = _load_checkpoint(UNet2DConditionModel, src / "unet")
+        te = _load_checkpoint(CLIPTextModel, src / "text_encoder")
         if averaged and ema_decay > 0:
-            ema_shadow = (list(UNet2DConditionModel.from_pretrained(pipe_dir / "unet").parameters())
-                          + list(CLIPTextModel.from_pretrained(pipe_dir / "text_encoder").parameters()))
+            ema_shadow = (list(_load_checkpoint(UNet2DConditionModel, pipe_dir / "unet").parameters())
+                          + list(_load_checkpoint(CLIPTextModel, pipe_dir / "text_encoder").parameters()))
         log(f"edit: resumed from the pipeline checkpoint at step {start}" + (" (trained weights from edit_raw, their "
             "moving average from pipeline)" if averaged else "") + " (optimizer state and data order "
             "restart: a resumed run is not bit-identical to an uninterrupted one)")
@@ -1045,13 +1093,34 @@ def run(out: Path, *, n_train: int, vae_steps: int, t2i_steps: int, edit_steps: 
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     log(f"report: {json.dumps(rep)}")
     if install_to is not None:
-        for src, dst in ((pipe_dir, install_to), (t2i_pipe_dir, install_t2i_to)):
-            if dst is None:
-                continue
-            shutil.rmtree(dst, ignore_errors=True)
-            shutil.copytree(src, dst)
-            log(f"installed {src.name} to {dst}")
+        _install([(pipe_dir, install_to), (t2i_pipe_dir, install_t2i_to)], log)
     return 0
+
+
+def _install(pairs, log) -> None:
+    """Copy each ``src`` folder to ``dst``: all copies are made next to their ``dst`` first and
+    swapped in only then, so a copy that fails (a folder not writable) or is interrupted leaves
+    the installed weights as they were."""
+    from ..errors import LimeEditError
+
+    pairs = [(src, dst) for src, dst in pairs if dst is not None]
+    staged = []
+    try:
+        for src, dst in pairs:
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            staged.append(tmp)
+            shutil.copytree(src, tmp)
+    except BaseException as err:
+        for tmp in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise LimeEditError(f"{dst}: cannot install there ({err.strerror or err}); the installed weights "
+                                "are unchanged") from None
+        raise
+    for (src, dst), tmp in zip(pairs, staged):
+        _swap_in(tmp, dst)
+        log(f"installed {src.name} to {dst}")
 
 
 def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, attn_w, log, seed,
@@ -1076,7 +1145,7 @@ def train_edit_loop(unet8, te, tok, data, lat_in, lat_tgt, steps, batch, lr, att
             shutil.rmtree(raw_dir, ignore_errors=True)
             save_pipeline(pipe_dir, unet8, vae, te, tok)
         unet8.set_attn_processor(procs)
-        (pipe_dir.parent / "pipeline_step.txt").write_text(str(step))
+        _write_step(pipe_dir.parent / "pipeline_step.txt", step)
         log(f"edit: checkpoint pipeline at step {step}" + (" (moving average of the weights; trained "
                                                            "weights in edit_raw)" if raw_dir.is_dir() else ""))
 
