@@ -300,7 +300,7 @@ def attention_share(store_items, tok_masks, tok_w, grids=(32, 16, 8, 4, 2)):
     if not per_grid:
         return torch.tensor(0.0), {}
     flat = [v for vs in per_grid.values() for v in vs]
-    return torch.stack(flat).mean(), {g: float(torch.stack(v).mean()) for g, v in per_grid.items()}
+    return torch.stack(flat).mean(), {g: float(torch.stack(v).mean().detach()) for g, v in per_grid.items()}
 
 
 def penalized_share(store_items, mask: np.ndarray, keep) -> dict[int, float]:
