@@ -504,7 +504,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _err("error: -o/--out is empty; name a folder ('.' for the current one)")
         return EXIT_USAGE
     for attr, flag in (("model", "--model"), ("t2i_model", "--t2i-model"), ("model_config", "--model-config")):
-        value = getattr(args, attr, None)        # an empty one would silently mean the default model
+        value = getattr(args, attr, None)        # an empty one would silently mean the default model (every command)
         if isinstance(value, str) and not value.strip():
             _err(f"error: {flag} is empty; leave it out for the default, or name one")
             return EXIT_USAGE
@@ -549,10 +549,8 @@ def _err(line: str) -> None:
     line = printable(line)
     tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)   # bars exist only once tqdm is imported
     try:
-        if tqdm is None or not hasattr(tqdm, "write"):
-            raise ImportError
         tqdm.write(line, file=sys.stderr)
-    except Exception:  # tqdm not imported (or half-imported when interrupted)
+    except Exception:  # tqdm not imported (None), or half-imported when interrupted
         print(line, file=sys.stderr, flush=True)
 
 
@@ -779,8 +777,6 @@ def _run(args: argparse.Namespace, task: str) -> int:
     from .imageops import DEFAULT_MAX_PIXELS
 
     t_start = time.perf_counter()
-    if not str(args.model).strip():
-        raise UsageError("--model is empty; leave it out for the default model, or name one")
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: must be at least 0 (0 = torch's default)")
     overrides = collect_overrides(args)

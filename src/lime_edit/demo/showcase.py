@@ -57,10 +57,6 @@ def run_demo(args) -> int:
         from ..cli import UsageError
 
         raise UsageError(f"--scene {args.scene}: must be at most {SEED_MAX} (it is also the sampler seed)")
-    if args.model is not None and not args.model.strip():
-        from ..cli import UsageError
-
-        raise UsageError("--model is empty; leave it out for the bundled demo model, or name one")
     if args.instruction is not None:
         from ..cli import check_text_flag
 
