@@ -139,7 +139,8 @@ _SETTING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--top-k", "top_k", int, "highest-attention pixels that select segments, counted on a 128x128 grid and "
      "scaled by area to the model's localization grid (default 100: exactly 100 for SD1.5 at 512 px)"),
     ("--regularization-levels", "regularization_levels", _levels,
-     "latent-grid levels whose cross-attention is regularized, e.g. 1,2 (default)"),
+     "latent-grid levels whose cross-attention is regularized, e.g. 1,2 (default); block indices on "
+     "joint-attention transformers (kontext)"),
     ("--regularize-from", "regularize_from", finite_float, "regularize from this fraction of the steps (default 0)"),
     ("--regularize-until", "regularize_until", finite_float, "... until this fraction (default 0.9)"),
     ("--downscale-above", "downscale_above", finite_float,
@@ -152,6 +153,9 @@ _CHOICE_FLAGS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("--clustering", "clustering", ("kmeans", "agglomerative"), "segmentation method (default kmeans)"),
     ("--schedule", "schedule", ("two_pass", "single_pass"),
      "two_pass: localize, then edit from the same seed (default); single_pass: one trajectory"),
+    ("--joint-rule", "joint_rule", ("text_mass", "literal"),
+     "joint-attention transformers (kontext): text_mass keeps the text block's share and gives the "
+     "unrelated words' part to the kept ones (default); literal: the paper's -inf on the joint softmax"),
 )
 _BOOL_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--drop-verbs", "drop_verbs", "drop instruction verbs from the RoI tokens (default on)"),

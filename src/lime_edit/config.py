@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 #: editor families of :mod:`lime_edit.backbones` (here so that the CLI can list them without torch;
 #: a test keeps it equal to ``backbones.FAMILIES``)
-BACKBONE_NAMES = ("ip2p", "hive", "instructdiffusion", "sdxl-ip2p", "p2p")
+BACKBONE_NAMES = ("ip2p", "hive", "instructdiffusion", "sdxl-ip2p", "p2p", "kontext")
 
 Mode = Literal["penalize", "reward"]
 Clustering = Literal["kmeans", "agglomerative"]
 Schedule = Literal["two_pass", "single_pass"]
+JointRule = Literal["text_mass", "literal"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,13 @@ class LimeConfig:
     Edit application (stage 2)
         mode: "penalize" unrelated tokens inside the RoI (paper, default) or
             "reward" related tokens (paper A.7.1: equal attention among them).
+        joint_rule: on joint-attention transformers (FLUX.1 Kontext), where one
+            softmax spans text AND image keys: "text_mass" (default) keeps the
+            text block's total probability and moves the unrelated keys' share
+            to the kept words, image keys unchanged; "literal" applies the
+            paper's -inf to the joint logits, so most of the freed mass goes to
+            image keys (see :mod:`lime_edit.joint`). Same result on U-Nets,
+            whose cross-attention holds text keys only.
         regularization_levels: levels whose cross-attention is regularized;
             ``None`` = the backbone's choice (SD1.x/SD2.x: the reference's grids
             larger than latent/4 = (1, 2)).
@@ -156,6 +164,7 @@ class LimeConfig:
     localize_end_token: bool = True
     # stage 2: edit application
     mode: Mode = "penalize"
+    joint_rule: JointRule = "text_mass"
     regularization_levels: tuple[int, ...] | None = None
     regularize_from: float = 0.0
     regularize_until: float = 27 / 30
@@ -180,9 +189,9 @@ class LimeConfig:
                 continue
             levels = tuple(getattr(self, name))
             object.__setattr__(self, name, levels)
-            _check(len(levels) > 0 and all(isinstance(v, int) and v >= 1 and (v & (v - 1)) == 0
-                                            for v in levels),
-                   name, f"must be a non-empty tuple of powers of two (1, 2, 4, ...), got {levels}")
+            _check(len(levels) > 0 and all(isinstance(v, int) and v >= 0 for v in levels), name,
+                   f"must be a non-empty tuple of U-Net latent levels (1, 2, 4, ...) or transformer block "
+                   f"indices (0, 1, ...), got {levels}")
         if self.layers is not None:
             _check(isinstance(self.layers, (str, tuple, list)), "layers",
                    f"must be None or a non-empty tuple of fnmatch patterns, got {self.layers!r}")
@@ -207,6 +216,8 @@ class LimeConfig:
         _check(0.0 <= self.regularize_until <= 1.0, "regularize_until", "must be in [0, 1]")
         _check(self.regularize_from <= self.regularize_until, "regularize_from",
                f"must be at most regularize_until ({self.regularize_until:g})")
+        _check(self.joint_rule in ("text_mass", "literal"), "joint_rule",
+               f"must be 'text_mass' or 'literal', got {self.joint_rule!r}")
         _check(self.schedule in ("two_pass", "single_pass"), "schedule",
                f"must be 'two_pass' or 'single_pass', got {self.schedule!r}")
 

@@ -216,15 +216,13 @@ def read_model_index(folder: Path) -> dict:
 
 
 def _family_of_index(index: dict, where: str) -> str:
-    from .backbones import family_list
+    from .backbones import PIPELINE_FAMILIES, family_list
 
     cls = str(index.get("_class_name", ""))
-    if cls == "StableDiffusionXLInstructPix2PixPipeline":
-        return "sdxl-ip2p"
-    if cls in ("StableDiffusionInstructPix2PixPipeline", ""):
+    if cls in PIPELINE_FAMILIES:
+        return PIPELINE_FAMILIES[cls]
+    if cls == "":
         return "ip2p"
-    if cls == "StableDiffusionPipeline":
-        return "p2p"            # text-to-image: caption editing (Prompt-to-Prompt)
     raise ModelLoadError(f"{where}: a {cls}, not an instruction editor LIME supports "
                          f"(families: {family_list()}); pass --backbone NAME if it is one")
 

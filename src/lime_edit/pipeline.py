@@ -36,7 +36,7 @@ from .backbones import Backbone, StopPass, for_pipeline
 from .config import LimeConfig, check_seed
 from .errors import LimeEditError
 from .imageops import downscaled_size, mask_to_tensor, processing_size, resize_mask, stretch_notes, to_rgb
-from .processors import PassState, check_levels, lime_attention, select_layers
+from .processors import PassState, check_levels, select_layers
 from .results import EditResult, Localization
 from .tokens import TokenSelection, text_problem
 
@@ -78,8 +78,8 @@ class LimePipeline:
 
     def __init__(self, pipe, config: LimeConfig | None = None, backbone: Backbone | str | None = None,
                  **backbone_options):
-        if not hasattr(pipe, "unet"):
-            raise LimeEditError(f"not a diffusers editing pipeline: {type(pipe).__name__} has no U-Net")
+        if not (hasattr(pipe, "unet") or hasattr(pipe, "transformer")):
+            raise LimeEditError(f"not a diffusers editing pipeline: {type(pipe).__name__} has no U-Net or transformer")
         self.backbone = backbone if isinstance(backbone, Backbone) else \
             for_pipeline(pipe, backbone, **backbone_options)
         self.pipe = pipe
@@ -251,7 +251,7 @@ class LimePipeline:
         except (ValueError, TypeError) as err:
             raise LimeEditError(str(err)) from None
         self.backbone.check_levels(cfg)
-        select_layers(list(self.pipe.unet.attn_processors), cfg.layers)   # a pattern matching no layer
+        select_layers(list(self.backbone.denoiser.attn_processors), cfg.layers)   # a pattern matching no layer
         return cfg
 
     def _items(self, image, instruction, mask, seed, cfg: LimeConfig,
@@ -321,14 +321,13 @@ class LimePipeline:
     def _image_guidance_note(self, cfg: LimeConfig) -> str:
         """", image guidance G" for the NaN/inf messages; a caption editor (p2p) has no image
         guidance, and naming its unused value would point at the wrong setting."""
-        if getattr(self.backbone, "caption_editing", False):
+        if getattr(self.backbone, "caption_editing", False) or not self.backbone.has_image_guidance:
             return ""
         return f", image guidance {cfg.image_guidance_scale:g}"
 
     # ------------------------------------------------------------------ passes
     def _latent_hw(self, size: tuple[int, int]) -> tuple[int, int]:
-        f = int(self.pipe.vae_scale_factor)
-        return size[1] // f, size[0] // f
+        return self.backbone.token_grid(size)
 
     def _run(self, items: list[_Item], cfg: LimeConfig, *, steps: int, guidance: float,
              state: PassState | None, stop_after: int | None, on_step=None, output_type: str = "np"):
@@ -362,8 +361,9 @@ class LimePipeline:
             bb = self.backbone
             state.feature_branch, state.attention_branch = bb.image_branch, bb.text_branch
             state.reg_branches = tuple(bb.regularized_branches)
+            state.rule = cfg.joint_rule
             try:
-                with lime_attention(self.pipe.unet, state, cfg.layers):
+                with bb.attention(state, cfg.layers):
                     return self.backbone.run(on_step_end=step_end, **kwargs)
             except StopPass:
                 return None

@@ -64,6 +64,8 @@ class PassState:
     reg_steps: range = range(0)
     reg_levels: frozenset[int] = frozenset()
     mode: str = "penalize"
+    rule: str = "text_mass"             # joint attention only (see lime_edit.joint)
+    text_len: int | None = None         # joint attention: text positions before the image tokens
     roi: torch.Tensor | None = None     # (B, Hr, Wr) bool, any grid (resized per layer)
     tokens: torch.Tensor | None = None  # (B, T) bool: kept (penalize) / rewarded (reward) tokens
     # bookkeeping

@@ -188,6 +188,16 @@ def select_tokens(tokenizer, prompt: str, *, drop_verbs: bool = True, penalize_p
             words.append((_decode_bytes(tokenizer, cur_txt), cur_pos))
             cur_pos, cur_txt = [], ""
 
+    return _classify(words, list(ids), toks, end, max_len, truncated, drop_verbs=drop_verbs,
+                     penalize_padding=penalize_padding, penalize_end_token=penalize_end_token,
+                     penalize_punctuation=penalize_punctuation)
+
+
+def _classify(words: list[tuple[str, list[int]]], ids: list[int], toks: list[str], end: int, max_len: int,
+              truncated: bool, *, drop_verbs: bool, penalize_padding: bool, penalize_end_token: bool,
+              penalize_punctuation: bool) -> TokenSelection:
+    """Token roles from the prompt's words (``(text, positions)``, in order) and the end
+    token's position (padding follows it); shared by every tokenizer layout."""
     norm = [_normalise(w) for w, _ in words]
     verb_idx = set(verb_words(norm))
     related: list[int] = []
@@ -211,8 +221,39 @@ def select_tokens(tokenizer, prompt: str, *, drop_verbs: bool = True, penalize_p
         keep[end] = True
     if not penalize_padding:
         keep[end + 1:] = True
-    return TokenSelection(ids=list(ids), tokens=toks, end=end, related=related, keep=keep,
+    return TokenSelection(ids=ids, tokens=toks, end=end, related=related, keep=keep,
                           truncated=truncated, content=content, verbs=verbs)
+
+
+def select_tokens_by_words(tokenizer, prompt: str, max_length: int, *, drop_verbs: bool = True,
+                           penalize_padding: bool = True, penalize_end_token: bool = False,
+                           penalize_punctuation: bool = False) -> TokenSelection:
+    """Token roles for a tokenizer without a start token that pads to ``max_length``
+    after its end token (T5's SentencePiece, as FLUX encodes prompts): the words come
+    from SentencePiece's word-start mark, and a piece that is punctuation only is a
+    word of its own ("red," -> "red", ","), as CLIP's pre-tokenizer splits it.
+    Positions: the instruction's pieces from 0, then the end token, then padding;
+    ``tokens`` are the pieces without SentencePiece's word-start mark."""
+    enc = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True)
+    ids = list(enc.input_ids)
+    full = tokenizer(prompt, add_special_tokens=False).input_ids
+    n = min(len(full), max_length - 1)
+    truncated = len(full) > max_length - 1
+    end = n
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    toks = [t.replace("\u2581", "") for t in pieces]
+    words: list[tuple[str, list[int]]] = []
+    for pos in range(end):
+        piece = toks[pos]
+        new = (pieces[pos].startswith("\u2581") or not words or is_punctuation(piece)
+               or is_punctuation(words[-1][0]))
+        if new:
+            words.append((piece, [pos]))
+        else:
+            words[-1] = (words[-1][0] + piece, words[-1][1] + [pos])
+    return _classify(words, ids, toks, end, max_length, truncated, drop_verbs=drop_verbs,
+                     penalize_padding=penalize_padding, penalize_end_token=penalize_end_token,
+                     penalize_punctuation=penalize_punctuation)
 
 
 def _decode_bytes(tokenizer, text: str) -> str:

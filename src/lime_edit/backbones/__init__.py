@@ -11,11 +11,21 @@ from .base import Backbone, StopPass, attention_levels, reference_levels
 from .hive import HIVE_CONDITION, HiveBackbone
 from .instructdiffusion import InstructDiffusionBackbone, instructdiffusion_combine
 from .ip2p import IP2PBackbone
+from .kontext import KontextBackbone
 from .p2p import P2PBackbone
 from .sdxl import SDXLIP2PBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {cls.name: cls for cls in (
-    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone)}
+    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone, KontextBackbone)}
+
+
+#: diffusers pipeline class -> family, for pipelines whose class alone tells the family
+PIPELINE_FAMILIES: dict[str, str] = {
+    "StableDiffusionInstructPix2PixPipeline": "ip2p",
+    "StableDiffusionXLInstructPix2PixPipeline": "sdxl-ip2p",
+    "StableDiffusionPipeline": "p2p",              # text-to-image: caption editing (Prompt-to-Prompt)
+    "FluxKontextPipeline": "kontext",
+}
 
 
 def family_list() -> str:
@@ -35,11 +45,10 @@ def for_pipeline(pipe, name: str | None = None, **options) -> Backbone:
     """The backbone for an already constructed diffusers pipeline (by class, unless named)."""
     if name is None:
         cls = type(pipe).__name__
-        name = ("sdxl-ip2p" if cls.startswith("StableDiffusionXL") else
-                "p2p" if cls == "StableDiffusionPipeline" else "ip2p")
+        name = PIPELINE_FAMILIES.get(cls) or ("sdxl-ip2p" if cls.startswith("StableDiffusionXL") else "ip2p")
     return get_family(name)(pipe, **options)
 
 
 __all__ = ["Backbone", "StopPass", "FAMILIES", "get_family", "for_pipeline", "family_list",
            "attention_levels", "reference_levels", "HIVE_CONDITION", "IP2PBackbone", "HiveBackbone",
-           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "instructdiffusion_combine"]
+           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "KontextBackbone", "PIPELINE_FAMILIES", "instructdiffusion_combine"]

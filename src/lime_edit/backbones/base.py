@@ -112,6 +112,11 @@ class Backbone:
 
     #: scheduler a single-file checkpoint of this family is run with (None: the config's)
     scheduler: ClassVar[str | None] = None
+    #: what a "level" is on this denoiser, and what the denoiser is called, in messages
+    level_word: ClassVar[str] = "latent level"
+    denoiser_word: ClassVar[str] = "U-Net"
+    #: the family has an image guidance scale (``image_guidance_scale``)
+    has_image_guidance: ClassVar[bool] = True
 
     # ---------------------------------------------------------------- loading hooks
     @classmethod
@@ -163,7 +168,11 @@ class Backbone:
             self.prompt_suffix = prompt_suffix
         self.options = options
         self.check_pipeline(pipe)
-        self._levels = attention_levels(pipe.unet)
+        self._levels = self.find_levels(pipe)
+
+    def find_levels(self, pipe) -> dict[int, list[str]]:
+        """``{level: [processor names]}`` of the denoiser's attention layers."""
+        return attention_levels(pipe.unet)
 
     # ---------------------------------------------------------------- checks / info
     def check_pipeline(self, pipe) -> None:
@@ -173,6 +182,25 @@ class Backbone:
         if in_ch != 8:
             raise LimeEditError(f"not an instruction editor of the {self.name} family: its U-Net takes {in_ch} "
                                 "input channels, LIME needs 8 (noisy latent + image latent)")
+
+    @property
+    def denoiser(self):
+        """The module whose attention processors LIME wraps (U-Net or transformer)."""
+        return self.pipe.unet
+
+    def token_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` of the attention grid at level 1 for a processing size ``(w, h)`` in
+        pixels (the U-Net's latent grid)."""
+        f = int(self.pipe.vae_scale_factor)
+        return size[1] // f, size[0] // f
+
+    @contextlib.contextmanager
+    def attention(self, state, layers: tuple[str, ...] | None = None):
+        """Install LIME's processors on the denoiser for one pass (restored afterwards)."""
+        from ..processors import lime_attention
+
+        with lime_attention(self.denoiser, state, layers) as st:
+            yield st
 
     @property
     def levels(self) -> list[int]:
@@ -220,8 +248,9 @@ class Backbone:
         for setting in ("feature_levels", "regularization_levels"):
             missing = sorted(set(getattr(cfg, setting)) - set(self._levels))
             if missing:
-                raise LimeEditError(f"{setting}: this U-Net has no attention layer at latent level(s) "
-                                    f"{', '.join(map(str, missing))} (levels present: {have})")
+                raise LimeEditError(f"{setting}: this {self.denoiser_word} has no attention layer at "
+                                    f"{self.level_word}(s) {', '.join(map(str, missing))} "
+                                    f"({self.level_word}s present: {have})")
 
     # ---------------------------------------------------------------- text side
     @property
