@@ -428,7 +428,7 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
                 raise
             msg = " ".join(str(err).split()) or type(err).__name__
             store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
-                              "output": stamp, "error": {"file": "", "message": f"{type(err).__name__}: {msg}"}},
+                              "output": stamp, "error": {"file": "", "message": f"{type(err).__name__}: {msg}"},
                               **_rules(u)})
             done += 1
             continue
