@@ -143,6 +143,9 @@ def test_official_mode_scores_a_crash_as_a_failed_row_and_names_the_protocol(ev_
     assert rep["metrics"]["alter_parts"] == 1.0                 # the misread box (FakeOwl)
     assert ["a photo of a add wheels", "a photo of a car"] in owl.queries
     assert rep["n"] == 5 and rep["n_failed"] == 1 and rep["metrics"]["size"] == "nan"
+    # the average leaves size out, and the table says it is not the quoted six-type average
+    assert "size" not in rep["average_over"] and len(rep["average_over"]) == 5
+    assert rep["metrics"]["average"] == pytest.approx(1 / 5) and "over 5 of 6 edit types" in captured.out
     (failure,) = rep["failures"]
     assert failure["sample"] == "size/1234/large" and "img_" in failure["message"]
     with open(out / "scores/editval-official/rows.csv") as f:

@@ -44,7 +44,11 @@ with "left"/"right"/"large"/"small"; the two images' raw pixel frames compared; 
 query texts built as there, e.g. "a photo of a add sweater" for alter parts and the
 first word of ``to`` for positional addition). Size crashes there on every sample
 (``img_`` is undefined), so in official mode every size sample is a failed row naming
-that crash (:class:`OfficialCrash`), the run goes on, and the size column is empty.
+that crash (:class:`OfficialCrash`), the run goes on, the size column is empty and the
+average is over the other five types (the table says so). The published size column
+cannot have come from ``auto_eval.py``; ``evaluate_edits.py``'s ``size()`` runs (its
+``img_`` is the loop's edited image) and compares the products x1 * y1 of the last boxes
+(the centre/size misread of the area); that rule is not offered here.
 Not reproduced: deviation 7, ``main()``'s dispatch (it would crash on every position
 replacement and score no positional addition); the published numbers cannot have come
 through it, so each type calls its ``evaluate_*`` function, as they must have.

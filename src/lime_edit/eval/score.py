@@ -19,6 +19,14 @@ Per sample a row is stored atomically under ``SCORES/rows/`` (resumable; under
 the paper's rows marked as quoted. A missing or unreadable output is a failed row
 (named, counted in the report), never a crash.
 
+EditVal has two sets of decision rules (``--protocol``, :mod:`lime_edit.eval.editval`):
+``fixed`` (the default; ``SCORES = scores/editval``) and ``official`` (``auto_eval.py``'s
+decisions bug for bug, as the published numbers; ``scores/editval-official``; a size
+sample is a failed row, as that code crashes there). Each row records its rules
+(``rules``) and a row made with the other rules, or before they were recorded, is
+scored afresh, so a shared ``--scores-dir`` never mixes them. The report's
+``protocol`` and ``protocol_rules`` and the table's title say which was used.
+
 Two protocol choices (see :mod:`lime_edit.eval.extractors`):
 
 - PIE-Bench structure distance resizes without antialias by default, as torchvision
@@ -515,6 +523,8 @@ def make_report(benchmark: str, protocol: str | None, units: Sequence[Unit], row
         typed = [metrics[t] for t in per_type if not math.isnan(metrics[t])]
         metrics["average"] = sum(typed) / len(typed) if typed else math.nan
         extra["n_per_type"] = per_type
+        # the types the average is over (official mode: never size, whose every sample fails)
+        extra["average_over"] = [t for t in per_type if not math.isnan(metrics[t])]
     report["metrics"] = metrics
     report["n_expected"] = len(units) + len(problems)
     report["n_failed"] = len(failures)
@@ -569,6 +579,11 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"protocol {report.get('protocol') or 'fixed'}: {report.get('protocol_rules', '')}")
         if (report.get("protocol") or "fixed") == "fixed":
             lines.append("the [quoted] rows were scored with EditVal's own code: --protocol official scores as it did")
+        over, typed = report.get("average_over", []), list(report.get("n_per_type", {}))
+        if len(over) < len(typed):
+            none = ", ".join(EDITVAL_ABBREV.get(t, t) for t in typed if t not in over)
+            lines.append(f"Avg. is over {len(over)} of {len(typed)} edit types ({none}: no value), "
+                         "the quoted Avg. over 6: not comparable")
     if report.get("structure_resize"):
         lines.append(f"structure distance resize: {report['structure_resize']['as']}")
     if report.get("warnings"):
