@@ -6,8 +6,12 @@ modules are imported inside the command functions.
     lime-edit eval {magicbrush,piebench,editval} --data DIR --out RUN_DIR [--model ID|PATH]
         [--no-lime] [--protocol single|multi] [--limit N] [--seed S] [LIME settings ...]
     lime-edit score {magicbrush,piebench,editval} --data DIR --outputs RUN_DIR
-        [--protocol single|multi] [--metrics LIST] [--report FILE] [--structure-antialias]
-        [--clip-model ...]
+        [--protocol single|multi (magicbrush) | fixed|official (editval)] [--metrics LIST]
+        [--report FILE] [--structure-antialias] [--clip-model ...]
+
+``--protocol`` means one thing per benchmark (:data:`PROTOCOLS`): MagicBrush's turn
+protocol (eval and score), EditVal's scoring rules (score only: generation is the same
+under both); any other pairing is a usage error naming the flag.
 
 Both run unchanged under ``accelerate launch [--num_processes N] -m lime_edit.cli ...``
 (or ``accelerate launch $(which lime-edit) ...``): samples are sharded, the main
@@ -19,6 +23,8 @@ from __future__ import annotations
 import argparse
 
 BENCHMARKS = ("magicbrush", "piebench", "editval")
+#: ``--protocol`` values per benchmark (``lime-edit score``; ``eval`` takes MagicBrush's only)
+PROTOCOLS = {"magicbrush": ("single", "multi"), "piebench": (), "editval": ("fixed", "official")}
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 #: eval's help of the sampler flags whose defaults are the benchmark protocol's
 #: (``generate.PROTOCOL_SETTINGS``, not imported here: it is not light), not LimeConfig's
@@ -40,9 +46,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the benchmark's data: MagicBrush folder containing test/ (unpacked zip); PIE-Bench "
                         "folder with mapping_file.json and annotation_images/; EditVal folder with object.json "
                         "(+ COCO images, see --coco-dir)")
-    p.add_argument("--protocol", choices=("single", "multi"), default=None,
-                   help="MagicBrush only: single-turn (every turn edits the ground-truth input; default) or "
-                        "multi-turn (each turn edits the model's previous output; final turn scored)")
+    p.add_argument("--protocol", choices=("single", "multi", "fixed", "official"), default=None,
+                   help="per benchmark. magicbrush: single (every turn edits the ground-truth input; default) or "
+                        "multi (each turn edits the model's previous output; final turn scored). editval, "
+                        "`score` only: fixed (auto_eval.py's bugs fixed; default) or official (auto_eval.py's "
+                        "decisions bug for bug, as the published numbers; scores go to scores/editval-official). "
+                        "piebench: none")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N samples (MagicBrush: sessions) in sorted order")
     p.add_argument("--coco-dir", default=None, metavar="DIR",
@@ -85,6 +94,31 @@ def _check_selection(args: argparse.Namespace, edit_types: dict[str, str], edit_
         setattr(args, name, ",".join(values))
 
 
+def protocol_error(bench: str, protocol: str, command: str) -> str:
+    """One line for a --protocol that the benchmark (or the command) does not have."""
+    if bench == "editval" and command == "eval":
+        return (f"--protocol {protocol}: not an option of `lime-edit eval editval`: EditVal's protocols (fixed, "
+                "official) are scoring rules and generation is the same for both; give it to `lime-edit score "
+                "editval`")
+    what = {"magicbrush": "MagicBrush's are single and multi",
+            "editval": "EditVal's are fixed (the default) and official",
+            "piebench": "PIE-Bench has one protocol: leave --protocol out"}[bench]
+    return f"--protocol {protocol}: not a protocol of {bench}; {what}"
+
+
+def _check_protocol(args: argparse.Namespace, command: str) -> None:
+    """A usage error for a --protocol value of another benchmark (e.g. `official` on magicbrush,
+    `multi` on editval) or, for EditVal, given to `eval` (its protocols are scoring rules)."""
+    from ..cli import UsageError
+
+    protocol = getattr(args, "protocol", None)
+    if protocol is None:
+        return
+    allowed = PROTOCOLS[args.benchmark] if not (command == "eval" and args.benchmark == "editval") else ()
+    if protocol not in allowed:
+        raise UsageError(protocol_error(args.benchmark, protocol, command))
+
+
 def _check_dirs(args: argparse.Namespace) -> None:
     """A usage error, before anything is read or written, for a --coco-dir (when given) that is
     not a folder (it would only turn every EditVal sample into "COCO image not found")."""
@@ -104,6 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     # every EditVal type can be generated (the six scored automatically and the others)
     _check_selection(args, {**dict.fromkeys(EDITVAL_PROMPTS, ""), "all": "every type"}, "an EditVal edit type")
+    _check_protocol(args, "eval")
     _check_dirs(args)
     with quiet_libraries(getattr(args, "verbose", False), load=True):  # no model-loading bars
         return run_eval(args)
@@ -116,6 +151,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     _check_selection(args, {**dict.fromkeys(EDITVAL_SCORED, ""), "all": "these six"},
                      "an EditVal edit type scored automatically")
+    _check_protocol(args, "score")
     _check_dirs(args)
     if args.edit_types and "all" in args.edit_types.split(","):
         args.edit_types = None     # the default: every type scored automatically

@@ -33,6 +33,33 @@ Deviations (each fixes a bug or an ambiguity; every one is applied on purpose):
 7. Dispatch. The published ``main()`` called an undefined ``evaluate_position_replacement``
    and keyed positional addition as "positional-addition"; each type here has its rule.
 
+Official mode (``lime-edit score editval --protocol official``; :func:`decide` with
+``protocol="official"``): the published EditVal numbers (EditVal's paper, and the rows
+LIME's supplementary Tab. 5 quotes from it) were computed with the published code, so
+this mode reproduces the decisions of ``auto_eval.py``'s six ``evaluate_*`` functions bug
+for bug: deviations 1-6 are undone (boxes rounded to 2 decimals as there, then read as
+centre/size; the last box at or above 0.1 in output order; "below" when the new box's y0
+is smaller, "top" when larger, and no other position word; ``to`` compared verbatim
+with "left"/"right"/"large"/"small"; the two images' raw pixel frames compared; the
+query texts built as there, e.g. "a photo of a add sweater" for alter parts and the
+first word of ``to`` for positional addition). Size crashes there on every sample
+(``img_`` is undefined), so in official mode every size sample is a failed row naming
+that crash (:class:`OfficialCrash`), the run goes on, the size column is empty and the
+average is over the other five types (the table says so). The published size column
+cannot have come from ``auto_eval.py``; ``evaluate_edits.py``'s ``size()`` runs (its
+``img_`` is the loop's edited image) and compares the products x1 * y1 of the last boxes
+(the centre/size misread of the area); that rule is not offered here.
+Not reproduced: deviation 7, ``main()``'s dispatch (it would crash on every position
+replacement and score no positional addition); the published numbers cannot have come
+through it, so each type calls its ``evaluate_*`` function, as they must have.
+The position rule followed is ``auto_eval.py``'s (x0 moved by more than 200 px, x only);
+``evaluate_edits.py`` (the per-method batch script of the same release) uses another one
+(x0 AND y0 both smaller for "left", both larger for "right", no margin), and builds the
+positional-addition query differently (all words but the position); neither is used.
+Official mode changes scoring only: generation (``lime-edit eval editval``) writes the
+same images under both modes (its IP2P instruction for alter parts is "{to} to {class}",
+e.g. "add sweater to dog", in both).
+
 Unchanged limitation: a rule only sees boxes, so "the dog got bigger" is judged by its
 box, and a rule that needs a detection scores 0 when OWL-ViT finds nothing.
 """
@@ -163,3 +190,142 @@ def rule_size(original: Sequence[Detection], edited: Sequence[Detection], to: st
     if t in ("small", "smaller", "tiny"):
         return int(b.area < a.area)
     return 0
+
+
+# --------------------------------------------------------------------------- protocols
+#: ``fixed``: the intended rules above (the default); ``official``: auto_eval.py's decisions.
+PROTOCOLS = ("fixed", "official")
+PROTOCOL_NOTES = {
+    "fixed": "the intended rules, auto_eval.py's bugs fixed (lime_edit.eval.editval lists each deviation)",
+    "official": "auto_eval.py's decisions bug for bug (as the published numbers); its size rule crashes "
+                "on every sample (failed rows)",
+}
+
+
+class OfficialCrash(Exception):
+    """Where EditVal's ``auto_eval.py`` raises: in official mode the sample is a failed row."""
+
+
+def _q(obj: object) -> str:
+    return "a photo of a " + str(obj)          # EditVal's query template, as written there
+
+
+def queries(edit_type: str, to: str, cls: str, protocol: str = "fixed") -> tuple[list[str], list[str] | None]:
+    """The OWL-ViT text queries: ``(on the edited image, on the original or None)``."""
+    if edit_type in ("position_replacement", "size"):
+        return [_q(cls)], [_q(cls)]
+    if protocol == "official":
+        # auto_eval.py: ``to`` verbatim ("a photo of a add sweater"); positional addition
+        # asks for ``to.split(' ')[0]``
+        obj = to.split(" ")[0] if edit_type == "positional_addition" else to
+        return [_q(obj), _q(cls)], None
+    if edit_type == "alter_parts":
+        return [_q(part_query(to)), _q(cls)], None
+    if edit_type == "positional_addition":
+        return [_q(parse_positional(to)[0]), _q(cls)], None
+    return [_q(to), _q(cls)], None
+
+
+def decide(edit_type: str, to: str, edited: Sequence[Detection], original: Sequence[Detection] | None = None,
+           scale: tuple[float, float] = (1.0, 1.0), protocol: str = "fixed") -> int:
+    """0/1 for one edit from the detections of :func:`queries`' texts (``scale``: edited
+    pixels -> original pixels, used by the fixed rules only). ``protocol="official"``
+    raises :class:`OfficialCrash` where auto_eval.py crashes."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    if protocol == "official":
+        rule = {"object_addition": lambda: official_object_addition(edited),
+                "object_replacement": lambda: official_object_replacement(edited),
+                "alter_parts": lambda: official_alter_parts(edited),
+                "positional_addition": lambda: official_positional_addition(edited, to),
+                "position_replacement": lambda: official_position_replacement(original or [], edited, to),
+                "size": lambda: official_size(original or [], edited, to)}
+    else:
+        rule = {"object_addition": lambda: rule_object_addition(edited),
+                "object_replacement": lambda: rule_object_replacement(edited),
+                "alter_parts": lambda: rule_alter_parts(edited),
+                "positional_addition": lambda: rule_positional_addition(edited, parse_positional(to)[1]),
+                "position_replacement": lambda: rule_position_replacement(original or [], edited, to, scale),
+                "size": lambda: rule_size(original or [], edited, to, scale)}
+    if edit_type not in rule:
+        raise ValueError(f"edit type {edit_type!r} is not scored automatically")
+    return int(rule[edit_type]())
+
+
+# ----------------------------------------------------- official: auto_eval.py, bug for bug
+def official_last_box(dets: Sequence[Detection], label: int) -> tuple[int, list[float] | None]:
+    """auto_eval.py's loop: how many boxes of ``label`` score >= 0.1, and the LAST of them
+    in the detector's output order, its corners rounded to 2 decimals (later misread as
+    ``(cx, cy, w, h)``)."""
+    count, box = 0, None
+    for d in dets:
+        if d.score >= OWL_THRESHOLD and d.label == label:
+            count += 1
+            box = [round(v, 2) for v in d.box]
+    return count, box
+
+
+def official_object_addition(edited: Sequence[Detection]) -> int:
+    return int(official_last_box(edited, 0)[0] > 0 and official_last_box(edited, 1)[0] > 0)
+
+
+def official_object_replacement(edited: Sequence[Detection]) -> int:
+    return int(official_last_box(edited, 1)[0] == 0 and official_last_box(edited, 0)[0] > 0)
+
+
+def official_alter_parts(edited: Sequence[Detection]) -> int:
+    """The part's (x0, y0), read as its centre, inside the class's box read as
+    ``(cx, cy, w, h)`` = its (x0, y0, x1, y1)."""
+    (n_part, part), (n_obj, obj) = official_last_box(edited, 0), official_last_box(edited, 1)
+    if not (n_obj > 0 and n_part > 0):
+        return 0
+    cx, cy = part[0], part[1]
+    ocx, ocy, ow, oh = obj
+    return int(ocx - ow / 2 < cx < ocx + ow / 2 and ocy - oh / 2 < cy < ocy + oh / 2)
+
+
+def _official_mean(c: float, size: float) -> float:
+    # the mean of the four corner coordinates built from (c, size) as auto_eval.py sums them
+    vals = [c - size / 2, c + size / 2, c + size / 2, c - size / 2]
+    return sum(vals) / len(vals)
+
+
+def official_positional_addition(edited: Sequence[Detection], to: str) -> int:
+    """The position is ``to.split(' ')[-1]``: "below" counts a SMALLER y (higher up),
+    "top" a larger one, "left"/"right" compare x; any other word scores 0."""
+    (n_add, add), (n_obj, obj) = official_last_box(edited, 0), official_last_box(edited, 1)
+    pos = to.split(" ")[-1]
+    if not (n_obj > 0 and n_add > 0):
+        return 0
+    ax, ay = _official_mean(add[0], add[2]), _official_mean(add[1], add[3])
+    ox, oy = _official_mean(obj[0], obj[2]), _official_mean(obj[1], obj[3])
+    if pos == "below":
+        return int(ay < oy)
+    if pos == "top":
+        return int(ay > oy)
+    if pos == "left":
+        return int(ax < ox)
+    if pos == "right":
+        return int(ax > ox)
+    return 0
+
+
+def official_position_replacement(original: Sequence[Detection], edited: Sequence[Detection], to: str,
+                                  delta: float = POSITION_DELTA) -> int:
+    """The box's x0 (read as its centre) moved by more than 200 px, each image in its
+    own pixel frame; ``to`` must be exactly "left" or "right"."""
+    (n_old, old), (n_new, new) = official_last_box(original, 0), official_last_box(edited, 0)
+    if not (n_new > 0 and n_old > 0):
+        return 0
+    if to == "left":
+        return int(new[0] < old[0] - delta)
+    if to == "right":
+        return int(new[0] > old[0] + delta)
+    return 0
+
+
+def official_size(original: Sequence[Detection], edited: Sequence[Detection], to: str) -> int:
+    """auto_eval.py's ``evaluate_size`` opens the edited image as ``Image.open(img_)``, a
+    name defined nowhere: it raises NameError on every sample, before any decision."""
+    raise OfficialCrash("EditVal's auto_eval.py crashes on every size sample (evaluate_size: "
+                        "NameError: name 'img_' is not defined); official mode has no size decision")

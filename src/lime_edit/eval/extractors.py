@@ -332,7 +332,9 @@ class DinoKeyEncoder:
 # --------------------------------------------------------------------------- OWL-ViT
 class OwlVitDetector:
     """Open-vocabulary boxes for text queries; ``detect`` returns every box with its
-    best query label and sigmoid score, in pixel corners of the given image."""
+    best query label and sigmoid score, in pixel corners of the given image, in the
+    model's output order (as EditVal's ``post_process`` loop sees them: its official
+    mode keeps the LAST box over the threshold, so this order must not be changed)."""
 
     def __init__(self, model, processor, source: str, device: str | torch.device = "cpu"):
         self.model, self.processor, self.source = model.eval().to(device), processor, source

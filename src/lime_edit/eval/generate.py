@@ -436,8 +436,10 @@ def run_eval(args) -> int:
     from ..io import atomic_write_json
 
     bench = args.benchmark
-    if bench != "magicbrush" and args.protocol not in (None, "single"):
-        raise LimeEditError("--protocol applies to magicbrush only")
+    from .cli import PROTOCOLS, protocol_error
+
+    if args.protocol is not None and (bench != "magicbrush" or args.protocol not in PROTOCOLS[bench]):
+        raise LimeEditError(protocol_error(bench, args.protocol, "eval"))   # e.g. EditVal's: scoring rules only
     protocol = (args.protocol or "single") if bench == "magicbrush" else None
     user = collect_overrides(args)
     overrides = {**PROTOCOL_SETTINGS[bench], **user}

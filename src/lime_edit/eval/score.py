@@ -19,6 +19,14 @@ Per sample a row is stored atomically under ``SCORES/rows/`` (resumable; under
 the paper's rows marked as quoted. A missing or unreadable output is a failed row
 (named, counted in the report), never a crash.
 
+EditVal has two sets of decision rules (``--protocol``, :mod:`lime_edit.eval.editval`):
+``fixed`` (the default; ``SCORES = scores/editval``) and ``official`` (``auto_eval.py``'s
+decisions bug for bug, as the published numbers; ``scores/editval-official``; a size
+sample is a failed row, as that code crashes there). Each row records its rules
+(``rules``) and a row made with the other rules, or before they were recorded, is
+scored afresh, so a shared ``--scores-dir`` never mixes them. The report's
+``protocol`` and ``protocol_rules`` and the table's title say which was used.
+
 Two protocol choices (see :mod:`lime_edit.eval.extractors`):
 
 - PIE-Bench structure distance resizes without antialias by default, as torchvision
@@ -45,7 +53,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import LimeEditError, ModelLoadError
 from . import references
-from .datasets import EDITVAL_ABBREV
+from .datasets import EDITVAL_ABBREV, EDITVAL_SCORED
 from .runner import RowStore, Shard, failure_line, from_json_number, get_shard, json_safe
 
 METRICS: dict[str, tuple[str, ...]] = {
@@ -169,6 +177,9 @@ class Unit:
     compute: Callable[..., dict[str, float]] = field(repr=False)
     #: the edited image it scores: a stored row is reused only while this file is unchanged
     output: Path | None = None
+    #: the decision rules it is scored with (EditVal: "fixed" or "official"); a stored row
+    #: made with other rules (or before rules were recorded) is scored afresh
+    rules: str | None = None
 
 
 def _stamp(path: Path | None) -> list | None:
@@ -327,42 +338,46 @@ def _pie_compute(item, gen_path: Path):
 
 def editval_units(data, outputs: Path, protocol: str | None, limit: int | None,
                   coco_dir=None, edit_types: set[str] | None = None):
+    """``protocol``: "fixed" (None: the default) or "official" (auto_eval.py's decisions;
+    see :mod:`lime_edit.eval.editval`)."""
     from .datasets import EDITVAL_SCORED, read_editval
+    from .editval import PROTOCOLS
+
+    protocol = protocol or "fixed"
+    if protocol not in PROTOCOLS:
+        raise LimeEditError(f"--protocol {protocol!r}: EditVal's are {', '.join(PROTOCOLS)}")
 
     types = set(EDITVAL_SCORED) if not edit_types else (set(edit_types) & set(EDITVAL_SCORED))
     edits, problems = read_editval(data, coco_dir=coco_dir, edit_types=types)
     if limit is not None:
         edits = edits[:limit]
     units = [Unit(e.key, {"edit_type": e.edit_type, "class": e.class_name},
-                  _editval_compute(e, outputs / e.output_relpath), outputs / e.output_relpath) for e in edits]
+                  _editval_compute(e, outputs / e.output_relpath, protocol), outputs / e.output_relpath,
+                  rules=protocol) for e in edits]
     return units, problems
 
 
-def _editval_compute(edit, gen_path: Path):
+def _editval_compute(edit, gen_path: Path, protocol: str = "fixed"):
     def compute(bb: Backbones, want: set[str], warn: Warn = _no_warn) -> dict[str, float]:
         from . import editval as R
 
         det = bb.get("owlvit")
-        q = lambda obj: f"a photo of a {obj}"  # noqa: E731  (EditVal's query template)
-        edited = read_rgb(gen_path)
         t, cls = edit.edit_type, edit.class_name
-        if t == "object_addition":
-            ok = R.rule_object_addition(det.detect(edited, [q(edit.to), q(cls)]))
-        elif t == "object_replacement":
-            ok = R.rule_object_replacement(det.detect(edited, [q(edit.to), q(cls)]))
-        elif t == "alter_parts":
-            ok = R.rule_alter_parts(det.detect(edited, [q(R.part_query(edit.to)), q(cls)]))
-        elif t == "positional_addition":
-            obj, pos = R.parse_positional(edit.to)
-            ok = R.rule_positional_addition(det.detect(edited, [q(obj), q(cls)]), pos)
-        elif t in ("position_replacement", "size"):
-            original = read_rgb(edit.image)
-            scale = (original.size[0] / edited.size[0], original.size[1] / edited.size[1])
-            before, after = det.detect(original, [q(cls)]), det.detect(edited, [q(cls)])
-            ok = (R.rule_position_replacement if t == "position_replacement" else R.rule_size)(
-                before, after, edit.to, scale)
-        else:  # pragma: no cover - filtered by the reader
+        if t not in EDITVAL_SCORED:  # pragma: no cover - filtered by the reader
             raise SampleError(gen_path, f"edit type {t} is not scored automatically")
+        on_edited, on_original = R.queries(t, edit.to, cls, protocol)
+        edited = read_rgb(gen_path)
+        before, scale = None, (1.0, 1.0)
+        if on_original is not None:
+            original = read_rgb(edit.image)
+            # fixed rules: edited boxes scaled to the original's pixel frame (official: raw frames)
+            scale = (original.size[0] / edited.size[0], original.size[1] / edited.size[1])
+            before = det.detect(original, on_original)
+        after = det.detect(edited, on_edited)
+        try:
+            ok = R.decide(t, edit.to, after, before, scale, protocol=protocol)
+        except R.OfficialCrash as err:
+            raise SampleError(gen_path, str(err)) from None
         return {"owlvit": float(ok)}
 
     return compute
@@ -396,6 +411,8 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
         stamp = _stamp(u.output)
         if row and row.get("output") != stamp:      # the edited image changed or went: score it afresh
             row = {}
+        if row and row.get("rules") != u.rules:     # scored with other decision rules (EditVal's protocols)
+            row = {}
         have = dict(row.get("metrics") or {}) if not row.get("error") else {}
         models = dict(row.get("models") or {}) if not row.get("error") else {}
         notes = dict(row.get("warnings") or {}) if not row.get("error") else {}
@@ -408,7 +425,8 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
             new = u.compute(backbones, need, new_notes.__setitem__)
         except SampleError as err:
             store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
-                              "output": stamp, "error": {"file": err.file, "message": err.message}})
+                              "output": stamp, "error": {"file": err.file, "message": err.message},
+                              **_rules(u)})
             done += 1
             continue
         except (KeyboardInterrupt, ModelLoadError):
@@ -418,7 +436,8 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
                 raise
             msg = " ".join(str(err).split()) or type(err).__name__
             store.put(u.key, {"info": u.info, "metrics": {}, "models": {}, "process": shard.index,
-                              "output": stamp, "error": {"file": "", "message": f"{type(err).__name__}: {msg}"}})
+                              "output": stamp, "error": {"file": "", "message": f"{type(err).__name__}: {msg}"},
+                              **_rules(u)})
             done += 1
             continue
         have.update(json_safe(new))
@@ -430,12 +449,17 @@ def score_units(units: Sequence[Unit], want: Sequence[str], store: RowStore, bac
         for message in dict.fromkeys(new_notes.values()):  # once per sample, even if shared by metrics
             print(f"warning: {u.key}: {message}", file=sys.stderr)
         row = {"info": u.info, "metrics": have, "models": models, "error": None, "process": shard.index,
-               "output": stamp}
+               "output": stamp, **_rules(u)}
         if notes:
             row["warnings"] = notes
         store.put(u.key, row)
         done += 1
     return done
+
+
+def _rules(u: Unit) -> dict[str, str]:
+    """The row's record of its decision rules (only units that have a choice of them)."""
+    return {"rules": u.rules} if u.rules is not None else {}
 
 
 def _row_warnings(row: dict | None, want: Sequence[str]) -> list[str]:
@@ -499,6 +523,8 @@ def make_report(benchmark: str, protocol: str | None, units: Sequence[Unit], row
         typed = [metrics[t] for t in per_type if not math.isnan(metrics[t])]
         metrics["average"] = sum(typed) / len(typed) if typed else math.nan
         extra["n_per_type"] = per_type
+        # the types the average is over (official mode: never size, whose every sample fails)
+        extra["average_over"] = [t for t in per_type if not math.isnan(metrics[t])]
     report["metrics"] = metrics
     report["n_expected"] = len(units) + len(problems)
     report["n_failed"] = len(failures)
@@ -515,6 +541,10 @@ def make_report(benchmark: str, protocol: str | None, units: Sequence[Unit], row
     report.update(extra)
     if backbones is not None:
         report["backbones"] = {NEEDS[m]: backbones.source_id(NEEDS[m]) for m in want if m in NEEDS}
+    if benchmark == "editval":
+        from .editval import PROTOCOL_NOTES
+
+        report["protocol_rules"] = PROTOCOL_NOTES.get(protocol or "fixed", "")
     report["reference_rows_quoted"] = references.reference_rows(benchmark, protocol)
     return json_safe(report)
 
@@ -530,7 +560,8 @@ def format_table(report: dict[str, Any]) -> str:
              "clip_edited": "CLIP edited", **EDITVAL_ABBREV, "average": "Avg."}
     digits = 3 if bench in ("magicbrush",) else 2
     title = {"magicbrush": f"MagicBrush test, {report.get('protocol') or 'single'}-turn",
-             "piebench": "PIE-Bench", "editval": "EditVal (OWL-ViT automatic scores)"}[bench]
+             "piebench": "PIE-Bench",
+             "editval": f"EditVal (OWL-ViT automatic scores), protocol {report.get('protocol') or 'fixed'}"}[bench]
     w = 30
     lines = [title, f"{'method':<{w}}" + "".join(f"{heads.get(c, c):>13}" for c in cols)]
 
@@ -544,6 +575,15 @@ def format_table(report: dict[str, Any]) -> str:
     for name, row in report.get("reference_rows_quoted", {}).items():
         lines.append(f"{('[quoted] ' + name)[:w - 1]:<{w}}" + "".join(fmt(row.get(c)) for c in cols))
     lines.append("[quoted] rows are the published numbers, copied from the papers, not computed here.")
+    if bench == "editval":
+        lines.append(f"protocol {report.get('protocol') or 'fixed'}: {report.get('protocol_rules', '')}")
+        if (report.get("protocol") or "fixed") == "fixed":
+            lines.append("the [quoted] rows were scored with EditVal's own code: --protocol official scores as it did")
+        over, typed = report.get("average_over", []), list(report.get("n_per_type", {}))
+        if len(over) < len(typed):
+            none = ", ".join(EDITVAL_ABBREV.get(t, t) for t in typed if t not in over)
+            lines.append(f"Avg. is over {len(over)} of {len(typed)} edit types ({none}: no value), "
+                         "the quoted Avg. over 6: not comparable")
     if report.get("structure_resize"):
         lines.append(f"structure distance resize: {report['structure_resize']['as']}")
     if report.get("warnings"):
@@ -600,10 +640,14 @@ def run_score(args) -> int:
     """``lime-edit score`` (see :mod:`lime_edit.eval.cli`)."""
     from ..io import atomic_write_json
 
+    from .cli import PROTOCOLS, protocol_error
+
     bench = args.benchmark
-    protocol = args.protocol if bench == "magicbrush" else None
-    if bench != "magicbrush" and args.protocol not in (None, "single"):
-        raise LimeEditError("--protocol applies to magicbrush only")
+    protocol = args.protocol
+    if protocol is not None and protocol not in PROTOCOLS[bench]:
+        raise LimeEditError(protocol_error(bench, protocol, "score"))
+    if bench == "editval":
+        protocol = protocol or "fixed"
     structure_antialias = bool(getattr(args, "structure_antialias", False))
     if structure_antialias and bench != "piebench":
         raise LimeEditError("--structure-antialias applies to piebench only")
@@ -611,7 +655,8 @@ def run_score(args) -> int:
     outputs = Path(args.outputs)
     if not outputs.is_dir():
         raise LimeEditError(f"{outputs}: no such folder (--outputs)")
-    tag = bench + (f"-{protocol}" if protocol else "")
+    # scores/editval (fixed rules, the default) and scores/editval-official: never each other's rows
+    tag = bench + (f"-{protocol}" if protocol and not (bench == "editval" and protocol == "fixed") else "")
     scores_dir = Path(args.scores_dir) if args.scores_dir else outputs / "scores" / tag
     report_path = Path(args.report) if args.report else scores_dir / "report.json"
     from .datasets import editval_root, magicbrush_root, piebench_root
