@@ -5,11 +5,16 @@
     python benchmarks/speed_memory.py --model timbrooks/instruct-pix2pix --device cuda    # a real model
     python benchmarks/speed_memory.py --backbone sdxl-ip2p --size 1024                    # SDXL-shaped
     python benchmarks/speed_memory.py --backbone instructdiffusion                        # its guidance
+    python benchmarks/speed_memory.py --backbone kontext --size 256 --steps 8             # FLUX.1 Kontext-shaped
 
 ``--backbone`` picks the family (its guidance and levels); the random model is SDXL's
 architecture for ``sdxl-ip2p`` (attention at latent/2 and /4 with 2 and 10 transformer
 blocks, two text encoders, text_time embedding, VAE factor 8; channels scaled down
-unless ``--full-sd``) and SD1.5's for the others.
+unless ``--full-sd``), FLUX.1 Kontext's for ``kontext`` (19 double- and 38 single-stream
+joint-attention blocks, 512 T5 positions, 16 px per token, VAE factor 8; width, depth
+and encoders scaled down unless ``--full-sd``: 4 + 8 blocks of 4 heads x 64) and SD1.5's
+for the others.  Every run also times ``lime_mask``: the edit with a given mask, i.e. the
+regularized pass alone (no localization), against the plain edit.
 
 The model is SD1.5's architecture (4 U-Net levels, cross-attention at latent/1, /2,
 /4 and the /8 mid block, 8 heads, 2 layers per block, VAE factor 8) with fewer
@@ -215,10 +220,48 @@ def report(rows, args, device, dtype, what: str, base: str, extra: dict | None =
                        **(extra or {}), "steps": args.steps, "argv": sys.argv[1:], "rows": out}, f, indent=2)
 
 
+def kontext_like_pipeline(full: bool, tmp: str):
+    """FLUX.1 Kontext's architecture with random weights (scaled down unless ``full``)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from lime_edit.testing import tiny_tokenizer
+    from lime_edit.testing_dit import tiny_t5_tokenizer
+
+    clip_tok = tiny_tokenizer(tmp)
+    t5_tok = tiny_t5_tokenizer(model_max_length=512)
+    torch.manual_seed(0)
+    heads, head_dim, d, s = (24, 128, 19, 38) if full else (4, 64, 4, 8)
+    rope = (16, 56, 56) if full else (8, 28, 28)
+    text_dim = 4096 if full else 256
+    transformer = FluxTransformer2DModel(in_channels=64, num_layers=d, num_single_layers=s,
+                                         attention_head_dim=head_dim, num_attention_heads=heads,
+                                         joint_attention_dim=text_dim, pooled_projection_dim=768 if full else 128,
+                                         guidance_embeds=True, axes_dims_rope=rope)
+    vae_ch = (128, 256, 512, 512) if full else (32, 64, 128, 128)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=vae_ch,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, norm_num_groups=32, sample_size=1024, shift_factor=0.1159,
+                        scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=768 if full else 128,
+                                        intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                                        max_position_embeddings=77, bos_token_id=clip_tok.bos_token_id,
+                                        eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=text_dim, d_kv=64, d_ff=text_dim * 2,
+                                 num_layers=24 if full else 2, num_heads=64 if full else 4,
+                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    for m in (transformer, vae, clip, t5):
+        m.eval()
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxKontextPipeline(scheduler=sched, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
+                               tokenizer_2=t5_tok, transformer=transformer)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
-    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p")
+    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p, kontext")
     args = parse_common(ap, argv, steps=30)
 
     from lime_edit import LimeConfig, LimePipeline
@@ -230,7 +273,8 @@ def main(argv=None) -> int:
         if args.model:
             lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, backbone=args.backbone)
         else:
-            build = sdxl_like_pipeline if args.backbone == "sdxl-ip2p" else sd15_like_pipeline
+            build = {"sdxl-ip2p": sdxl_like_pipeline, "kontext": kontext_like_pipeline}.get(
+                args.backbone, sd15_like_pipeline)
             lp = LimePipeline(build(args.full_sd, tmp).to(device, dtype), backbone=args.backbone)
     lp.pipe.set_progress_bar_config(disable=True)
     rng = np.random.RandomState(0)
@@ -248,7 +292,12 @@ def main(argv=None) -> int:
     rows = []
     plain_t, plain_m, plain_a = min((measure(lambda: lp.edit(image, prompt, mask=None, **common), device)
                                      for _ in range(args.repeats)), key=lambda r: r[0])
-    rows.append(("ip2p", plain_t, plain_m, plain_a))
+    rows.append(("plain", plain_t, plain_m, plain_a))
+    mask = np.zeros((args.size, args.size), bool)
+    mask[args.size // 4: 3 * args.size // 4, args.size // 4: 3 * args.size // 4] = True     # a quarter of the image
+    t, m, a = min((measure(lambda: lp.edit(image, prompt, mask=mask, **common), device)
+                   for _ in range(args.repeats)), key=lambda r: r[0])
+    rows.append(("lime_mask", t, m, a))
     for name in args.schedules.split(","):
         lp.config = configs[name]
         t, m, a = min((measure(lambda: lp.edit(image, prompt, **common), device) for _ in range(args.repeats)),
@@ -256,7 +305,7 @@ def main(argv=None) -> int:
         rows.append((f"lime_{name}", t, m, a))
     lp.config = base
 
-    arch = "SDXL" if args.backbone == "sdxl-ip2p" else "SD1.5"
+    arch = {"sdxl-ip2p": "SDXL", "kontext": "FLUX.1 Kontext"}.get(args.backbone, "SD1.5")
     model = args.model or (f"random {arch} (full)" if args.full_sd else f"random {arch}-shaped, scaled down")
     report(rows, args, device, dtype, f"backbone {lp.backbone.name}; model: {model}", "plain",
            {"backbone": lp.backbone.name})

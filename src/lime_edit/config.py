@@ -28,6 +28,7 @@ Mode = Literal["penalize", "reward"]
 Clustering = Literal["kmeans", "agglomerative"]
 Schedule = Literal["two_pass", "single_pass"]
 JointRule = Literal["text_mass", "literal"]
+Preserve = Literal["none", "outside"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,14 @@ class LimeConfig:
             the capture step, localize there, regularize the remaining steps; the
             cost of one IP2P run, not in the paper).
 
+    Output (lime-edit's, not a LIME setting of the paper)
+        preserve: "none" (default: the editor's output, as the paper) or
+            "outside": the result is the input, pixel for pixel, outside the
+            region LIME regularized (the RoI, or your mask), and the edited
+            image inside it (a hard-edged composite at the input's size). LIME
+            itself only guarantees that attention outside the RoI is untouched;
+            the denoiser's other layers and the VAE still change those pixels.
+
     Processing size (lime-edit's, not a LIME setting of the paper)
         downscale_above: an input with more than ``downscale_above`` x the
             model's native pixel count (``unet.config.sample_size x
@@ -173,6 +182,8 @@ class LimeConfig:
     penalize_punctuation: bool = False
     layers: tuple[str, ...] | None = None
     schedule: Schedule = "two_pass"
+    # output
+    preserve: Preserve = "none"
     # processing size
     downscale_above: float = 4.0
 
@@ -218,6 +229,8 @@ class LimeConfig:
                f"must be at most regularize_until ({self.regularize_until:g})")
         _check(self.joint_rule in ("text_mass", "literal"), "joint_rule",
                f"must be 'text_mass' or 'literal', got {self.joint_rule!r}")
+        _check(self.preserve in ("none", "outside"), "preserve",
+               f"must be 'none' or 'outside', got {self.preserve!r}")
         _check(self.schedule in ("two_pass", "single_pass"), "schedule",
                f"must be 'two_pass' or 'single_pass', got {self.schedule!r}")
 

@@ -22,8 +22,9 @@ keys.  LIME's two stages carry over as:
 
   On a U-Net's cross-attention every key is text, so both rules are the same.
 
-Nothing dense is built: rows outside the RoI are the stock computation, and RoI rows
-are recomputed per item, over the kept keys (``literal``) or with one attention call
+Nothing dense is built and every query row is computed once: an item without a region
+is the stock computation, and for the others the rows outside the RoI are the stock
+maths on those rows (equal to float precision), the RoI rows computed per item over the kept keys (``literal``) or with one attention call
 whose value carries a text indicator column, so its output also holds each row's
 text share (``text_mass``; the text block itself is small and computed explicitly).
 The functions here take ``(B, N, heads, d)`` tensors (diffusers' dispatch layout).
@@ -153,8 +154,6 @@ class JointAttnProcessor:
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = dispatch_attention_fn(query, key, value, attn_mask=None, backend=self.prev._attention_backend,
-                                    parallel_config=self.prev._parallel_config)          # (B, N, H, d)
         n_total = query.shape[1]
         n_target = st.latent_hw[0] * st.latent_hw[1]
         n_text = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else st.text_len
@@ -163,6 +162,19 @@ class JointAttnProcessor:
                                 f"after {n_text} text tokens")
         target = slice(n_text, n_text + n_target)
         scale = attn.head_dim ** -0.5
+
+        def stock(q, k, v):                                                                # (b, N, H, d)
+            return dispatch_attention_fn(q, k, v, attn_mask=None, backend=self.prev._attention_backend,
+                                         parallel_config=self.prev._parallel_config)
+
+        rows = st.roi_rows(1, query.device) if regularize else None                        # (B, Nt)
+        if rows is None or capture:
+            out = stock(query, key, value)
+        else:   # each query row once: items without a region as stock, the others split below
+            out = torch.empty_like(query)
+            plain = (~rows.any(1)).nonzero()[:, 0]
+            if plain.numel():
+                out[plain] = stock(query[plain], key[plain], value[plain])
         if capture:
             b = st.batch
             maps = []
@@ -175,16 +187,20 @@ class JointAttnProcessor:
         if regularize:
             if st.tokens.shape[1] != n_text:
                 raise LimeEditError(f"{self.name}: {n_text} text tokens, token roles cover {st.tokens.shape[1]}")
-            rows = st.roi_rows(1, query.device)                                            # (B, Nt)
-            out = out.clone()
             for i in range(out.shape[0]):
                 idx = rows[i].nonzero()[:, 0]
                 if not idx.numel():
                     continue
                 q_i, k_i, v_i = _bhnd(query[i:i + 1])[0], _bhnd(key[i:i + 1])[0], _bhnd(value[i:i + 1])[0]
-                got = regularized_rows(q_i[:, n_text + idx], k_i, v_i, n_text, st.tokens[i],
+                inside = n_text + idx
+                if not capture:                                # the rows outside the region: stock maths
+                    outside = torch.ones(n_total, dtype=torch.bool, device=query.device)
+                    outside[inside] = False
+                    out[i, outside] = F.scaled_dot_product_attention(
+                        q_i[None, :, outside], k_i[None], v_i[None], scale=scale)[0].transpose(0, 1)
+                got = regularized_rows(q_i[:, inside], k_i, v_i, n_text, st.tokens[i],
                                        rule=st.rule, mode=st.mode, scale=scale)            # (H, Nr, d)
-                out[i, n_text + idx] = got.transpose(0, 1).to(out.dtype)
+                out[i, inside] = got.transpose(0, 1).to(out.dtype)
         hidden = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:
             e_hidden, hidden = hidden.split_with_sizes(

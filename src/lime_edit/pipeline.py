@@ -545,6 +545,11 @@ class LimePipeline:
             img = Image.fromarray(np.clip(np.round(images[j] * 255.0), 0, 255).astype(np.uint8))
             if img.size != it.image.size:
                 img = img.resize(it.image.size, Image.LANCZOS)
+            if cfg.preserve == "outside":
+                if regularized[j]:
+                    img = _keep_outside(img, it.image, masks[j])
+                else:
+                    warnings[j].append("preserve='outside': no region was regularized, so nothing is kept")
             results.append(EditResult(
                 image=img, mask=masks[j] if regularized[j] else None, localization=locs[j],
                 lime_applied=bool(regularized[j]), seed=it.seed, warnings=warnings[j],
@@ -593,6 +598,12 @@ def _step_bar(pipe, desc: str, total: int):
             pipe.progress_bar = original
         else:
             del pipe.progress_bar
+
+
+def _keep_outside(edited: Image.Image, original: Image.Image, mask: torch.Tensor) -> Image.Image:
+    """``original`` outside ``mask`` (any grid, stretched to the image), ``edited`` inside."""
+    m = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).resize(original.size, Image.NEAREST)
+    return Image.composite(edited, original, m)
 
 
 def _content(sel: TokenSelection) -> torch.Tensor:
