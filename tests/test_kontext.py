@@ -227,3 +227,24 @@ def test_preserve_outside_keeps_the_input_pixels_outside_the_region(klp, scene):
     assert any("nothing is kept" in w for w in plain.warnings)
     with pytest.raises(LimeEditError, match="preserve"):
         klp.settings(preserve="inside")
+
+
+def test_dit_check_script_writes_rois_heatmaps_and_report(kpipe, tmp_path):
+    import json
+
+    from conftest import load_benchmark_script
+
+    folder = tmp_path / "k"
+    kpipe.save_pretrained(str(folder))
+    out = tmp_path / "check"
+    script = load_benchmark_script("dit_check")
+    assert script.main(["--model", str(folder), "--size", "64", "--steps", "2", "--device", "cpu",
+                        "--prompt", PROMPT, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    row = report["rows"][0]
+    assert row["tokens"] == ["car", "red", "</s>"] and set(row["seconds"]) == {"plain", "lime", "lime_preserve"}
+    names = {p.name for p in out.iterdir()}
+    assert {"00-plain.png", "00-lime.png", "00-lime-preserve.png", "00-roi.png"} <= names
+    assert any(n.startswith("00-heat-") for n in names)
+    assert script.main(["--model", str(folder), "--feature-levels", "9", "--device", "cpu",
+                        "--out", str(out)]) == 2

@@ -376,7 +376,10 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                    help="cpu, cuda, cuda:1, mps ... (default: best available)")
     m.add_argument("--dtype", default=None,
                    choices=("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"),
-                   help="weights dtype (default: float16 on CUDA, float32 otherwise)")
+                   help="weights dtype (default on CUDA: float16, bfloat16 for FLUX Kontext; float32 otherwise)")
+    m.add_argument("--offload", action="store_true",
+                   help="keep the model in CPU memory and move each component to the GPU only while it runs "
+                        "(diffusers' enable_model_cpu_offload: for models larger than the GPU's memory)")
     m.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickled checkpoints (.ckpt/.bin). Only for files you trust: "
                         "unpickling can run arbitrary code")
@@ -775,6 +778,7 @@ def _load_pipeline(args: argparse.Namespace):
     return LimePipeline.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device,
                                         allow_pickle=args.allow_pickle,
                                         local_files_only=True if args.local_files_only else None,
+                                        **({"offload": True} if getattr(args, "offload", False) else {}),
                                         **(p2p_load_kwargs(args) if getattr(args, "command", None) == "p2p"
                                            else family_load_kwargs(args)))
 

@@ -230,14 +230,18 @@ def _family_of_index(index: dict, where: str) -> str:
 def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
                   torch_dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
                   allow_pickle: bool = False, local_files_only: bool | None = None,
-                  model_config: str | None = None, variant: str | None = None, **backbone_options):
+                  model_config: str | None = None, variant: str | None = None, offload: bool = False,
+                  **backbone_options):
     """Load ``model`` and return ``(backbone, recommended_settings)``.
 
     The family is ``backbone`` if given, else recognised: a folder's ``lime_edit.json``
     or its ``model_index.json`` class, a Hub id's ``model_index.json``, a single
     file's keys (then its name: "hive", "instructdiffusion"/"adaption-task").  The
     pipeline is on ``device`` (default: CUDA, then MPS, then CPU) in ``torch_dtype``
-    (default: float16 on CUDA, float32 elsewhere).  ``model_config``: for a single file,
+    (default: the family's CUDA dtype on CUDA, float16 or bfloat16 for the transformers,
+    float32 elsewhere); ``offload=True`` calls ``enable_model_cpu_offload`` instead of
+    moving the whole pipeline (components go to ``device`` one at a time: for models
+    larger than the GPU's memory).  ``model_config``: for a single file,
     a diffusers folder or Hub id with the same architecture to take configs from
     (default: the family's choice, see the backbones).  ``backbone_options`` go to the
     backbone (e.g. ``prompt_suffix`` for HIVE)."""
@@ -247,14 +251,16 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     if device.type == "meta":      # moving there "works", but holds no weights: every call would fail
         raise ModelLoadError("--device meta: cannot run the model there (a meta device holds no data)")
     dtype = parse_dtype(torch_dtype)
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
     if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
         got = repr(model) if isinstance(model, str) else type(model).__name__
         raise ModelLoadError(f"model (--model): expected a Hub id, a model folder or a checkpoint file, got {got}")
     spec = resolve_model(model)
     path = Path(spec).expanduser()
-    kwargs: dict = {_dtype_kwarg(): dtype}
+    kwargs: dict = {}
+
+    def with_dtype(family) -> dict:
+        kwargs[_dtype_kwarg()] = dtype or (family.cuda_dtype() if device.type == "cuda" else torch.float32)
+        return kwargs
     if variant:
         kwargs["variant"] = variant
     recommended: dict = {}
@@ -275,7 +281,7 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
             shapes = checkpoint_shapes(path, allow_pickle)
             name = backbone or detect_family(path, shapes)[0]
             family = get_family(name)
-            pipe = _load_single_file(family, path, shapes, kwargs, model_config, local_files_only)
+            pipe = _load_single_file(family, path, shapes, with_dtype(family), model_config, local_files_only)
             options = dict(family.default_options(str(path)))
         elif path.is_dir():
             index = read_model_index(path)
@@ -284,7 +290,7 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
             name = backbone or settings.get("backbone") or _family_of_index(index, str(path))
             family = get_family(name)
             pipe = _pipeline_class(family).from_pretrained(
-                str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+                str(path), use_safetensors=None if allow_pickle else True, **with_dtype(family))
             options = dict(family.default_options(str(path)))
         elif _looks_like_path(spec):
             raise ModelLoadError(f"{spec}: no such file or folder")
@@ -299,7 +305,7 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
                 family = get_family(backbone)
             pipe = _pipeline_class(family).from_pretrained(
                 spec, use_safetensors=None if allow_pickle else True,
-                local_files_only=bool(local_files_only), **kwargs)
+                local_files_only=bool(local_files_only), **with_dtype(family))
             options = dict(family.default_options(spec))
     except (ModelLoadError, LimeEditError):
         raise
@@ -312,7 +318,10 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     except LimeEditError as err:
         raise ModelLoadError(f"{spec}: {err}") from None
     try:
-        pipe.to(device)
+        if offload:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
     except (RuntimeError, AssertionError, ValueError, ImportError, NotImplementedError) as err:
         raise ModelLoadError(f"--device {device}: cannot move the model there "
                              f"({' '.join(str(err).split())[:200]})") from err

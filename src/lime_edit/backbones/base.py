@@ -120,6 +120,13 @@ class Backbone:
 
     # ---------------------------------------------------------------- loading hooks
     @classmethod
+    def cuda_dtype(cls):
+        """Weights dtype on CUDA when none is asked for (U-Nets: float16, as their users run them)."""
+        import torch
+
+        return torch.float16
+
+    @classmethod
     def default_options(cls, source: str) -> dict[str, Any]:
         """Constructor options implied by the model's name or path (e.g. HIVE's suffix)."""
         return {}

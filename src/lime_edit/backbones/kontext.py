@@ -86,6 +86,13 @@ class KontextBackbone(Backbone):
     has_image_guidance = False
 
     @classmethod
+    def cuda_dtype(cls):
+        """bfloat16, as FLUX is released and run (float16 overflows in its activations)."""
+        import torch
+
+        return torch.bfloat16
+
+    @classmethod
     def single_file_kwargs(cls, path, shapes, config):
         raise LimeEditError(f"{path}: single-file FLUX.1 Kontext checkpoints are not supported yet; pass the "
                             "diffusers folder or Hub id (black-forest-labs/FLUX.1-Kontext-dev)")
