@@ -72,7 +72,7 @@ def test_single_files_are_recognised_and_load(written, layout, name, family, sce
     if family == "hive":                                              # on for "condition" checkpoints only
         assert lp.backbone.prompt_suffix == (HIVE_CONDITION if "condition" in name else "")
     if family in ("hive", "instructdiffusion"):
-        assert type(lp.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+        assert type(lp.pipe.scheduler).__name__ == "KDiffusionEulerAncestralScheduler"   # k-diffusion's schedule
         assert lp.config.num_inference_steps == 100                   # the family's own sampler
 
 

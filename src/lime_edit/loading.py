@@ -244,7 +244,9 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     larger than the GPU's memory).  ``model_config``: for a single file,
     a diffusers folder or Hub id with the same architecture to take configs from
     (default: the family's choice, see the backbones).  ``backbone_options`` go to the
-    backbone (e.g. ``prompt_suffix`` for HIVE)."""
+    backbone (e.g. ``prompt_suffix`` for HIVE).  The family's scheduler
+    (:meth:`Backbone.family_scheduler`: k-diffusion's Euler ancestral for HIVE and
+    InstructDiffusion) replaces the model's own however it is loaded."""
     from .backbones import get_family
 
     device = torch.device(device) if device is not None else torch.device(default_device())
@@ -312,6 +314,10 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     except Exception as err:  # noqa: BLE001 - turned into one actionable line
         raise ModelLoadError(_explain(spec, err, allow_pickle, single_file=path.is_file(),
                                       model_config=model_config)) from err
+    if not path.is_file():                   # a single file got it in _load_single_file
+        sched = family.family_scheduler(pipe.scheduler)
+        if sched is not None:
+            pipe.scheduler = sched
     options.update(backbone_options)
     try:
         bb = family(pipe, **options)

@@ -110,7 +110,8 @@ class Backbone:
     #: text appended to every instruction before encoding (never a related token)
     prompt_suffix: ClassVar[str] = ""
 
-    #: scheduler a single-file checkpoint of this family is run with (None: the config's)
+    #: scheduler this family is run with when loaded by lime-edit (None: the model's own);
+    #: "euler_ancestral": k-diffusion's Euler ancestral (see :meth:`family_scheduler`)
     scheduler: ClassVar[str | None] = None
     #: what a "level" is on this denoiser, and what the denoiser is called, in messages
     level_word: ClassVar[str] = "latent level"
@@ -159,15 +160,22 @@ class Backbone:
         return any(k.startswith("model_ema.") for k in shapes)
 
     @classmethod
+    def family_scheduler(cls, current):
+        """The scheduler this family samples with however it is loaded (single file, folder or
+        Hub id), built from ``current``'s config; None: keep ``current``."""
+        if cls.scheduler == "euler_ancestral":
+            # k-diffusion's Euler ancestral on its get_sigmas schedule (log-linear sigmas over
+            # timesteps spaced evenly from 999 to 0), as the HIVE and InstructDiffusion edit
+            # scripts sample: see backbones/kdiffusion.py
+            from .kdiffusion import KDiffusionEulerAncestralScheduler
+
+            return KDiffusionEulerAncestralScheduler.from_config(current.config, timestep_spacing="linspace")
+        return None
+
+    @classmethod
     def single_file_scheduler(cls, current, path, shapes):
         """The scheduler to run a single-file checkpoint with (None: keep the config's)."""
-        if cls.scheduler == "euler_ancestral":
-            # k-diffusion's Euler ancestral over timesteps spaced evenly from 999 to 0, as the
-            # HIVE and InstructDiffusion edit scripts sample
-            from diffusers import EulerAncestralDiscreteScheduler
-
-            return EulerAncestralDiscreteScheduler.from_config(current.config, timestep_spacing="linspace")
-        return None
+        return cls.family_scheduler(current)
 
     def __init__(self, pipe, *, prompt_suffix: str | None = None, **options: Any):
         self.pipe = pipe

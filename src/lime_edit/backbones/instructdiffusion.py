@@ -26,7 +26,8 @@ Which rows LIME uses, and why:
   the same attention constraint inside the RoI.
 
 Sampler defaults are InstructDiffusion's (its edit script): 100 steps, text 5.0,
-image 1.25, Euler ancestral.
+image 1.25, Euler ancestral on k-diffusion's schedule (:mod:`lime_edit.backbones.kdiffusion`,
+however the model is loaded).
 """
 
 from __future__ import annotations
