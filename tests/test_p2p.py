@@ -56,13 +56,30 @@ def test_refinement_alignment_of_captions_of_different_lengths(t2i):
     assert al.changed == [2, 5, 6, 7]
     assert al.mapper[1] == 1 and al.mapper[3] == 2 and al.mapper[4] == 3
     assert al.alphas[[0, 1, 3, 4]].eq(1).all() and al.alphas[[2, 5, 6, 7]].eq(0).all()
-    assert al.mapper[8] == 4 and al.alphas[8] == 1               # end tokens aligned, then padding
-    assert al.mapper[9] == 5
+    assert al.mapper[8] == 4 and al.alphas[8] == 1               # end tokens aligned with each other
+    assert al.mapper[9] == 9                                      # padding: the same position
     # no shared word at all: refinement still works (every word is new, only <s>/</s>/padding aligned)
     none = align_tokens(t2i.tokenizer, "a red circle", "green square on top of blue star")
     assert none.mode == "refine" and none.changed == list(range(1, 8))
     with pytest.raises(LimeEditError, match="word swap needs captions of the same token count"):
         align_tokens(t2i.tokenizer, "a red circle", "a big red circle", mode="swap")
+
+
+@pytest.mark.parametrize("src, tgt", [("a photo of fingernails", "a photo of glitter fingernails"),
+                                      ("a photo of glitter fingernails", "a photo of fingernails"),
+                                      ("a red circle", "a big red circle on the left")])
+def test_refinement_padding_reads_the_same_source_position(t2i, src, tgt):
+    """Google's P2P (seq_aligner.get_mapper) aligns the captions' tokens including <s> and
+    </s>, then fills every later position p of the 77 with p itself, alpha 1: the target's
+    padding reads the source's column of the same index, whatever the two token counts."""
+    tok = t2i.tokenizer
+    n_src = len(tok(src).input_ids)                     # with <s> and </s>
+    n_tgt = len(tok(tgt).input_ids)
+    assert n_src != n_tgt
+    al = align_tokens(tok, src, tgt, mode="refine")
+    assert al.mapper[n_tgt - 1] == n_src - 1 and al.alphas[n_tgt - 1] == 1      # </s> -> </s>
+    pad = torch.arange(n_tgt, tok.model_max_length)
+    assert torch.equal(al.mapper[pad], pad) and bool(al.alphas[pad].eq(1).all())
 
 
 # --------------------------------------------------------------------------- inversion
