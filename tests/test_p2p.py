@@ -56,13 +56,30 @@ def test_refinement_alignment_of_captions_of_different_lengths(t2i):
     assert al.changed == [2, 5, 6, 7]
     assert al.mapper[1] == 1 and al.mapper[3] == 2 and al.mapper[4] == 3
     assert al.alphas[[0, 1, 3, 4]].eq(1).all() and al.alphas[[2, 5, 6, 7]].eq(0).all()
-    assert al.mapper[8] == 4 and al.alphas[8] == 1               # end tokens aligned, then padding
-    assert al.mapper[9] == 5
+    assert al.mapper[8] == 4 and al.alphas[8] == 1               # end tokens aligned with each other
+    assert al.mapper[9] == 9                                      # padding: the same position
     # no shared word at all: refinement still works (every word is new, only <s>/</s>/padding aligned)
     none = align_tokens(t2i.tokenizer, "a red circle", "green square on top of blue star")
     assert none.mode == "refine" and none.changed == list(range(1, 8))
     with pytest.raises(LimeEditError, match="word swap needs captions of the same token count"):
         align_tokens(t2i.tokenizer, "a red circle", "a big red circle", mode="swap")
+
+
+@pytest.mark.parametrize("src, tgt", [("a photo of fingernails", "a photo of glitter fingernails"),
+                                      ("a photo of glitter fingernails", "a photo of fingernails"),
+                                      ("a red circle", "a big red circle on the left")])
+def test_refinement_padding_reads_the_same_source_position(t2i, src, tgt):
+    """Google's P2P (seq_aligner.get_mapper) aligns the captions' tokens including <s> and
+    </s>, then fills every later position p of the 77 with p itself, alpha 1: the target's
+    padding reads the source's column of the same index, whatever the two token counts."""
+    tok = t2i.tokenizer
+    n_src = len(tok(src).input_ids)                     # with <s> and </s>
+    n_tgt = len(tok(tgt).input_ids)
+    assert n_src != n_tgt
+    al = align_tokens(tok, src, tgt, mode="refine")
+    assert al.mapper[n_tgt - 1] == n_src - 1 and al.alphas[n_tgt - 1] == 1      # </s> -> </s>
+    pad = torch.arange(n_tgt, tok.model_max_length)
+    assert torch.equal(al.mapper[pad], pad) and bool(al.alphas[pad].eq(1).all())
 
 
 # --------------------------------------------------------------------------- inversion
@@ -375,3 +392,48 @@ def test_p2p_settings_per_call_equal_a_backbone_loaded_with_them(lp, t2i, small_
     with pytest.raises(LimeEditError, match="reweight"):                      # an error inside the call ...
         lp.edit_captions(small_scene, SRC, TGT, p2p={"reweight": {"purple": 2.0}}, **FAST)
     assert lp.backbone.settings is before                                   # ... restores them too
+
+
+# --------------------------------------------------------------------------- step counts
+def _official_counts(cross, self_, blend, n):
+    """Our reading of the official code: cross-attention alphas are a table of n + 1 rows
+    (``get_time_words_attention_alpha``), rows [0, int(cross * (n + 1))) set to 1; self-attention
+    is replaced while ``step < int(n * self_)``; LocalBlend counts calls from 1 and blends when
+    ``counter > int(blend * n)``, i.e. from 0-based step int(blend * n)."""
+    rows = torch.zeros(n + 1)
+    rows[: int(cross * rows.shape[0])] = 1
+    cross_steps = int(rows[:n].sum())
+    self_steps = sum(1 for step in range(n) if step < int(n * self_))
+    blend_from = next((i for i in range(n) if i + 1 > int(blend * n)), n)
+    return cross_steps, self_steps, blend_from
+
+
+@pytest.mark.parametrize("frac", [(0.4, 0.6, 0.2), (0.5, 0.5, 0.5), (0.8, 0.3, 0.1)])
+def test_step_counts_are_truncated_like_the_official_code(frac):
+    from lime_edit.backbones.p2p import P2PSettings, step_counts
+
+    s = P2PSettings(cross_replace=frac[0], self_replace=frac[1], blend_start=frac[2])
+    got = {n: step_counts(s, n) for n in range(1, 61)}
+    want = {n: _official_counts(*frac, n) for n in range(1, 61)}
+    assert got == want
+
+
+def test_a_pass_uses_those_step_counts(t2i, small_scene, monkeypatch):
+    from lime_edit.backbones import P2PBackbone
+    from lime_edit.backbones import p2p as p2p_mod
+
+    made = []
+
+    def spy(**kw):
+        made.append(kw)
+        return P2PController(**kw)
+
+    monkeypatch.setattr(p2p_mod, "P2PController", spy)
+    n = 8                                                # official: 3 cross, 4 self, blend from step 1
+    bb = P2PBackbone(t2i, local_blend=True, blend_level=2)
+    seen = []
+    bb.run(prompts=[TGT], sources=[SRC], images=[small_scene], size=(32, 32), steps=n, guidance=7.5,
+           image_guidance=1.0, generators=[None], output_type="latent",
+           on_step_end=lambda i: seen.append(bb.last_blend_mask is not None))
+    assert (made[0]["cross_steps"], made[0]["self_steps"]) == _official_counts(0.4, 0.6, 0.2, n)[:2] == (3, 4)
+    assert seen.index(True) == _official_counts(0.4, 0.6, 0.2, n)[2] == 1

@@ -6,8 +6,9 @@ Three pieces, none of which knows about LIME or a pipeline:
   computed offline from the tokenizer's ids (``difflib``).  Equal captions of the
   same token count are a *word swap* (position ``i`` -> ``i``); otherwise a
   *refinement*: tokens in equal runs are aligned, added/replaced tokens keep their
-  own attention (alpha 0).  The end token and padding are aligned position by
-  position after the end tokens.
+  own attention (alpha 0).  The end tokens are aligned with each other and every
+  padding position after the target's end token reads the same position of the
+  source (alpha 1), as P2P's ``seq_aligner.get_mapper`` does.
 * :func:`ddim_invert` / :func:`ddim_step_forward`: DDIM inversion (x_{t-1} -> x_t with
   the model output at ``t``, the null-text-inversion convention): the exact inverse of
   the scheduler's DDIM step for a fixed model output, for epsilon, v-prediction and
@@ -107,11 +108,12 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
                 changed.extend(range(1 + j1, 1 + j2))
                 for k in range(j2 - j1):       # own maps (alpha 0); mapper points at a valid source slot
                     mapper[1 + j1 + k] = min(1 + i1 + k, 1 + len(src))
-        # end token and padding: aligned after the end tokens
+        # the end tokens are aligned with each other; every position after the target's end
+        # token (padding) reads the same position of the source (P2P's seq_aligner.get_mapper)
         s_end, t_end = 1 + len(src), 1 + len(tgt)
-        for p in range(t_end, T):
-            mapper[p] = min(s_end + (p - t_end), T - 1)
-            alphas[p] = 1.0
+        mapper[t_end] = s_end
+        alphas[t_end:] = 1.0
+        mapper[t_end + 1:] = torch.arange(t_end + 1, T)
     return Alignment(mapper=mapper, alphas=alphas, mode=mode, changed=changed, changed_source=changed_src)
 
 

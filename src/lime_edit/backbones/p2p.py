@@ -110,6 +110,16 @@ class P2PSettings:
                                     f"[-{REWEIGHT_MAX:g}, {REWEIGHT_MAX:g}] (P2P uses about -2 to 5)")
 
 
+def step_counts(settings: "P2PSettings", steps: int) -> tuple[int, int, int]:
+    """``(cross_steps, self_steps, blend_from)`` of a pass of ``steps`` denoising steps, the
+    way the official P2P code (google/prompt-to-prompt, PnPInversion) counts them: truncated,
+    not rounded.  Cross-attention is replaced in the first ``int(cross_replace * (steps + 1))``
+    steps (``get_time_words_attention_alpha`` builds ``steps + 1`` rows), self-attention in the
+    first ``int(self_replace * steps)``, and local blend starts at step ``int(blend_start * steps)``."""
+    return (int(settings.cross_replace * (steps + 1)), int(settings.self_replace * steps),
+            int(settings.blend_start * steps))
+
+
 def _iterable(v: Any) -> list:
     try:
         return list(v)
@@ -260,10 +270,11 @@ class P2PBackbone(Backbone):
         latent_h = size[1] // int(pipe.vae_scale_factor)
         latent_w = size[0] // int(pipe.vae_scale_factor)
         lvl = max(1, s.self_replace_min_level)
+        cross_steps, self_steps, blend_start = step_counts(s, steps)
         aligns = [align_tokens(self.tokenizer, a, b, s.mode) for a, b in zip(sources, prompts)]
         ctrl = P2PController(
             batch=B, mapper=torch.stack([a.mapper for a in aligns]), alphas=torch.stack([a.alphas for a in aligns]),
-            cross_steps=round(s.cross_replace * steps), self_steps=round(s.self_replace * steps),
+            cross_steps=cross_steps, self_steps=self_steps,
             self_max_tokens=(latent_h // lvl) * (latent_w // lvl), equalizer=self._equalizer(prompts))
         blend_from = steps + 1
         self.last_blend_mask = None
@@ -279,7 +290,7 @@ class P2PBackbone(Backbone):
                 words_t[j, a.changed] = True
             ctrl.blend_src, ctrl.blend_tgt = words_s, words_t
             ctrl.blend_tokens = (latent_h // bl) * (latent_w // bl)
-            blend_from = round(s.blend_start * steps)
+            blend_from = blend_start
 
         def callback(p, i, t, kwargs):
             lat = kwargs["latents"].clone()
