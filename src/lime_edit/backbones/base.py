@@ -265,7 +265,7 @@ class Backbone:
             if missing:
                 raise LimeEditError(f"{setting}: this {self.denoiser_word} has no attention layer at "
                                     f"{self.level_word}(s) {', '.join(map(str, missing))} "
-                                    f"({self.level_word}s present: {have})")
+                                    f"(levels present: {have})")
 
     # ---------------------------------------------------------------- text side
     @property
