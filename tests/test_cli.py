@@ -458,7 +458,7 @@ def test_only_user_set_settings_are_forwarded(tmp_path, imgs, fake, capsys):
 
 
 @pytest.mark.parametrize("bad", [["--clusters", "0"], ["--capture-at", "1.5"], ["--set", "nope=1"],
-                                 ["--set", "top_k=many"], ["--feature-levels", "3"], ["--steps", "x"]])
+                                 ["--set", "top_k=many"], ["--feature-levels", "-1"], ["--steps", "x"]])
 def test_bad_settings_are_usage_errors(tmp_path, imgs, fake, capsys, bad):
     code, _, err = run(["edit", imgs / "a.png", "-i", "x y", "--out", tmp_path / "o", *bad], capsys)
     assert code == 2 and fake.loads == 0 and err.strip()
