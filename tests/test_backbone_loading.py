@@ -82,7 +82,8 @@ def test_loaded_single_file_edits_like_the_original(written, scene):
     comps, folder, path = written("sd1", "hive_rw.safetensors")
     lp = _load(path, folder)
     assert lp.backbone.name == "hive" and lp.backbone.prompt_suffix == ""   # no "condition": no suffix
-    orig = LimePipeline(StableDiffusionInstructPix2PixPipeline(**comps), backbone="hive",
+    sched = type(lp.pipe.scheduler).from_config(lp.pipe.scheduler.config)   # the family's sampler
+    orig = LimePipeline(StableDiffusionInstructPix2PixPipeline(**{**comps, "scheduler": sched}), backbone="hive",
                         config=lp.config)
     orig.pipe.set_progress_bar_config(disable=True)
     a = lp.edit(scene, "make the red square blue", mask=None, num_inference_steps=2, seed=3)
