@@ -17,7 +17,6 @@ that does it: compare the RoIs of a few ``--feature-levels`` choices.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -40,7 +40,7 @@ def tiny_t5_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: in
 
 
 def tiny_kontext_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *, num_layers: int = 2,
-                            num_single_layers: int = 2, heads: int = 2, head_dim: int = 16,
+                            num_single_layers: int = 2, heads: int = 2, head_dim: int = 16,  # RoPE 4+6+6
                             t5_length: int = 32, words: Iterable[str] = DEFAULT_WORDS) -> dict:
     """Components of ``FluxKontextPipeline(**components)``: FLUX.1's layout (double-stream
     then single-stream blocks, 3-axis RoPE, guidance embedding, 16-channel VAE with
@@ -53,12 +53,10 @@ def tiny_kontext_components(tokenizer_dir: str | os.PathLike, seed: int = 0, *, 
     clip_tok = tiny_tokenizer(Path(tokenizer_dir) / "clip", words)
     t5_tok = tiny_t5_tokenizer(words, t5_length)
     torch.manual_seed(seed)
-    inner = heads * head_dim
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
         attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
         pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
-    assert sum((4, 6, 6)) == head_dim
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
