@@ -10,6 +10,7 @@ from a small config of the class the released checkpoints use.  Modules are put 
 from __future__ import annotations
 
 import os
+import re
 import string
 from pathlib import Path
 from typing import Iterable
@@ -84,5 +85,136 @@ def tiny_kontext_pipeline(tokenizer_dir: str | os.PathLike, seed: int = 0, **kwa
     from diffusers import FluxKontextPipeline
 
     pipe = FluxKontextPipeline(**tiny_kontext_components(tokenizer_dir, seed, **kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ------------------------------------------------------------------ Qwen-Image-Edit
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def tiny_qwen_tokenizer(words: Iterable[str] = DEFAULT_WORDS, templates: Iterable[str] = ()):
+    """A byte-level BPE ``Qwen2TokenizerFast`` (Qwen2.5-VL's layout: GPT-2 byte alphabet,
+    ``Ġ`` marks a leading space, the chat/vision special tokens) whose vocabulary holds
+    each of ``words`` (with and without a leading space) and every pre-tokenized piece
+    of ``templates`` as one token, anything else as smaller pieces down to single bytes.
+    With the Qwen-Image-Edit template, the fixed prefix is 64 tokens, as on the real
+    tokenizer (the pipeline drops exactly 64)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    from .testing import _byte_alphabet
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    pieces: list[str] = []
+    for text in templates:
+        for part in re.split("|".join(re.escape(s) for s in QWEN_SPECIAL), text):
+            pieces += [p for p, _ in pre.pre_tokenize_str(part)] if part else []
+    for w in words:
+        pieces += [p for p, _ in pre.pre_tokenize_str(w)] + [p for p, _ in pre.pre_tokenize_str(" " + w)]
+    vocab = {c: i for i, c in enumerate(_byte_alphabet())}
+    merges = []
+    for piece in dict.fromkeys(pieces):
+        cur = piece[0]
+        for ch in piece[1:]:
+            if cur + ch not in vocab:
+                vocab[cur + ch] = len(vocab)
+                merges.append((cur, ch))
+            cur += ch
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIAL])
+    return Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                              unk_token=None, bos_token=None)
+
+
+def tiny_qwen_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
+    """Qwen2.5-VL's processor (``Qwen2VLProcessor``: image patches 14 px, 2x2 merge) with
+    the PIL image processor and no video processor (transformers 5 builds the video
+    processor only with torchvision, which has no CPU build here); images only."""
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImageOnlyQwen2VLProcessor(Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
+                                     tokenizer)
+
+
+def tiny_qwen_edit_components(seed: int = 0, *, num_layers: int = 2, heads: int = 2, head_dim: int = 16,
+                              words: Iterable[str] = DEFAULT_WORDS, plus: bool = False) -> dict:
+    """Components of ``QwenImageEditPipeline(**components)`` (``plus``: the templates of
+    ``QwenImageEditPlusPipeline`` too): Qwen-Image's layout (double-stream blocks only,
+    3-axis complex RoPE, Qwen2.5-VL text encoder whose last hidden layer is the text
+    stream, 3-D causal VAE), scaled down.  VAE scale factor 4, so one transformer token
+    covers 8x8 pixels and a 64x64 image has an 8x8 token grid."""
+    import torch
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import QwenImageEditPipeline
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    templates = [_qwen_template(QwenImageEditPipeline)]
+    if plus:
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import QwenImageEditPlusPipeline
+
+        templates += [_qwen_template(QwenImageEditPlusPipeline), "Picture 1: Picture 2: Picture 3:"]
+    tok = tiny_qwen_tokenizer(words, templates)
+    processor = tiny_qwen_processor(tok)
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIAL}
+    torch.manual_seed(seed)
+    z_dim = 4
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=4 * z_dim, out_channels=z_dim, num_layers=num_layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+        guidance_embeds=False, axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=z_dim, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * z_dim,
+                                 latents_std=[1.0] * z_dim)
+    torch.manual_seed(seed + 2)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": len(tok),
+                     "rope_scaling": {"mrope_section": [2, 3, 3], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2,
+                       "out_hidden_size": 32, "patch_size": 14, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2},
+        hidden_size=32, vocab_size=len(tok), image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], vision_token_id=ids["<|vision_pad|>"])
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
+                                                shift_terminal=0.02, time_shift_type="exponential")
+    return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok, processor=processor,
+                transformer=transformer)
+
+
+def _qwen_template(pipeline_class) -> str:
+    """The prompt template a Qwen-Image-Edit pipeline class sets up (from an instance
+    built without components)."""
+    return pipeline_class(**{k: None for k in ("scheduler", "vae", "text_encoder", "tokenizer", "processor",
+                                              "transformer")}).prompt_template_encode
+
+
+def tiny_qwen_edit_pipeline(seed: int = 0, *, plus: bool = False, **kwargs):
+    """A tiny ``QwenImageEditPipeline`` (``plus``: ``QwenImageEditPlusPipeline``) on the CPU,
+    progress bar off.  Stock Qwen-Image-Edit encodes the context image at about 1024x1024
+    whatever the input's size; :func:`small_qwen_context` scales that down for tests."""
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    pipe = cls(**tiny_qwen_edit_components(seed, plus=plus, **kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe
