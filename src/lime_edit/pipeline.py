@@ -314,9 +314,14 @@ class LimePipeline:
         return list(groups.values())
 
     def _retokenize(self, items: list[_Item], cfg: LimeConfig) -> None:
+        bb = self.backbone
         for it in items:
-            it.tokens = (self.backbone.select_tokens(it.instruction, cfg) if it.source is None else
-                         self.backbone.select_tokens(it.instruction, cfg, source=it.source))
+            if it.source is not None:
+                it.tokens = bb.select_tokens(it.instruction, cfg, source=it.source)
+            elif bb.text_sees_image:          # the stream holds the image's vision tokens
+                it.tokens = bb.select_tokens(it.instruction, cfg, image=it.image, size=it.size)
+            else:
+                it.tokens = bb.select_tokens(it.instruction, cfg)
 
     def _image_guidance_note(self, cfg: LimeConfig) -> str:
         """", image guidance G" for the NaN/inf messages; a caption editor (p2p) has no image
@@ -362,6 +367,7 @@ class LimePipeline:
             state.feature_branch, state.attention_branch = bb.image_branch, bb.text_branch
             state.reg_branches = tuple(bb.regularized_branches)
             state.rule = cfg.joint_rule
+            state.context_hw = bb.context_grid(size)
             try:
                 with bb.attention(state, cfg.layers):
                     return self.backbone.run(on_step_end=step_end, **kwargs)
@@ -500,10 +506,8 @@ class LimePipeline:
             st.reg_steps = cfg.regularized_steps()
             st.reg_levels = frozenset(cfg.regularization_levels)
             st.mode = cfg.mode
-            if cfg.mode == "penalize":
-                st.tokens = torch.stack([it.tokens.keep for it in items])                # (B, T)
-            else:
-                st.tokens = torch.stack([_content(it.tokens) for it in items])
+            st.tokens = _stack_roles([it.tokens.keep if cfg.mode == "penalize" else _content(it.tokens)
+                                      for it in items])                               # (B, T)
             st.roi = torch.stack([m if m is not None else torch.zeros(grid, dtype=torch.bool)
                                   for m in masks])                                        # (B, Hg, Wg)
         on_step = None
@@ -604,6 +608,14 @@ def _keep_outside(edited: Image.Image, original: Image.Image, mask: torch.Tensor
     """``original`` outside ``mask`` (any grid, stretched to the image), ``edited`` inside."""
     m = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).resize(original.size, Image.NEAREST)
     return Image.composite(edited, original, m)
+
+
+def _stack_roles(roles: list[torch.Tensor]) -> torch.Tensor:
+    """``(B, T)`` token roles; a batch whose text streams differ in length (a joint-attention
+    text stream holding each image's vision tokens) is padded with False, as the
+    pipeline pads the streams after their end."""
+    t = max(r.shape[0] for r in roles)
+    return torch.stack([torch.cat([r, r.new_zeros(t - r.shape[0])]) for r in roles])
 
 
 def _content(sel: TokenSelection) -> torch.Tensor:

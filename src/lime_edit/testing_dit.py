@@ -133,7 +133,9 @@ def tiny_qwen_tokenizer(words: Iterable[str] = DEFAULT_WORDS, templates: Iterabl
 def tiny_qwen_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
     """Qwen2.5-VL's processor (``Qwen2VLProcessor``: image patches 14 px, 2x2 merge) with
     the PIL image processor and no video processor (transformers 5 builds the video
-    processor only with torchvision, which has no CPU build here); images only."""
+    processor only with torchvision, which has no CPU build here); images only.  Being
+    a subclass, it does not load back from a saved folder: pass it as ``processor=`` to
+    ``from_pretrained`` (a real checkpoint's ``Qwen2VLProcessor`` loads where torchvision is)."""
     from transformers import Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.processing_utils import ProcessorMixin
@@ -188,7 +190,8 @@ def tiny_qwen_edit_components(seed: int = 0, *, num_layers: int = 2, heads: int 
         vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2,
                        "out_hidden_size": 32, "patch_size": 14, "spatial_merge_size": 2,
                        "temporal_patch_size": 2},
-        hidden_size=32, vocab_size=len(tok), image_token_id=ids["<|image_pad|>"],
+        hidden_size=32, vocab_size=len(tok), bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"], vision_token_id=ids["<|vision_pad|>"])
     text_encoder = Qwen2_5_VLForConditionalGeneration(config)
@@ -218,3 +221,26 @@ def tiny_qwen_edit_pipeline(seed: int = 0, *, plus: bool = False, **kwargs):
     pipe = cls(**tiny_qwen_edit_components(seed, plus=plus, **kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def small_qwen_context(area: int = 64 * 64):
+    """Context manager: Qwen-Image-Edit pipelines encode the context image at about
+    ``area`` pixels instead of 1024x1024 (their module's ``calculate_dimensions``, which
+    the pipelines and lime-edit's backbone both read), so tiny-model tests run at tiny
+    sizes; restored on exit."""
+    from contextlib import contextmanager
+
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit, pipeline_qwenimage_edit_plus
+
+    @contextmanager
+    def patched():
+        saved = [(m, m.calculate_dimensions) for m in (pipeline_qwenimage_edit, pipeline_qwenimage_edit_plus)]
+        for m, fn in saved:
+            m.calculate_dimensions = (lambda fn: lambda target_area, ratio: fn(
+                min(target_area, area), ratio))(fn)
+        try:
+            yield
+        finally:
+            for m, fn in saved:
+                m.calculate_dimensions = fn
+    return patched()

@@ -13,10 +13,12 @@ from .instructdiffusion import InstructDiffusionBackbone, instructdiffusion_comb
 from .ip2p import IP2PBackbone
 from .kontext import KontextBackbone
 from .p2p import P2PBackbone
+from .qwen_image_edit import QwenImageEditBackbone
 from .sdxl import SDXLIP2PBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {cls.name: cls for cls in (
-    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone, KontextBackbone)}
+    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone, KontextBackbone,
+    QwenImageEditBackbone)}
 
 
 #: diffusers pipeline class -> family, for pipelines whose class alone tells the family
@@ -25,6 +27,7 @@ PIPELINE_FAMILIES: dict[str, str] = {
     "StableDiffusionXLInstructPix2PixPipeline": "sdxl-ip2p",
     "StableDiffusionPipeline": "p2p",              # text-to-image: caption editing (Prompt-to-Prompt)
     "FluxKontextPipeline": "kontext",
+    "QwenImageEditPipeline": "qwen-image-edit",
 }
 
 
@@ -51,4 +54,4 @@ def for_pipeline(pipe, name: str | None = None, **options) -> Backbone:
 
 __all__ = ["Backbone", "StopPass", "FAMILIES", "get_family", "for_pipeline", "family_list",
            "attention_levels", "reference_levels", "HIVE_CONDITION", "IP2PBackbone", "HiveBackbone",
-           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "KontextBackbone", "PIPELINE_FAMILIES", "instructdiffusion_combine"]
+           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "KontextBackbone", "QwenImageEditBackbone", "PIPELINE_FAMILIES", "instructdiffusion_combine"]

@@ -118,6 +118,9 @@ class Backbone:
     denoiser_word: ClassVar[str] = "U-Net"
     #: the family has an image guidance scale (``image_guidance_scale``)
     has_image_guidance: ClassVar[bool] = True
+    #: the text encoder sees the input image (token roles depend on it: ``select_tokens``
+    #: then takes ``image=`` and ``size=``, the processing size)
+    text_sees_image: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- loading hooks
     @classmethod
@@ -208,6 +211,11 @@ class Backbone:
         pixels (the U-Net's latent grid)."""
         f = int(self.pipe.vae_scale_factor)
         return size[1] // f, size[0] // f
+
+    def context_grid(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        """``(h, w)`` token grid of the context image (joint attention) when it differs
+        from :meth:`token_grid`'s; None: the same grid (or no context image)."""
+        return None
 
     @contextlib.contextmanager
     def attention(self, state, layers: tuple[str, ...] | None = None):
