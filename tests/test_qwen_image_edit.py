@@ -269,3 +269,37 @@ def test_folder_is_recognised_and_cli_edits(qpipe, scene, tmp_path, monkeypatch)
                  "--steps", "2", "--device", "cpu"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+
+
+# ------------------------------------------------------------------ Plus (2509 / 2511)
+@pytest.fixture(scope="module")
+def plus_lp(small_context):
+    from lime_edit.testing_dit import tiny_qwen_edit_pipeline
+
+    return LimePipeline(tiny_qwen_edit_pipeline(plus=True))
+
+
+def test_plus_token_roles_skip_the_picture_tokens(plus_lp, scene):
+    bb = plus_lp.backbone
+    assert bb.name == "qwen-image-edit" and bb.plus and bb.max_batch == 1
+    sel = bb.select_tokens("make the car red", plus_lp.settings(), image=scene, size=(64, 64))
+    toks = sel.tokens
+    start = toks.index("<|vision_end|>") + 1
+    assert toks[:3] == ["Picture", "1", ":"] and toks[start:sel.end] == ["make", "the", "car", "red"]
+    assert [toks[p] for p in sel.related] == ["car", "red"] and not sel.keep[:start].any()
+    embeds, _ = plus_lp.pipe.encode_prompt(prompt="make the car red", image=[bb._prompt_image(scene, (64, 64))],
+                                           device="cpu")
+    assert embeds.shape[1] == len(sel.ids)
+
+
+def test_plus_off_equals_stock_and_a_batch_runs_one_by_one(plus_lp, scene):
+    pipe = plus_lp.pipe
+    plain = plus_lp.edit(scene, PROMPT, mask=None, seed=2, num_inference_steps=2)
+    stock = pipe(image=scene, prompt=PROMPT, height=64, width=64, num_inference_steps=2, negative_prompt=" ",
+                 true_cfg_scale=4.0, generator=torch.Generator().manual_seed(2)).images[0]
+    assert np.array_equal(np.asarray(plain.image), np.asarray(stock))
+    other = scene.transpose(Image.FLIP_LEFT_RIGHT)
+    both = plus_lp.edit([scene, other], [PROMPT, LONG], seed=[0, 5], num_inference_steps=2)
+    one = plus_lp.edit(other, LONG, seed=5, num_inference_steps=2)
+    assert both[1].lime_applied and torch.equal(both[1].mask, one.mask)
+    assert np.array_equal(np.asarray(both[1].image), np.asarray(one.image))

@@ -305,13 +305,16 @@ class LimePipeline:
                                f"resized back (downscale_above=0 processes at full size)")
         return processing_size(size, self.size_multiple), None
 
-    @staticmethod
-    def _groups(items: list[_Item]) -> list[list[_Item]]:
-        """Items of one processing size run as one batch."""
+    def _groups(self, items: list[_Item]) -> list[list[_Item]]:
+        """Items of one processing size run as one batch (of at most the backbone's
+        ``max_batch`` items: a pipeline that refuses batches runs them one by one)."""
         groups: dict[tuple[int, int], list[_Item]] = {}
         for it in items:
             groups.setdefault(it.size, []).append(it)
-        return list(groups.values())
+        n = self.backbone.max_batch
+        if not n:
+            return list(groups.values())
+        return [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
 
     def _retokenize(self, items: list[_Item], cfg: LimeConfig) -> None:
         bb = self.backbone

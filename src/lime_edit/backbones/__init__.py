@@ -28,6 +28,7 @@ PIPELINE_FAMILIES: dict[str, str] = {
     "StableDiffusionPipeline": "p2p",              # text-to-image: caption editing (Prompt-to-Prompt)
     "FluxKontextPipeline": "kontext",
     "QwenImageEditPipeline": "qwen-image-edit",
+    "QwenImageEditPlusPipeline": "qwen-image-edit",
 }
 
 

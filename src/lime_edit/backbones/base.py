@@ -121,6 +121,8 @@ class Backbone:
     #: the text encoder sees the input image (token roles depend on it: ``select_tokens``
     #: then takes ``image=`` and ``size=``, the processing size)
     text_sees_image: ClassVar[bool] = False
+    #: most items one call of the pipeline takes (None: any number)
+    max_batch: int | None = None
 
     # ---------------------------------------------------------------- loading hooks
     @classmethod

@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit (``Qwen/Qwen-Image-Edit``, ``QwenImageEditPipeline``).
+"""Qwen-Image-Edit (``Qwen/Qwen-Image-Edit``, ``QwenImageEditPipeline``) and its "Plus"
+releases 2509 / 2511 (``Qwen/Qwen-Image-Edit-2509``, ``-2511``: ``QwenImageEditPlusPipeline``).
 
 A multimodal diffusion transformer with joint attention in every block (60
 double-stream blocks, no single-stream ones): one softmax over ``[text ; target image ;
@@ -30,6 +31,12 @@ between the last ``<|vision_end|>`` and the next ``<|im_end|>``
 scaffolding are unrelated, like CLIP's start token and padding: inside the RoI their
 share of the text block goes to the instruction's words (``text_mass``), while the input
 image still reaches every query through the context-image keys.
+
+Plus (2509/2511) differs in what this module follows from the pipeline: the instruction
+is preceded by ``Picture 1: <|vision_start|>...<|vision_end|>`` (unrelated, like the
+vision tokens), the text encoder sees the input at about 384x384 pixels, the context
+image is encoded at about 1024x1024, and the pipeline refuses batches: lime-edit runs a
+batch's items one by one.  lime-edit gives it one input image.
 
 Sizes: lime-edit runs at the input's size rounded to 16 px (very large inputs scaled to
 about 1024x1024 pixels); the pipeline itself always encodes the context image at about
@@ -92,6 +99,19 @@ class QwenImageEditBackbone(Backbone):
         raise LimeEditError(f"{path}: single-file Qwen-Image-Edit checkpoints are not supported; pass the "
                             "diffusers folder or Hub id (Qwen/Qwen-Image-Edit)")
 
+    def __init__(self, pipe, **options: Any):
+        super().__init__(pipe, **options)
+        self.plus = type(pipe).__name__ == "QwenImageEditPlusPipeline"
+        if self.plus:
+            self.max_batch = 1
+
+    def _module(self):
+        if self.plus:
+            from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as module
+        else:
+            from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as module
+        return module
+
     def check_pipeline(self, pipe) -> None:
         tr = getattr(pipe, "transformer", None)
         if (tr is None or type(tr).__name__ != "QwenImageTransformer2DModel"
@@ -118,17 +138,23 @@ class QwenImageEditBackbone(Backbone):
         return int(getattr(self.pipe, "tokenizer_max_length", 1024))
 
     def _text(self, instruction: str) -> str:
-        return self.pipe.prompt_template_encode.format(self.prompt(instruction))
+        picture = "Picture 1: <|vision_start|><|image_pad|><|vision_end|>" if self.plus else ""
+        return self.pipe.prompt_template_encode.format(picture + self.prompt(instruction))
 
     def _prompt_image(self, image, size):
         """The image the pipeline shows its text encoder for an input run at ``size``: at
-        the context size, as the stock pipeline resizes a single PIL input."""
-        w, h = self.context_size(size)
+        the context size, as the stock pipeline resizes a single PIL input (Plus: at its
+        condition size, about 384x384)."""
         from PIL import Image
 
         if image.size != tuple(size):               # as the task API resizes its inputs
             image = image.resize(tuple(size), Image.LANCZOS)
-        return self.pipe.image_processor.resize(image, h, w)
+        if self.plus:
+            module = self._module()
+            w, h, *_ = module.calculate_dimensions(module.CONDITION_IMAGE_SIZE, size[0] / size[1])
+        else:
+            w, h = self.context_size(size)
+        return self.pipe.image_processor.resize(image, int(h), int(w))
 
     def stream_ids(self, instruction: str, image, size) -> list[int]:
         """The text stream's token ids for one item, as the pipeline encodes them (its
@@ -167,9 +193,9 @@ class QwenImageEditBackbone(Backbone):
     def context_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """``(w, h)`` the pipeline encodes the context image at for an input of ``size``
         (about 1024x1024 pixels whatever the input, its ``calculate_dimensions``)."""
-        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as module
-
-        w, h, *_ = module.calculate_dimensions(1024 * 1024, size[0] / size[1])
+        module = self._module()
+        area = module.VAE_IMAGE_SIZE if self.plus else 1024 * 1024
+        w, h, *_ = module.calculate_dimensions(area, size[0] / size[1])
         return int(w), int(h)
 
     def context_grid(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -188,7 +214,8 @@ class QwenImageEditBackbone(Backbone):
         cfg = guidance > 1
         # the images at the context size, as the stock pipeline resizes a single PIL input
         # before showing it to its text encoder (it leaves a list's images at their size)
-        images = [self._prompt_image(im, size) for im in images]
+        if not self.plus:           # Plus resizes each input itself, for both encoders
+            images = [self._prompt_image(im, size) for im in images]
         return dict(prompt=[self.prompt(p) for p in prompts], image=images, height=h, width=w,
                     negative_prompt=[NEGATIVE_PROMPT] * len(prompts) if cfg else None,
                     true_cfg_scale=guidance if cfg else 1.0, num_inference_steps=steps,
