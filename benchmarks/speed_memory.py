@@ -6,14 +6,19 @@
     python benchmarks/speed_memory.py --backbone sdxl-ip2p --size 1024                    # SDXL-shaped
     python benchmarks/speed_memory.py --backbone instructdiffusion                        # its guidance
     python benchmarks/speed_memory.py --backbone kontext --size 256 --steps 8             # FLUX.1 Kontext-shaped
+    python benchmarks/speed_memory.py --backbone qwen-image-edit --size 256 --steps 8     # Qwen-Image-Edit-shaped
 
 ``--backbone`` picks the family (its guidance and levels); the random model is SDXL's
 architecture for ``sdxl-ip2p`` (attention at latent/2 and /4 with 2 and 10 transformer
 blocks, two text encoders, text_time embedding, VAE factor 8; channels scaled down
 unless ``--full-sd``), FLUX.1 Kontext's for ``kontext`` (19 double- and 38 single-stream
 joint-attention blocks, 512 T5 positions, 16 px per token, VAE factor 8; width, depth
-and encoders scaled down unless ``--full-sd``: 4 + 8 blocks of 4 heads x 64) and SD1.5's
-for the others.  Every run also times ``lime_mask``: the edit with a given mask, i.e. the
+and encoders scaled down unless ``--full-sd``: 4 + 8 blocks of 4 heads x 64),
+Qwen-Image-Edit's for ``qwen-image-edit`` (60 double-stream blocks, a Qwen2.5-VL text
+encoder whose stream holds the input's vision tokens, true CFG = two forwards per step,
+the context image encoded at about 1024x1024 whatever ``--size``, as the pipeline does;
+scaled down unless ``--full-sd``: 8 blocks of 4 heads x 64, a 2-layer text encoder) and
+SD1.5's for the others.  Every run also times ``lime_mask``: the edit with a given mask, i.e. the
 regularized pass alone (no localization), against the plain edit.
 
 The model is SD1.5's architecture (4 U-Net levels, cross-attention at latent/1, /2,
@@ -258,10 +263,55 @@ def kontext_like_pipeline(full: bool, tmp: str):
                                tokenizer_2=t5_tok, transformer=transformer)
 
 
+def qwen_like_pipeline(full: bool, tmp: str):
+    """Qwen-Image-Edit's architecture with random weights (scaled down unless ``full``;
+    the text encoder stays scaled down: 7B parameters have no place in a speed check of
+    the transformer)."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from lime_edit.testing_dit import QWEN_SPECIAL, _qwen_template, tiny_qwen_processor, tiny_qwen_tokenizer
+
+    tok = tiny_qwen_tokenizer(templates=[_qwen_template(QwenImageEditPipeline)])
+    processor = tiny_qwen_processor(tok, min_pixels=56 * 56, max_pixels=1024 * 1024)
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIAL}
+    torch.manual_seed(0)
+    heads, head_dim, blocks = (24, 128, 60) if full else (4, 64, 8)
+    text_dim = 3584 if full else 256
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=blocks,
+                                              attention_head_dim=head_dim, num_attention_heads=heads,
+                                              joint_attention_dim=text_dim, guidance_embeds=False,
+                                              axes_dims_rope=(16, 56, 56) if full else (8, 28, 28))
+    vae = AutoencoderKLQwenImage(base_dim=96 if full else 32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2 if full else 1,
+                                 temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
+                                 latents_std=[1.0] * 16)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": text_dim, "intermediate_size": 2 * text_dim, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": len(tok),
+                     "rope_scaling": {"mrope_section": [8, 12, 12] if not full else [16, 24, 24],
+                                      "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
+                       "out_hidden_size": text_dim, "patch_size": 14, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2},
+        hidden_size=text_dim, vocab_size=len(tok), image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], vision_token_id=ids["<|vision_pad|>"])
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                            base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                                            time_shift_type="exponential")
+    return QwenImageEditPipeline(scheduler=sched, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                                 processor=processor, transformer=transformer)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
-    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p, kontext")
+    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p, kontext, "
+                    "qwen-image-edit")
     args = parse_common(ap, argv, steps=30)
 
     from lime_edit import LimeConfig, LimePipeline
@@ -273,7 +323,8 @@ def main(argv=None) -> int:
         if args.model:
             lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, backbone=args.backbone)
         else:
-            build = {"sdxl-ip2p": sdxl_like_pipeline, "kontext": kontext_like_pipeline}.get(
+            build = {"sdxl-ip2p": sdxl_like_pipeline, "kontext": kontext_like_pipeline,
+                     "qwen-image-edit": qwen_like_pipeline}.get(
                 args.backbone, sd15_like_pipeline)
             lp = LimePipeline(build(args.full_sd, tmp).to(device, dtype), backbone=args.backbone)
     lp.pipe.set_progress_bar_config(disable=True)
@@ -305,7 +356,8 @@ def main(argv=None) -> int:
         rows.append((f"lime_{name}", t, m, a))
     lp.config = base
 
-    arch = {"sdxl-ip2p": "SDXL", "kontext": "FLUX.1 Kontext"}.get(args.backbone, "SD1.5")
+    arch = {"sdxl-ip2p": "SDXL", "kontext": "FLUX.1 Kontext", "qwen-image-edit": "Qwen-Image-Edit"}.get(
+        args.backbone, "SD1.5")
     model = args.model or (f"random {arch} (full)" if args.full_sd else f"random {arch}-shaped, scaled down")
     report(rows, args, device, dtype, f"backbone {lp.backbone.name}; model: {model}", "plain",
            {"backbone": lp.backbone.name})
