@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 #: editor families of :mod:`lime_edit.backbones` (here so that the CLI can list them without torch;
 #: a test keeps it equal to ``backbones.FAMILIES``)
-BACKBONE_NAMES = ("ip2p", "hive", "instructdiffusion", "sdxl-ip2p", "p2p", "kontext", "qwen-image-edit")
+BACKBONE_NAMES = ("ip2p", "hive", "instructdiffusion", "sdxl-ip2p", "p2p", "kontext", "qwen-image-edit", "flux2")
 
 Mode = Literal["penalize", "reward"]
 Clustering = Literal["kmeans", "agglomerative"]

@@ -33,7 +33,7 @@ The functions here take ``(B, N, heads, d)`` tensors (diffusers' dispatch layout
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -219,6 +219,12 @@ class JointAttnProcessor(_JointLime):
 
         return FluxAttnProcessor
 
+    @staticmethod
+    def _projections(attn, hidden_states, encoder_hidden_states):
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        return _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb=None) -> torch.Tensor:
         capture, regularize = self._acting()
@@ -228,11 +234,9 @@ class JointAttnProcessor(_JointLime):
         # the stock FluxAttnProcessor's steps, with LIME's additions on the attention output
         from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.embeddings import apply_rotary_emb
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
         st = self.state
-        query, key, value, e_query, e_key, e_value = _get_qkv_projections(attn, hidden_states,
-                                                                           encoder_hidden_states)
+        query, key, value, e_query, e_key, e_value = self._projections(attn, hidden_states, encoder_hidden_states)
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
         value = value.unflatten(-1, (-1, attn.head_dim))
@@ -267,6 +271,72 @@ class JointAttnProcessor(_JointLime):
             return hidden, e_hidden
         if capture:
             self._keep_context(hidden[:, n_text + n_target:])
+        return hidden
+
+
+class Flux2JointAttnProcessor(JointAttnProcessor):
+    """FLUX.2's double-stream joint attention (``Flux2AttnProcessor``): FLUX.1's steps with
+    FLUX.2's projections (no bias, one fused-or-not QKV) and output layers."""
+
+    @property
+    def stock_class(self):
+        from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor
+
+        return Flux2AttnProcessor
+
+    @staticmethod
+    def _projections(attn, hidden_states, encoder_hidden_states):
+        from diffusers.models.transformers.transformer_flux2 import _get_qkv_projections
+
+        return _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+
+
+class Flux2SingleJointAttnProcessor(_JointLime):
+    """FLUX.2's single-stream blocks (``Flux2ParallelSelfAttnProcessor``): one fused
+    projection gives Q/K/V and the MLP input of the concatenation ``[text ; image]``;
+    the output projection takes attention and MLP together, so the features read at the
+    context tokens are the block's whole parallel output there."""
+
+    @property
+    def stock_class(self):
+        from diffusers.models.transformers.transformer_flux2 import Flux2ParallelSelfAttnProcessor
+
+        return Flux2ParallelSelfAttnProcessor
+
+    def __call__(self, attn, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
+        capture, regularize = self._acting()
+        if not (capture or regularize):
+            return self.prev(attn, hidden_states, attention_mask, image_rotary_emb)
+        self._check_stock(" with an attention mask" if attention_mask is not None else "")
+        # the stock Flux2ParallelSelfAttnProcessor's steps, with LIME's additions on the attention output
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        st = self.state
+        fused = attn.to_qkv_mlp_proj(hidden_states)
+        qkv_dim = 3 * attn.inner_dim
+        mlp_dim = attn.mlp_hidden_dim * attn.mlp_mult_factor
+        local_qkv = fused.shape[-1] * qkv_dim // (qkv_dim + mlp_dim)
+        qkv, mlp = torch.split(fused, [local_qkv, fused.shape[-1] - local_qkv], dim=-1)
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        n_text = st.text_len
+        if n_text is None:
+            raise LimeEditError(f"{self.name}: the number of text tokens is unknown")
+
+        def stock(q, k, v, rows):
+            return dispatch_attention_fn(q, k, v, attn_mask=None, backend=self.prev._attention_backend,
+                                         parallel_config=self.prev._parallel_config)
+
+        out = self._lime(query, key, value, n_text, None, stock, capture, regularize)
+        hidden = out.flatten(2, 3).to(query.dtype)
+        hidden = attn.to_out(torch.cat([hidden, attn.mlp_act_fn(mlp)], dim=-1))
+        if capture:
+            self._keep_context(hidden[:, n_text + st.latent_hw[0] * st.latent_hw[1]:])
         return hidden
 
 
@@ -340,19 +410,25 @@ class QwenJointAttnProcessor(_JointLime):
         return img_out, txt_out
 
 
+def _processor_for(processor, name: str) -> type[_JointLime]:
+    return processor if isinstance(processor, type) else processor(name)
+
+
 @contextmanager
 def joint_attention(transformer, state: PassState, blocks: dict[str, int], layers: tuple[str, ...] | None = None,
-                    processor: type[_JointLime] = JointAttnProcessor) -> Iterator[PassState]:
-    """Install ``processor`` (a :class:`_JointLime`) on the selected joint-attention
-    layers (``blocks``: processor name -> block index); previous processors restored in
-    ``finally``.  The pipeline names each transformer forward (``cache_context("cond")``
+                    processor: type[_JointLime] | Callable[[str], type[_JointLime]] = JointAttnProcessor
+                    ) -> Iterator[PassState]:
+    """Install ``processor`` (a :class:`_JointLime` class, or a function of the layer name
+    giving one) on the selected joint-attention layers (``blocks``: processor name ->
+    block index); previous processors restored in ``finally``.  The pipeline names each transformer forward (``cache_context("cond")``
     / ``("uncond")``, true classifier-free guidance): ``state.forward_name`` follows it,
     and LIME acts in the conditional forward only (the negative prompt's forward runs
     stock)."""
     previous = dict(transformer.attn_processors)
     chosen = set(select_layers(list(previous), layers))
     transformer.set_attn_processor({
-        name: (processor(proc, state, name, blocks[name]) if name in chosen and name in blocks else proc)
+        name: (_processor_for(processor, name)(proc, state, name, blocks[name])
+               if name in chosen and name in blocks else proc)
         for name, proc in previous.items()})
     named = hasattr(transformer, "cache_context")
     if named:

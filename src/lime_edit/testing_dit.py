@@ -94,7 +94,8 @@ QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
                 "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def tiny_qwen_tokenizer(words: Iterable[str] = DEFAULT_WORDS, templates: Iterable[str] = ()):
+def tiny_qwen_tokenizer(words: Iterable[str] = DEFAULT_WORDS, templates: Iterable[str] = (),
+                        extra_special: Iterable[str] = (), chat_template: str | None = None):
     """A byte-level BPE ``Qwen2TokenizerFast`` (Qwen2.5-VL's layout: GPT-2 byte alphabet,
     ``Ġ`` marks a leading space, the chat/vision special tokens) whose vocabulary holds
     each of ``words`` (with and without a leading space) and every pre-tokenized piece
@@ -108,8 +109,9 @@ def tiny_qwen_tokenizer(words: Iterable[str] = DEFAULT_WORDS, templates: Iterabl
 
     pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     pieces: list[str] = []
+    split = "|".join(re.escape(s) for s in list(QWEN_SPECIAL) + list(extra_special))
     for text in templates:
-        for part in re.split("|".join(re.escape(s) for s in QWEN_SPECIAL), text):
+        for part in re.split(split, text):
             pieces += [p for p, _ in pre.pre_tokenize_str(part)] if part else []
     for w in words:
         pieces += [p for p, _ in pre.pre_tokenize_str(w)] + [p for p, _ in pre.pre_tokenize_str(" " + w)]
@@ -125,9 +127,13 @@ def tiny_qwen_tokenizer(words: Iterable[str] = DEFAULT_WORDS, templates: Iterabl
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIAL])
-    return Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                              unk_token=None, bos_token=None)
+    specials = list(QWEN_SPECIAL) + list(extra_special)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    out = Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                             unk_token=None, bos_token=None)
+    if chat_template is not None:
+        out.chat_template = chat_template
+    return out
 
 
 def tiny_qwen_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
@@ -244,3 +250,58 @@ def small_qwen_context(area: int = 64 * 64):
             for m, fn in saved:
                 m.calculate_dimensions = fn
     return patched()
+
+
+# ------------------------------------------------------------------ FLUX.2 [klein]
+#: Qwen3's chat template as FLUX.2 [klein] applies it (one user turn, generation prompt,
+#: thinking off: an empty think block), written for the tiny tokenizer
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and "
+    "enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def tiny_flux2_klein_components(seed: int = 0, *, num_layers: int = 2, num_single_layers: int = 2,
+                                heads: int = 2, head_dim: int = 16, text_layers: int = 27,
+                                words: Iterable[str] = DEFAULT_WORDS) -> dict:
+    """Components of ``Flux2KleinPipeline(**components)``: FLUX.2's layout (double- then
+    single-stream blocks with fused parallel projections, 4-axis RoPE, no guidance
+    embedding, Qwen3 text encoder whose layers 9, 18 and 27 are stacked into the text
+    stream, VAE with batch-normalised patchified latents), scaled down.  VAE scale factor
+    2, so one transformer token covers 4x4 pixels and a 64x64 image has a 16x16 grid."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = tiny_qwen_tokenizer(words, ["<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"],
+                              extra_special=("<think>", "</think>"), chat_template=QWEN3_CHAT_TEMPLATE)
+    torch.manual_seed(seed)
+    hidden = 16
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=3 * hidden,
+        timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLFlux2(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                             norm_num_groups=8, sample_size=64)
+    torch.manual_seed(seed + 2)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=32, num_hidden_layers=text_layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>")))
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
+
+
+def tiny_flux2_klein_pipeline(seed: int = 0, *, is_distilled: bool = True, **kwargs):
+    """A tiny ``Flux2KleinPipeline`` on the CPU (distilled like FLUX.2 [klein] 4B/9B, or
+    not like the klein base models), progress bar off."""
+    from diffusers import Flux2KleinPipeline
+
+    pipe = Flux2KleinPipeline(**tiny_flux2_klein_components(seed, **kwargs), is_distilled=is_distilled)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

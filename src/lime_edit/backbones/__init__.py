@@ -8,6 +8,7 @@ always wins); :func:`lime_edit.loading.load_backbone` loads it.
 from __future__ import annotations
 
 from .base import Backbone, StopPass, attention_levels, reference_levels
+from .flux2 import Flux2KleinBackbone
 from .hive import HIVE_CONDITION, HiveBackbone
 from .instructdiffusion import InstructDiffusionBackbone, instructdiffusion_combine
 from .ip2p import IP2PBackbone
@@ -18,7 +19,7 @@ from .sdxl import SDXLIP2PBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {cls.name: cls for cls in (
     IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone, KontextBackbone,
-    QwenImageEditBackbone)}
+    QwenImageEditBackbone, Flux2KleinBackbone)}
 
 
 #: diffusers pipeline class -> family, for pipelines whose class alone tells the family
@@ -29,6 +30,7 @@ PIPELINE_FAMILIES: dict[str, str] = {
     "FluxKontextPipeline": "kontext",
     "QwenImageEditPipeline": "qwen-image-edit",
     "QwenImageEditPlusPipeline": "qwen-image-edit",
+    "Flux2KleinPipeline": "flux2",
 }
 
 
@@ -55,4 +57,4 @@ def for_pipeline(pipe, name: str | None = None, **options) -> Backbone:
 
 __all__ = ["Backbone", "StopPass", "FAMILIES", "get_family", "for_pipeline", "family_list",
            "attention_levels", "reference_levels", "HIVE_CONDITION", "IP2PBackbone", "HiveBackbone",
-           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "KontextBackbone", "QwenImageEditBackbone", "PIPELINE_FAMILIES", "instructdiffusion_combine"]
+           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "KontextBackbone", "QwenImageEditBackbone", "Flux2KleinBackbone", "PIPELINE_FAMILIES", "instructdiffusion_combine"]
