@@ -7,6 +7,7 @@
     python benchmarks/speed_memory.py --backbone instructdiffusion                        # its guidance
     python benchmarks/speed_memory.py --backbone kontext --size 256 --steps 8             # FLUX.1 Kontext-shaped
     python benchmarks/speed_memory.py --backbone qwen-image-edit --size 256 --steps 8     # Qwen-Image-Edit-shaped
+    python benchmarks/speed_memory.py --backbone flux2 --size 256 --steps 8               # FLUX.2 [klein]-shaped
 
 ``--backbone`` picks the family (its guidance and levels); the random model is SDXL's
 architecture for ``sdxl-ip2p`` (attention at latent/2 and /4 with 2 and 10 transformer
@@ -33,6 +34,7 @@ Targets (issue 2): LIME <= 1.3x plain time at 30 steps and <= 1.15x plain peak m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -307,11 +309,45 @@ def qwen_like_pipeline(full: bool, tmp: str):
                                  processor=processor, transformer=transformer)
 
 
+def flux2_like_pipeline(full: bool, tmp: str):
+    """FLUX.2 [klein]'s pipeline with random weights: the transformer scaled down (4 double-
+    and 8 single-stream blocks of 4 heads x 64) unless ``full`` (then the class defaults,
+    FLUX.2's full transformer), a 27-layer Qwen3 text encoder of width 64 (its layers 9, 18
+    and 27 are read), 512 text positions, distilled (one forward per step)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from lime_edit.testing_dit import QWEN3_CHAT_TEMPLATE, tiny_qwen_tokenizer
+
+    tok = tiny_qwen_tokenizer(templates=["<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"],
+                              extra_special=("<think>", "</think>"), chat_template=QWEN3_CHAT_TEMPLATE)
+    torch.manual_seed(0)
+    hidden = 64
+    kw = {} if full else dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=4,
+                              axes_dims_rope=(16, 16, 16, 16))
+    transformer = Flux2Transformer2DModel(in_channels=128, joint_attention_dim=3 * hidden, guidance_embeds=False, **kw)
+    vae = AutoencoderKLFlux2(block_out_channels=(128, 256, 512, 512) if full else (32, 64, 128, 128),
+                             layers_per_block=2, latent_channels=32, norm_num_groups=32)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=27,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>")))
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+                              vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer,
+                              is_distilled=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
+    ap.add_argument("--qwen-context", choices=("input", "native"), default="input",
+                    help="qwen-image-edit on the random model: encode the context image at the input's size "
+                         "(default: the scaled-down VAE at 1024x1024 would dominate the CPU time) or, as the "
+                         "pipeline does, at about 1024x1024 (native)")
     ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p, kontext, "
-                    "qwen-image-edit")
+                    "qwen-image-edit, flux2")
     args = parse_common(ap, argv, steps=30)
 
     from lime_edit import LimeConfig, LimePipeline
@@ -324,10 +360,22 @@ def main(argv=None) -> int:
             lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, backbone=args.backbone)
         else:
             build = {"sdxl-ip2p": sdxl_like_pipeline, "kontext": kontext_like_pipeline,
-                     "qwen-image-edit": qwen_like_pipeline}.get(
+                     "qwen-image-edit": qwen_like_pipeline, "flux2": flux2_like_pipeline}.get(
                 args.backbone, sd15_like_pipeline)
             lp = LimePipeline(build(args.full_sd, tmp).to(device, dtype), backbone=args.backbone)
     lp.pipe.set_progress_bar_config(disable=True)
+    context = contextlib.nullcontext()
+    if lp.backbone.name == "qwen-image-edit" and not args.model and args.qwen_context == "input":
+        from lime_edit.testing_dit import small_qwen_context
+
+        context = small_qwen_context(args.size * args.size)
+    with context:
+        return _run(lp, args, device, dtype)
+
+
+def _run(lp, args, device, dtype) -> int:
+    from lime_edit import LimeConfig
+
     rng = np.random.RandomState(0)
     image = Image.fromarray((rng.rand(args.size, args.size, 3) * 255).astype(np.uint8))
     prompt = "make the red circle blue"
@@ -356,7 +404,8 @@ def main(argv=None) -> int:
         rows.append((f"lime_{name}", t, m, a))
     lp.config = base
 
-    arch = {"sdxl-ip2p": "SDXL", "kontext": "FLUX.1 Kontext", "qwen-image-edit": "Qwen-Image-Edit"}.get(
+    arch = {"sdxl-ip2p": "SDXL", "kontext": "FLUX.1 Kontext", "qwen-image-edit": "Qwen-Image-Edit",
+            "flux2": "FLUX.2 [klein]"}.get(
         args.backbone, "SD1.5")
     model = args.model or (f"random {arch} (full)" if args.full_sd else f"random {arch}-shaped, scaled down")
     report(rows, args, device, dtype, f"backbone {lp.backbone.name}; model: {model}", "plain",
