@@ -102,29 +102,20 @@ def tiny_qwen_tokenizer(words: Iterable[str] = DEFAULT_WORDS, templates: Iterabl
     of ``templates`` as one token, anything else as smaller pieces down to single bytes.
     With the Qwen-Image-Edit template, the fixed prefix is 64 tokens, as on the real
     tokenizer (the pipeline drops exactly 64)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
-    from .testing import _byte_alphabet
-
     pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    pieces: list[str] = []
     split = "|".join(re.escape(s) for s in list(QWEN_SPECIAL) + list(extra_special))
-    for text in templates:
-        for part in re.split(split, text):
-            pieces += [p for p, _ in pre.pre_tokenize_str(part)] if part else []
-    for w in words:
-        pieces += [p for p, _ in pre.pre_tokenize_str(w)] + [p for p, _ in pre.pre_tokenize_str(" " + w)]
-    vocab = {c: i for i, c in enumerate(_byte_alphabet())}
-    merges = []
-    for piece in dict.fromkeys(pieces):
-        cur = piece[0]
-        for ch in piece[1:]:
-            if cur + ch not in vocab:
-                vocab[cur + ch] = len(vocab)
-                merges.append((cur, ch))
-            cur += ch
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    texts = [part for text in templates for part in re.split(split, text) if part]
+    texts += [t for w in words for t in (w, " " + w)]
+    # a byte-level BPE trained on these texts until every piece is one token: real merges,
+    # so the tokenizer saves and loads back as the same tokenizer
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre
+    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts * 2, trainer=trainer)
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     specials = list(QWEN_SPECIAL) + list(extra_special)
