@@ -178,3 +178,24 @@ def test_folder_is_recognised_and_cli_edits(fpipe, scene, tmp_path):
                  "--steps", "2", "--device", "cpu"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+
+
+def test_eval_runs_the_family_sampler_and_its_cuda_dtype(flp, fpipe, tmp_path):
+    pytest.importorskip("torchmetrics")
+    from types import SimpleNamespace
+
+    from lime_edit.eval import generate
+
+    overrides = dict(generate.PROTOCOL_SETTINGS["piebench"])
+    sampler = generate._family_sampler(SimpleNamespace(backbone=flp.backbone), overrides, {}, {})
+    assert overrides["num_inference_steps"] == 4 and overrides["guidance_scale"] == 1.0
+    assert sampler["num_inference_steps"] == {"value": 4, "from": "flux2 defaults"}
+    kept = {**generate.PROTOCOL_SETTINGS["piebench"], "num_inference_steps": 9}     # the user's value stays
+    generate._family_sampler(SimpleNamespace(backbone=flp.backbone), kept, {"num_inference_steps": 9}, {})
+    assert kept["num_inference_steps"] == 9
+    folder = tmp_path / "klein"
+    fpipe.save_pretrained(str(folder))
+    args = SimpleNamespace(model=str(folder), backbone=None)
+    assert generate._family_cuda_dtype(args) == "bfloat16"                       # not float16 on CUDA
+    assert generate._effective_dtype("auto", "cuda", generate._family_cuda_dtype(args)) == "bfloat16"
+    assert generate._family_cuda_dtype(SimpleNamespace(model="x.ckpt", backbone="ip2p")) == "float16"

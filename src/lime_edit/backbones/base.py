@@ -123,6 +123,8 @@ class Backbone:
     text_sees_image: ClassVar[bool] = False
     #: most items one call of the pipeline takes (None: any number)
     max_batch: int | None = None
+    #: benchmarks (``eval``) run this family with its own steps, not the protocol's IP2P steps
+    own_steps_in_benchmarks: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- loading hooks
     @classmethod

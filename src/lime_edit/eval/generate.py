@@ -46,6 +46,8 @@ not is refused with a one-line error, counted as failed, and the run goes on. A
 
 from __future__ import annotations
 
+import json
+
 import math
 import os
 import sys
@@ -302,7 +304,7 @@ def _load_pipeline(args, device):
 
     from lime_edit import LimePipeline  # the public API only
 
-    dtype = getattr(torch, _effective_dtype(args.dtype, device))
+    dtype = getattr(torch, _effective_dtype(args.dtype, device, _family_cuda_dtype(args)))
     from ..cli import family_load_kwargs
 
     lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=str(device),
@@ -318,7 +320,9 @@ def _load_pipeline(args, device):
 def _family_sampler(editor, overrides: dict[str, Any], user: dict[str, Any],
                     sampler: dict[str, Any]) -> dict[str, Any]:
     """The benchmark protocols fix IP2P's guidance; another family runs with its own guidance
-    where the user set none (the steps stay the benchmark's).  Updates ``overrides`` in place
+    where the user set none (the steps stay the benchmark's, except for the families that
+    run their own steps: ``Backbone.own_steps_in_benchmarks``, the flow-matching
+    transformers, whose distilled samplers are made for few steps).  Updates ``overrides`` in place
     and returns where each sampler value came from, for the manifest."""
     family = getattr(editor, "backbone", None)
     if family is None:
@@ -326,7 +330,10 @@ def _family_sampler(editor, overrides: dict[str, Any], user: dict[str, Any],
     sampler = {**sampler, "backbone": {"value": family.name, "from": "model"}}
     if family.name == "ip2p":
         return sampler
-    for k in ("guidance_scale", "image_guidance_scale", "localization_guidance_scale"):
+    keys = ["guidance_scale", "image_guidance_scale", "localization_guidance_scale"]
+    if family.own_steps_in_benchmarks:       # a flow-matching / distilled sampler: its own steps too
+        keys.append("num_inference_steps")
+    for k in keys:
         if k not in user and k in family.sampler_defaults:
             overrides[k] = family.sampler_defaults[k]
             sampler[k] = {"value": overrides[k], "from": f"{family.name} defaults"}
@@ -357,11 +364,43 @@ def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     return sig
 
 
-def _effective_dtype(dtype: str | None, device: Any) -> str:
-    """The weights' dtype a run used: ``--dtype``, or with ``auto`` float16 on CUDA, else float32."""
+def _effective_dtype(dtype: str | None, device: Any, cuda_auto: str = "float16") -> str:
+    """The weights' dtype a run used: ``--dtype``, or with ``auto`` the family's CUDA dtype
+    (``cuda_auto``: float16 for the U-Nets, bfloat16 for the transformers) on CUDA, else float32."""
     if dtype in (None, "auto"):
-        return "float16" if str(device).startswith("cuda") else "float32"
+        return cuda_auto if str(device).startswith("cuda") else "float32"
     return str(dtype)
+
+
+def _family_cuda_dtype(args) -> str:
+    """The CUDA dtype of the family ``--backbone`` names, or a model folder's / cached Hub
+    id's ``model_index.json`` class tells; float16 when neither says (single files: the
+    U-Net families)."""
+    from ..backbones import PIPELINE_FAMILIES, get_family
+
+    name = getattr(args, "backbone", None)
+    if not name:
+        try:
+            from ..loading import resolve_model
+
+            path = Path(resolve_model(args.model)).expanduser()
+            if path.is_dir():
+                index = json.loads((path / "model_index.json").read_text())
+            elif path.is_file():
+                index = {}
+            else:
+                from diffusers import DiffusionPipeline
+
+                index = DiffusionPipeline.load_config(str(args.model), local_files_only=True)
+            name = PIPELINE_FAMILIES.get(str(index.get("_class_name", "")))
+        except Exception:  # noqa: BLE001 - unknown here; loading reports a bad model in one line
+            name = None
+    if not name:
+        return "float16"
+    try:
+        return str(get_family(name).cuda_dtype()).replace("torch.", "")
+    except LimeEditError:
+        return "float16"
 
 
 def _read_manifest(m: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -392,7 +431,7 @@ def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True
             raise LimeEditError(f"{m}: unreadable ({type(err).__name__}), so this run folder's settings cannot be "
                                 "checked; use a new --out, or --overwrite to regenerate everything") from None
         if dtype is not None and isinstance(whole.get("dtype"), str):
-            was = _effective_dtype(whole["dtype"], whole.get("device", ""))
+            was = _effective_dtype(whole["dtype"], whole.get("device", ""), whole.get("cuda_auto_dtype", "float16"))
             if was != dtype:
                 raise LimeEditError(f"{m}: this run folder was generated in {was} and this run would use {dtype}; "
                                     f"rerun with --dtype {was}, use a new --out, or --overwrite to regenerate "
@@ -484,12 +523,14 @@ def run_eval(args) -> int:
     sig = _signature(args, overrides, seed)
     manifest_path = guard.check(out / (f"manifest-{protocol}.json" if protocol else "manifest.json"))
     if not args.overwrite:
-        _check_signature(out, sig, single_process=shard.count == 1, dtype=_effective_dtype(args.dtype, device))
+        _check_signature(out, sig, single_process=shard.count == 1,
+                         dtype=_effective_dtype(args.dtype, device, _family_cuda_dtype(args)))
     elif shard.is_main:
         _drop_stale_manifests(out, manifest_path, sig, shared=out / ".records" / f"{bench}-outputs")
     shard.barrier()  # every process checked before the main one writes
     base = {"signature": sig, "protocol": protocol, "limit": args.limit, "data": str(args.data),
-            "device": str(device), "dtype": args.dtype or "auto", "num_processes": shard.count,
+            "device": str(device), "dtype": args.dtype or "auto", "cuda_auto_dtype": _family_cuda_dtype(args),
+            "num_processes": shard.count,
             "versions": _versions(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     first_run = not manifest_path.exists()
     if shard.is_main:
