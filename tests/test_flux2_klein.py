@@ -199,3 +199,22 @@ def test_eval_runs_the_family_sampler_and_its_cuda_dtype(flp, fpipe, tmp_path):
     assert generate._family_cuda_dtype(args) == "bfloat16"                       # not float16 on CUDA
     assert generate._effective_dtype("auto", "cuda", generate._family_cuda_dtype(args)) == "bfloat16"
     assert generate._family_cuda_dtype(SimpleNamespace(model="x.ckpt", backbone="ip2p")) == "float16"
+
+
+def test_web_app_edits_and_names_the_editor(flp, scene_file, tmp_path):
+    pytest.importorskip("gradio")
+    from lime_edit.web.app import LimeWebApp
+
+    app = LimeWebApp(flp, workdir=tmp_path / "web")
+    try:
+        assert app.method == "FLUX.2 [klein]" and not app.pool.image_guidance
+        out = app.run(str(scene_file), PROMPT, 2, "0", 1.0, 1.5, 4, 50, True, None, None)
+        roi, segments, attention, plain, result, info, files, session = out
+        assert result is not None and plain is not None and session.result.lime_applied
+        page = app.build().config                       # the page: no image guidance, the editor named
+        labels = [c.get("props", {}).get("label") for c in page["components"]]
+        assert "Image guidance" not in [l for c, l in zip(page["components"], labels)
+                                        if c.get("props", {}).get("visible", True)]
+        assert any("FLUX.2 [klein]" in str(l) for l in labels)
+    finally:
+        app.close()

@@ -116,6 +116,8 @@ class Backbone:
     #: what a "level" is on this denoiser, and what the denoiser is called, in messages
     level_word: ClassVar[str] = "latent level"
     denoiser_word: ClassVar[str] = "U-Net"
+    #: the plain editor's name where a page or report compares LIME with it
+    display_name: ClassVar[str] = "InstructPix2Pix"
     #: the family has an image guidance scale (``image_guidance_scale``)
     has_image_guidance: ClassVar[bool] = True
     #: the text encoder sees the input image (token roles depend on it: ``select_tokens``

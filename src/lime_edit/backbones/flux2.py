@@ -60,6 +60,7 @@ class Flux2KleinBackbone(Backbone):
     level_word = "block"
     denoiser_word = "transformer"
     has_image_guidance = False
+    display_name = "FLUX.2 [klein]"
     own_steps_in_benchmarks = True
     max_batch = 1
 

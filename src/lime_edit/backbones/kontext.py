@@ -84,6 +84,7 @@ class KontextBackbone(Backbone):
     level_word = "block"
     denoiser_word = "transformer"
     has_image_guidance = False
+    display_name = "FLUX.1 Kontext"
     own_steps_in_benchmarks = True
 
     @classmethod

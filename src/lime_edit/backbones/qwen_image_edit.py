@@ -85,6 +85,7 @@ class QwenImageEditBackbone(Backbone):
     level_word = "block"
     denoiser_word = "transformer"
     has_image_guidance = False
+    display_name = "Qwen-Image-Edit"
     own_steps_in_benchmarks = True
     text_sees_image = True
 
