@@ -19,7 +19,12 @@ Three pieces, none of which knows about LIME or a pipeline:
   source's (mapped) for the first ``cross_replace`` fraction of steps, words can be
   reweighted, and the target's self-attention is replaced by the source's for the
   first ``self_replace`` fraction of steps at the coarse layers (latent level >=
-  ``self_replace_min_level``; P2P's "at most 16x16 at a 64x64 latent" = level 4).
+  ``self_replace_min_level``; P2P's "at most 16x16 at a 64x64 latent" = level 4), or at
+  the layers with at most a given number of query tokens (PnPInversion's absolute
+  "at most 32x32", the ``piebench`` preset of :mod:`lime_edit.backbones.p2p`).
+* :func:`split_word_positions`: P2P's way of finding a word's tokens in a caption (the
+  caption split at spaces, exact pieces), used by reweighting and local blend when
+  their words are looked up as P2P's code does.
 
 Batch layout (diffusers' ``StableDiffusionPipeline`` with classifier-free guidance and
 prompts ``[source_1..source_B, target_1..target_B]``): the U-Net sees four blocks of
@@ -117,6 +122,32 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
     return Alignment(mapper=mapper, alphas=alphas, mode=mode, changed=changed, changed_source=changed_src)
 
 
+def split_word_positions(tokenizer, text: str, word: str) -> list[int]:
+    """Token positions (start token = 0) of ``word`` in ``text``, found the way the official
+    P2P code (google/prompt-to-prompt and PnPInversion, ``get_word_inds``) finds them: the
+    text is split at single spaces, every piece equal to ``word`` counts (so "grass" does not
+    match "grass." and case matters), and the text's tokens are given to the pieces in order
+    by the length of their decoded text.  A word that is no piece gives ``[]`` (P2P then
+    reweights or blends nothing for it).  Positions past the text encoder's window (whose
+    last slot is the end token) are dropped."""
+    pieces = text.split(" ")
+    wanted = {i for i, piece in enumerate(pieces) if piece == word}
+    if not wanted:
+        return []
+    ids = list(tokenizer(text, add_special_tokens=False).input_ids)
+    out: list[int] = []
+    piece, filled = 0, 0
+    for i, tid in enumerate(ids):
+        if piece >= len(pieces):
+            break
+        filled += len(tokenizer.decode([tid]).strip("#"))
+        if piece in wanted:
+            out.append(1 + i)
+        if filled >= len(pieces[piece]):
+            piece, filled = piece + 1, 0
+    return [p for p in out if p < tokenizer.model_max_length - 1]
+
+
 # ------------------------------------------------------------------------- DDIM inversion
 def _ddim_coefficients(kind: str, a_t: torch.Tensor, a_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c_x, c_m)`` of the deterministic DDIM step ``x_prev = c_x * x_t + c_m * model_out``
@@ -183,6 +214,9 @@ class P2PController:
     self_min_tokens / self_max_tokens: self-attention is replaced at layers whose query
         count is at most ``self_max_tokens``.
     step: the denoising step being run (advanced by the caller after every step).
+    blend_edited: local blend accumulates the target's cross-attention *after* this
+        controller's replacement and reweighting (what the official P2P code stores, since it
+        edits the stored maps in place), instead of the target's own maps.
     """
 
     batch: int
@@ -199,6 +233,7 @@ class P2PController:
     blend_tgt: torch.Tensor | None = None
     blend_tokens: int = 0
     blend_sum: torch.Tensor | None = None        # (2, B, Nq) accumulated maps: source, target
+    blend_edited: bool = False
 
     def active(self, is_cross: bool, n_query: int) -> bool:
         if is_cross:
@@ -236,8 +271,9 @@ class P2PController:
         rows = probs.shape[0]
         if rows != 4 * self.batch:
             raise RuntimeError(f"P2P: expected {4 * self.batch} U-Net rows (CFG x source/target), got {rows}")
-        if is_cross and self.blend_tgt is not None and probs.shape[2] == self.blend_tokens:
-            self._record_blend(probs)
+        blend_layer = is_cross and self.blend_tgt is not None and probs.shape[2] == self.blend_tokens
+        if blend_layer and (not self.blend_edited or self.step >= self.cross_steps):
+            self._record_blend(probs)                # own maps (or no edit at this step)
         if is_cross and self.step >= self.cross_steps:
             return probs
         b = self.batch
@@ -256,6 +292,8 @@ class P2PController:
         self.calls[is_cross] = self.calls.get(is_cross, 0) + 1
         out = probs.clone()
         out[COND_TGT * b:(COND_TGT + 1) * b] = new
+        if blend_layer and self.blend_edited:
+            self._record_blend(out)
         return out
 
 
