@@ -74,13 +74,52 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)[:n]
 
 
-def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Alignment:
+_LEFT, _UP, _DIAG = 1, 2, 3
+
+
+def global_alignment(src: list, tgt: list) -> list[int | None]:
+    """For each item of ``tgt``, the index of the ``src`` item it is aligned with, or ``None``:
+    the official P2P refinement aligner (``seq_aligner.global_align``): Needleman-Wunsch with
+    match 1, mismatch -1, gap 0 (so a longest common subsequence), traced back from the end
+    preferring, on ties, to leave the target item unaligned, then the source item, then to
+    align the two.  Where several common subsequences are longest this picks the one P2P's
+    code picks (``difflib`` may pick another)."""
+    n, m = len(src), len(tgt)
+    score = [[0] * (m + 1) for _ in range(n + 1)]
+    move = [[_LEFT] * (m + 1)] + [[_UP] + [0] * m for _ in range(n)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            left, up = score[i][j - 1], score[i - 1][j]
+            diag = score[i - 1][j - 1] + (1 if src[i - 1] == tgt[j - 1] else -1)
+            best = max(left, up, diag)
+            score[i][j] = best
+            move[i][j] = _LEFT if best == left else _UP if best == up else _DIAG
+    out: list[int | None] = [None] * m
+    i, j = n, m
+    while i > 0 or j > 0:
+        if move[i][j] == _DIAG:
+            i, j = i - 1, j - 1
+            out[j] = i
+        elif move[i][j] == _LEFT:
+            j -= 1
+        else:
+            i -= 1
+    return out
+
+
+def align_tokens(tokenizer, source: str, target: str, mode: str = "auto", aligner: str = "difflib") -> Alignment:
     """Alignment of ``target``'s padded positions to ``source``'s (see module docstring).
 
     ``mode``: "auto" (swap when both captions have the same token count, else
     refine), "swap" (requires the same token count) or "refine".
+    ``aligner`` (refinement): "difflib" (``difflib.SequenceMatcher`` on the token ids) or
+    "p2p" (:func:`global_alignment` on the ids with the start and end tokens, as the
+    official P2P code); the two differ only where several alignments keep as many tokens.
     """
     from .errors import LimeEditError
+
+    if aligner not in ("difflib", "p2p"):
+        raise LimeEditError(f"aligner: expected 'difflib' or 'p2p', got {aligner!r}")
 
     T = tokenizer.model_max_length
     src, tgt = _ids(tokenizer, source), _ids(tokenizer, target)
@@ -99,6 +138,20 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
         alphas[:] = 1.0
         changed = [1 + i for i, (a, b) in enumerate(zip(src, tgt)) if a != b]
         changed_src = list(changed)
+    elif aligner == "p2p":
+        start, end = object(), object()                    # the start/end tokens match only each other
+        match = global_alignment([start, *src, end], [start, *tgt, end])
+        for j, i in enumerate(match):                      # j: target position, i: source position
+            if i is None:
+                changed.append(j)                          # own maps (alpha 0); a valid source slot
+                mapper[j] = min(j, 1 + len(src))
+            else:
+                mapper[j], alphas[j] = i, 1.0
+        matched = {i for i in match if i is not None}
+        changed_src = [i for i in range(1, 1 + len(src)) if i not in matched]
+        t_end = 1 + len(tgt)
+        alphas[t_end:] = 1.0
+        mapper[t_end + 1:] = torch.arange(t_end + 1, T)
     else:
         alphas[0] = 1.0                                    # start token
         sm = difflib.SequenceMatcher(a=src, b=tgt, autojunk=False)

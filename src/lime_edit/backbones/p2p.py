@@ -76,6 +76,8 @@ class P2PSettings:
         means every layer); ``None``: the relative rule above.
     mode: "auto" (word swap when the captions have the same token count, else
         refinement), "swap" or "refine".
+    aligner: the refinement's token alignment: "difflib" or "p2p" (the official code's
+        global alignment; :func:`~lime_edit.p2p_control.align_tokens`).
     reweight: ``{word: scale}``: the target caption's word's attention is multiplied
         by ``scale`` during the replacement steps.
     local_blend: P2P's local blend: after ``blend_start`` of the steps, the target latent
@@ -105,6 +107,7 @@ class P2PSettings:
     self_replace: float = 0.6
     self_replace_min_level: int = 4
     mode: str = "auto"
+    aligner: str = "difflib"
     reweight: tuple[tuple[str, float], ...] = ()
     local_blend: bool = False
     blend_threshold: float = 0.3
@@ -133,7 +136,8 @@ class P2PSettings:
             low = 1 if name == "self_replace_max_tokens" else 0
             if v is not None and (not is_real(v) or not math.isfinite(v) or v != int(v) or v < low):
                 raise LimeEditError(f"{name}: must be a whole number >= {low} or None, got {v!r}")
-        for name, allowed in (("word_match", ("tokens", "split")), ("blend_maps", ("own", "edited"))):
+        for name, allowed in (("word_match", ("tokens", "split")), ("blend_maps", ("own", "edited")),
+                              ("aligner", ("difflib", "p2p"))):
             if getattr(self, name) not in allowed:
                 raise LimeEditError(f"{name}: expected {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
@@ -191,7 +195,7 @@ def parse_blend_words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | No
 #: ``models/p2p_editor.py``, ``models/p2p/attention_control.py``); its words are the record's,
 #: see :func:`preset_options`.  Sampler: 50 DDIM steps, guidance 7.5 (``PIEBENCH_SAMPLER``).
 PIEBENCH_SETTINGS: dict[str, Any] = {
-    "mode": "refine", "cross_replace": 0.4, "self_replace": 0.6, "self_replace_max_tokens": 32 * 32,
+    "mode": "refine", "aligner": "p2p", "cross_replace": 0.4, "self_replace": 0.6, "self_replace_max_tokens": 32 * 32,
     "blend_threshold": 0.3, "blend_start": 0.2, "blend_level": 4, "word_match": "split",
     "blend_maps": "edited", "steps_offset": 0}
 #: the target blend word's reweighting scale of the ``piebench`` preset
@@ -325,7 +329,7 @@ class P2PBackbone(Backbone):
         s = self.settings
         d["p2p"] = {"preset": s.preset, "cross_replace": s.cross_replace, "self_replace": s.self_replace,
                     "self_replace_min_level": s.self_replace_min_level,
-                    "self_replace_max_tokens": s.self_replace_max_tokens, "mode": s.mode,
+                    "self_replace_max_tokens": s.self_replace_max_tokens, "mode": s.mode, "aligner": s.aligner,
                     "reweight": dict(s.reweight), "inversion": "DDIM + Direct Inversion",
                     "local_blend": s.local_blend, "blend_threshold": s.blend_threshold,
                     "blend_start": s.blend_start, "blend_level": s.blend_level,
@@ -342,7 +346,7 @@ class P2PBackbone(Backbone):
         sel = select_tokens(self.tokenizer, instruction, **token_settings(cfg))
         if source is None:
             return sel
-        changed = set(align_tokens(self.tokenizer, source, instruction, self.settings.mode).changed)
+        changed = set(align_tokens(self.tokenizer, source, instruction, self.settings.mode, self.settings.aligner).changed)
         return TokenSelection(ids=sel.ids, tokens=sel.tokens, end=sel.end,
                               related=[p for p in sel.related if p in changed], keep=sel.keep,
                               truncated=sel.truncated)
@@ -441,7 +445,7 @@ class P2PBackbone(Backbone):
         latent_w = size[0] // int(pipe.vae_scale_factor)
         lvl = max(1, s.self_replace_min_level)
         cross_steps, self_steps, blend_start = step_counts(s, steps)
-        aligns = [align_tokens(self.tokenizer, a, b, s.mode) for a, b in zip(sources, prompts)]
+        aligns = [align_tokens(self.tokenizer, a, b, s.mode, s.aligner) for a, b in zip(sources, prompts)]
         ctrl = P2PController(
             batch=B, mapper=torch.stack([a.mapper for a in aligns]), alphas=torch.stack([a.alphas for a in aligns]),
             cross_steps=cross_steps, self_steps=self_steps,
