@@ -96,9 +96,12 @@ class P2PSettings:
     blend_maps: which target cross-attention local blend accumulates: "own" (the target
         branch's own maps) or "edited" (after the cross-attention replacement and
         reweighting: what the official code stores, as it edits the stored maps in place).
-    steps_offset: the DDIM schedule's ``steps_offset`` for inversion and sampling (``None``:
-        the model's scheduler config, 1 for Stable Diffusion: timesteps 981 .. 1 at 50
-        steps; PnPInversion builds its scheduler with diffusers' default 0: 980 .. 0).
+    ddim: the DDIM scheduler of inversion and sampling: "model" (built from the model's
+        scheduler config: for SD v1.x ``steps_offset`` 1, timesteps 981 .. 1 at 50 steps, and
+        ``clip_sample`` as the config says, diffusers' default True where it says nothing,
+        as SD v1.4's config) or "pnpinversion" (PnPInversion's ``DDIMSchedulerDev``: the
+        model's betas with ``steps_offset`` 0, timesteps 980 .. 0, no x0 clipping,
+        ``set_alpha_to_one`` off); see :data:`DDIM_CONFIGS`.
     preset: the name of the preset these settings started from (``_settings``; a record
         of it, see :data:`PRESETS`).
     """
@@ -117,7 +120,7 @@ class P2PSettings:
     blend_words: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     word_match: str = "tokens"
     blend_maps: str = "own"
-    steps_offset: int | None = None
+    ddim: str = "model"
     preset: str = "default"
 
     def __post_init__(self):
@@ -131,13 +134,11 @@ class P2PSettings:
                 raise LimeEditError(f"{name}: must be a latent level (1, 2, 4, ...), got {v!r}")
         if not isinstance(self.local_blend, bool):
             raise LimeEditError(f"local_blend: must be True or False, got {self.local_blend!r}")
-        for name in ("self_replace_max_tokens", "steps_offset"):
-            v = getattr(self, name)
-            low = 1 if name == "self_replace_max_tokens" else 0
-            if v is not None and (not is_real(v) or not math.isfinite(v) or v != int(v) or v < low):
-                raise LimeEditError(f"{name}: must be a whole number >= {low} or None, got {v!r}")
+        v = self.self_replace_max_tokens
+        if v is not None and (not is_real(v) or not math.isfinite(v) or v != int(v) or v < 1):
+            raise LimeEditError(f"self_replace_max_tokens: must be a whole number >= 1 or None, got {v!r}")
         for name, allowed in (("word_match", ("tokens", "split")), ("blend_maps", ("own", "edited")),
-                              ("aligner", ("difflib", "p2p"))):
+                              ("aligner", ("difflib", "p2p")), ("ddim", tuple(DDIM_CONFIGS))):
             if getattr(self, name) not in allowed:
                 raise LimeEditError(f"{name}: expected {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
@@ -197,7 +198,12 @@ def parse_blend_words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | No
 PIEBENCH_SETTINGS: dict[str, Any] = {
     "mode": "refine", "aligner": "p2p", "cross_replace": 0.4, "self_replace": 0.6, "self_replace_max_tokens": 32 * 32,
     "blend_threshold": 0.3, "blend_start": 0.2, "blend_level": 4, "word_match": "split",
-    "blend_maps": "edited", "steps_offset": 0}
+    "blend_maps": "edited", "ddim": "pnpinversion"}
+#: ``P2PSettings.ddim`` -> the DDIM scheduler config entries it sets over the model's
+DDIM_CONFIGS: dict[str, dict[str, Any]] = {
+    "model": {},
+    "pnpinversion": {"steps_offset": 0, "clip_sample": False, "set_alpha_to_one": False},
+}
 #: the target blend word's reweighting scale of the ``piebench`` preset
 PIEBENCH_REWEIGHT = 2.0
 #: the sampler of PnPInversion's row: LimeConfig fields (P2PBackbone.sampler_defaults agree)
@@ -335,8 +341,7 @@ class P2PBackbone(Backbone):
                     "blend_start": s.blend_start, "blend_level": s.blend_level,
                     "blend_words": None if s.blend_words is None else [list(w) for w in s.blend_words],
                     "word_match": s.word_match, "blend_maps": s.blend_maps,
-                    "steps_offset": s.steps_offset if s.steps_offset is not None
-                    else self.pipe.scheduler.config.get("steps_offset", 0)}
+                    "ddim": s.ddim, "ddim_config": self._ddim_config()}
         return d
 
     # ---------------------------------------------------------------- text side
@@ -383,19 +388,25 @@ class P2PBackbone(Backbone):
                 eq[b, self._word_positions(text, word, "reweight", "target")] = float(scale)
         return eq
 
+    def _ddim_config(self) -> dict[str, Any]:
+        """The scheduler config entries that decide the DDIM timesteps and step under these
+        settings (a record for ``describe``)."""
+        cfg = {**self.pipe.scheduler.config, **DDIM_CONFIGS[self.settings.ddim]}
+        return {k: cfg.get(k) for k in ("steps_offset", "clip_sample", "set_alpha_to_one", "timestep_spacing")}
+
     @contextmanager
     def _schedule(self) -> Iterator[None]:
-        """The pipeline's DDIM scheduler with the settings' ``steps_offset`` (when it differs
-        from the scheduler's own) for the calls inside the block."""
+        """The pipeline's DDIM scheduler with the settings' ``ddim`` config entries (when they
+        differ from the scheduler's own) for the calls inside the block."""
         pipe = self.pipe
-        want = self.settings.steps_offset
-        if want is None or pipe.scheduler.config.get("steps_offset", 0) == want:
+        want = DDIM_CONFIGS[self.settings.ddim]
+        if all(pipe.scheduler.config.get(k) == v for k, v in want.items()):
             yield
             return
         from diffusers import DDIMScheduler
 
         saved = pipe.scheduler
-        pipe.scheduler = DDIMScheduler.from_config(saved.config, steps_offset=int(want))
+        pipe.scheduler = DDIMScheduler.from_config(saved.config, **want)
         try:
             yield
         finally:
@@ -406,7 +417,7 @@ class P2PBackbone(Backbone):
         pipe = self.pipe
         device = pipe._execution_device
         key = (tuple(sources), steps, size, str(device), str(pipe.unet.dtype),
-               int(pipe.scheduler.config.get("steps_offset", 0)),
+               tuple(sorted((k, str(v)) for k, v in pipe.scheduler.config.items())),
                tuple(hashlib.sha1(im.tobytes()).hexdigest() for im in images))
         if self._inversion is not None and self._inversion[0] == key:
             return self._inversion[1]
