@@ -48,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 
 from ..config import LimeConfig, is_real
@@ -102,6 +103,9 @@ class P2PSettings:
         as SD v1.4's config) or "pnpinversion" (PnPInversion's ``DDIMSchedulerDev``: the
         model's betas with ``steps_offset`` 0, timesteps 980 .. 0, no x0 clipping,
         ``set_alpha_to_one`` off); see :data:`DDIM_CONFIGS`.
+    quantize: how the decoded image becomes 8-bit: "round" (diffusers' image processor) or
+        "floor" (PnPInversion's ``latent2image``: ``(x * 255).astype(uint8)``, on average
+        half a level darker).
     preset: the name of the preset these settings started from (``_settings``; a record
         of it, see :data:`PRESETS`).
     """
@@ -121,6 +125,7 @@ class P2PSettings:
     word_match: str = "tokens"
     blend_maps: str = "own"
     ddim: str = "model"
+    quantize: str = "round"
     preset: str = "default"
 
     def __post_init__(self):
@@ -138,7 +143,8 @@ class P2PSettings:
         if v is not None and (not is_real(v) or not math.isfinite(v) or v != int(v) or v < 1):
             raise LimeEditError(f"self_replace_max_tokens: must be a whole number >= 1 or None, got {v!r}")
         for name, allowed in (("word_match", ("tokens", "split")), ("blend_maps", ("own", "edited")),
-                              ("aligner", ("difflib", "p2p")), ("ddim", tuple(DDIM_CONFIGS))):
+                              ("aligner", ("difflib", "p2p")), ("ddim", tuple(DDIM_CONFIGS)),
+                              ("quantize", ("round", "floor"))):
             if getattr(self, name) not in allowed:
                 raise LimeEditError(f"{name}: expected {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
@@ -198,7 +204,7 @@ def parse_blend_words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | No
 PIEBENCH_SETTINGS: dict[str, Any] = {
     "mode": "refine", "aligner": "p2p", "cross_replace": 0.4, "self_replace": 0.6, "self_replace_max_tokens": 32 * 32,
     "blend_threshold": 0.3, "blend_start": 0.2, "blend_level": 4, "word_match": "split",
-    "blend_maps": "edited", "ddim": "pnpinversion"}
+    "blend_maps": "edited", "ddim": "pnpinversion", "quantize": "floor"}
 #: ``P2PSettings.ddim`` -> the DDIM scheduler config entries it sets over the model's
 DDIM_CONFIGS: dict[str, dict[str, Any]] = {
     "model": {},
@@ -341,7 +347,7 @@ class P2PBackbone(Backbone):
                     "blend_start": s.blend_start, "blend_level": s.blend_level,
                     "blend_words": None if s.blend_words is None else [list(w) for w in s.blend_words],
                     "word_match": s.word_match, "blend_maps": s.blend_maps,
-                    "ddim": s.ddim, "ddim_config": self._ddim_config()}
+                    "ddim": s.ddim, "ddim_config": self._ddim_config(), "quantize": s.quantize}
         return d
 
     # ---------------------------------------------------------------- text side
@@ -499,9 +505,15 @@ class P2PBackbone(Backbone):
             return {"latents": lat}
 
         start = torch.cat([traj[-1], traj[-1]])
+        floor = output_type == "pil" and s.quantize == "floor"
         with p2p_attention(pipe.unet, ctrl):
             out = pipe(prompt=list(sources) + list(prompts), latents=start, num_inference_steps=steps,
-                       guidance_scale=guidance, height=size[1], width=size[0], output_type=output_type,
+                       guidance_scale=guidance, height=size[1], width=size[0],
+                       output_type="np" if floor else output_type,
                        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]).images
+        if floor:            # PnPInversion's latent2image: (x * 255).astype(uint8), truncated
+            from PIL import Image
+
+            out = [Image.fromarray((np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)) for x in out]
         # identical captions: nothing to edit, the source branch (the reconstruction) is the result
         return [out[j] if sources[j] == prompts[j] else out[B + j] for j in range(B)]
