@@ -348,3 +348,23 @@ def test_eval_piebench_p2p_runs_and_records_the_preset(t2i, tmp_path, capsys):
     assert main(["eval", "editval", "--data", str(pie), "--out", str(tmp_path / "x"), "--preset", "piebench"]) == 2
     assert "--preset piebench: Prompt-to-Prompt settings for `eval piebench" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("options, why", [
+    ({"self_replace_max_tokens": 0}, "self_replace_max_tokens: must be a whole number >= 1 or None, got 0"),
+    ({"self_replace_max_tokens": 1.5}, "self_replace_max_tokens: must be a whole number"),
+    ({"self_replace_max_tokens": "1024"}, "self_replace_max_tokens: must be a whole number"),
+    ({"word_match": "words"}, "word_match: expected 'tokens' or 'split', got 'words'"),
+    ({"blend_maps": "target"}, "blend_maps: expected 'own' or 'edited'"),
+    ({"aligner": "nw"}, "aligner: expected 'difflib' or 'p2p'"),
+    ({"ddim": "pnp"}, "ddim: expected 'model' or 'pnpinversion'"),
+    ({"quantize": "trunc"}, "quantize: expected 'round' or 'floor'"),
+    ({"preset": "PIE-Bench"}, "preset: unknown preset 'PIE-Bench' \\(known: default, piebench\\)"),
+    ({"blend_words": "cat dog", "local_blend": True}, "blend_words: expected \\(source words, target words\\)"),
+    ({"blend_words": ("cat", ""), "local_blend": True}, "blend_words: expected"),
+])
+def test_new_p2p_settings_of_the_wrong_value_are_named(options, why):
+    from lime_edit.backbones.p2p import P2PSettings
+
+    with pytest.raises(LimeEditError, match="^" + why):
+        P2PSettings(**options)
