@@ -1,5 +1,6 @@
 """Prompt-to-Prompt on a text-to-image Stable Diffusion model, for real images
-(LIME paper, supplementary A.1; "DirectInversion + P2P" of PIE-Bench).
+(LIME paper, supplementary A.1; the method of PIE-Bench's "DirectInversion + P2P" row, whose
+settings are the ``piebench`` preset, not the defaults).
 
 One edit of ``B`` images with source captions ``S`` and target captions ``T``:
 
