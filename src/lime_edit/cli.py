@@ -613,7 +613,8 @@ def add_p2p_args(parser) -> None:
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="named settings: default (lime-edit's) or piebench (PnPInversion's DirectInversion + P2P "
                         "row: refinement, self-attention at <= 32x32 query tokens whatever the size, local blend "
-                        "on --blend-words, the target word reweighted x2, PnPInversion's DDIM: timesteps 980..0, no x0 clipping)")
+                        "on --blend-words, the target word reweighted x2, PnPInversion's DDIM: timesteps 980..0, "
+                        "no x0 clipping)")
     g.add_argument("--blend-words", default=None, metavar="'SOURCE TARGET'",
                    help="local blend on these words (turns --local-blend on): the source caption's word and the "
                         "target's, as PIE-Bench's blended_word, e.g. 'cat dog'; with --preset piebench the target "

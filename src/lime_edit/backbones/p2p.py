@@ -103,7 +103,7 @@ class P2PSettings:
         ``clip_sample`` as the config says, diffusers' default True where it says nothing,
         as SD v1.4's config) or "pnpinversion" (PnPInversion's ``DDIMSchedulerDev``: the
         model's betas with ``steps_offset`` 0, timesteps 980 .. 0, no x0 clipping,
-        ``set_alpha_to_one`` off); see :data:`DDIM_CONFIGS`.
+        ``set_alpha_to_one`` off, "leading" spacing as diffusers 0.10); see :data:`DDIM_CONFIGS`.
     quantize: how the decoded image becomes 8-bit: "round" (diffusers' image processor) or
         "floor" (PnPInversion's ``latent2image``: ``(x * 255).astype(uint8)``, on average
         half a level darker).
@@ -203,13 +203,14 @@ def parse_blend_words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | No
 #: ``models/p2p_editor.py``, ``models/p2p/attention_control.py``); its words are the record's,
 #: see :func:`preset_options`.  Sampler: 50 DDIM steps, guidance 7.5 (``PIEBENCH_SAMPLER``).
 PIEBENCH_SETTINGS: dict[str, Any] = {
-    "mode": "refine", "aligner": "p2p", "cross_replace": 0.4, "self_replace": 0.6, "self_replace_max_tokens": 32 * 32,
+    "mode": "refine", "aligner": "p2p", "cross_replace": 0.4, "self_replace": 0.6,
+    "self_replace_max_tokens": 32 * 32,
     "blend_threshold": 0.3, "blend_start": 0.2, "blend_level": 4, "word_match": "split",
     "blend_maps": "edited", "ddim": "pnpinversion", "quantize": "floor"}
 #: ``P2PSettings.ddim`` -> the DDIM scheduler config entries it sets over the model's
 DDIM_CONFIGS: dict[str, dict[str, Any]] = {
     "model": {},
-    "pnpinversion": {"steps_offset": 0, "clip_sample": False, "set_alpha_to_one": False},
+    "pnpinversion": {"steps_offset": 0, "clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "leading"},
 }
 #: the target blend word's reweighting scale of the ``piebench`` preset
 PIEBENCH_REWEIGHT = 2.0
@@ -358,7 +359,8 @@ class P2PBackbone(Backbone):
         sel = select_tokens(self.tokenizer, instruction, **token_settings(cfg))
         if source is None:
             return sel
-        changed = set(align_tokens(self.tokenizer, source, instruction, self.settings.mode, self.settings.aligner).changed)
+        s = self.settings
+        changed = set(align_tokens(self.tokenizer, source, instruction, s.mode, s.aligner).changed)
         return TokenSelection(ids=sel.ids, tokens=sel.tokens, end=sel.end,
                               related=[p for p in sel.related if p in changed], keep=sel.keep,
                               truncated=sel.truncated)
