@@ -334,6 +334,11 @@ def test_eval_piebench_p2p_runs_and_records_the_preset(t2i, tmp_path, capsys):
     assert np.array_equal(got, np.asarray(direct.image))
     other = np.asarray(Image.open(tmp_path / "default" / "annotation_images" / rel))
     assert not np.array_equal(got, other)
+    # score's report says what made the outputs, the preset included
+    assert main(["score", "piebench", "--data", str(pie), "--outputs", str(tmp_path / "preset"), "--metrics", "psnr",
+                 "--device", "cpu", "-q"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "preset" / "scores" / "piebench" / "report.json").read_text())
+    assert report["generated_with"]["p2p_preset"] == "piebench" and report["generated_with"]["backbone"] == "p2p"
     # a rerun with the other preset into the same folder is refused (signature)
     argv = ["eval", "piebench", "--data", str(pie), "--out", str(tmp_path / "preset"), "--model", str(model),
             "--backbone", "p2p", "--steps", "4", "--device", "cpu", "-q", "--no-lime", "--lossless",
