@@ -100,8 +100,8 @@ class P2PSettings:
         reweighting: what the official code stores, as it edits the stored maps in place).
     ddim: the DDIM scheduler of inversion and sampling: "model" (built from the model's
         scheduler config: for SD v1.x ``steps_offset`` 1, timesteps 981 .. 1 at 50 steps, and
-        ``clip_sample`` as the config says, diffusers' default True where it says nothing,
-        as SD v1.4's config) or "pnpinversion" (PnPInversion's ``DDIMSchedulerDev``: the
+        ``clip_sample`` as the config says, diffusers' DDIM default True where it names
+        none) or "pnpinversion" (PnPInversion's ``DDIMSchedulerDev``: the
         model's betas with ``steps_offset`` 0, timesteps 980 .. 0, no x0 clipping,
         ``set_alpha_to_one`` off, "leading" spacing as diffusers 0.10); see :data:`DDIM_CONFIGS`.
     quantize: how the decoded image becomes 8-bit: "round" (diffusers' image processor) or
