@@ -223,8 +223,8 @@ class LimePipeline:
             if self.backbone.select_tokens(it.source, cfg).truncated:
                 extra.append(f"source caption is longer than the text encoder's {self.backbone.max_tokens} "
                              "tokens and was truncated")
-            extra += [n for n in dict.fromkeys(getattr(self.backbone, "notes", None) or [])
-                      if it.source in n or it.instruction in n]       # the backbone's notes on these captions
+            extra += list(dict.fromkeys(msg for text, msg in getattr(self.backbone, "notes", None) or []
+                                        if text in (it.source, it.instruction)))   # its notes on these captions
             res.warnings[:0] = extra
             res.settings["source"], res.settings["target"] = it.source, it.instruction
             if "p2p" in self.backbone.describe():

@@ -308,9 +308,9 @@ class P2PBackbone(Backbone):
         self._inversion: tuple[tuple, list[torch.Tensor]] | None = None
         #: the local-blend mask of the last pass, (B, 1, h, w) on the latent grid (None without blend)
         self.last_blend_mask: torch.Tensor | None = None
-        #: notes for the results' warnings (words the "split" rule did not find); edit_captions
-        #: empties it before its passes and reads it after
-        self.notes: list[str] = []
+        #: ``(caption, message)`` notes for the results' warnings (words the "split" rule did not
+        #: find); edit_captions empties it before its passes and reads it after
+        self.notes: list[tuple[str, str]] = []
 
     @contextmanager
     def using(self, **options: Any) -> Iterator[P2PSettings]:
@@ -372,9 +372,9 @@ class P2PBackbone(Backbone):
         if self.settings.word_match == "split":
             hits = split_word_positions(tok, text, word)
             if not hits:
-                self.notes.append(f"{what}: {word!r} is not a space-separated word of the {caption} caption "
-                                  f"{text!r}: nothing {'reweighted' if what == 'reweight' else 'blended'} for it "
-                                  "(as the official P2P code)")
+                done = "reweighted" if what == "reweight" else "blended"
+                self.notes.append((text, f"{what}: {word!r} is not a space-separated word of the {caption} "
+                                         f"caption {text!r}: nothing {done} for it (as the official P2P code)"))
             return hits
         full = list(tok(text, add_special_tokens=False).input_ids)
         ids = full[: self.max_tokens - 2]
