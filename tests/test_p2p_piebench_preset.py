@@ -346,7 +346,8 @@ def test_eval_piebench_p2p_runs_and_records_the_preset(t2i, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 2 and "p2p_preset" in capsys.readouterr().err
     # bad names and places: one usage line each, before any work
-    for extra, msg in ((["--preset", "nope"], "--preset 'nope': no such preset"),):
+    for extra, msg in ((["--preset", "nope"], "--preset 'nope': no such preset"),
+                       (["--preset", "piebench", "--backbone", "ip2p"], "--backbone ip2p has none")):
         assert main(["eval", "piebench", "--data", str(pie), "--out", str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and msg in err

@@ -160,6 +160,10 @@ def _check_preset(args: argparse.Namespace) -> None:
     if args.benchmark != "piebench":
         raise UsageError(f"--preset {preset}: Prompt-to-Prompt settings for `eval piebench --backbone p2p`; "
                          f"{args.benchmark} runs instruction editors only")
+    backbone = getattr(args, "backbone", None)
+    if backbone is not None and str(backbone).lower() != "p2p":
+        raise UsageError(f"--preset {preset}: Prompt-to-Prompt settings, for --backbone p2p; --backbone {backbone} "
+                         "has none")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
