@@ -212,6 +212,8 @@ class LimePipeline:
             if why:
                 raise LimeEditError(f"source{where}: {'empty caption' if why == 'empty' else why}")
             it.source = src.strip()
+        if hasattr(self.backbone, "notes"):
+            self.backbone.notes = []        # the passes of this call add theirs
         results = self._edit_items(items, single, cfg)
         for it, res in zip(items, [results] if single else results):
             extra = []
@@ -221,6 +223,8 @@ class LimePipeline:
             if self.backbone.select_tokens(it.source, cfg).truncated:
                 extra.append(f"source caption is longer than the text encoder's {self.backbone.max_tokens} "
                              "tokens and was truncated")
+            extra += list(dict.fromkeys(msg for text, msg in getattr(self.backbone, "notes", None) or []
+                                        if text in (it.source, it.instruction)))   # its notes on these captions
             res.warnings[:0] = extra
             res.settings["source"], res.settings["target"] = it.source, it.instruction
             if "p2p" in self.backbone.describe():

@@ -16,8 +16,12 @@ Outputs (the layout each benchmark's scorer reads, see :mod:`lime_edit.eval.scor
   ``.jpg``; ``--lossless`` writes a ``.png`` of the same stem instead);
   ``editing_instruction`` is the instruction; a caption editor (``--backbone p2p``)
   edits from ``original_prompt`` to ``editing_prompt`` (``[ ]`` markers removed) instead,
-  which gives PIE-Bench's "DirectInversion + P2P" row and, without ``--no-lime``, its
-  "+ LIME" counterpart. The other benchmarks have no captions and refuse a caption editor.
+  with the ``piebench`` preset by default (``--preset``; :func:`piebench_p2p_options`:
+  blend and reweighting words from the record's ``blended_word``), PnPInversion's model
+  (``--model`` left out) and float32 (``--dtype`` left out), which gives PIE-Bench's
+  "DirectInversion + P2P" row with ``--no-lime`` and, without it, its "+ LIME"
+  counterpart; the manifest's ``sampler.p2p_preset`` and each record's ``p2p`` say which
+  settings ran. The other benchmarks have no captions and refuse a caption editor.
 - EditVal: ``RUN_DIR/<edit_type>/<image_id>/<to>.png`` at the COCO image's size (a ``to``
   over 200 bytes cut and given a hash, see :func:`lime_edit.eval.datasets.safe_component`).
 
@@ -154,6 +158,7 @@ class Ctx:
     overwrite: bool
     guard: OutputGuard | None = None
     turns: RowStore | None = None   # per-output records of multi-output samples (MagicBrush turns)
+    p2p_preset: str | None = None   # a caption editor's preset (PIE-Bench; see piebench_p2p_options)
 
     def save(self, path: Path, image) -> None:
         """Write an edited image (atomically), after the guard allowed its path."""
@@ -187,10 +192,25 @@ def _edit(editor, image, instruction: str, ctx: Ctx):
     return res, _record(res, t0, ctx, instruction=instruction)
 
 
-def _edit_captions(editor, image, source: str, target: str, ctx: Ctx):
+def _edit_captions(editor, image, source: str, target: str, ctx: Ctx, p2p: dict[str, Any] | None = None):
     t0 = time.perf_counter()
-    res = editor.edit_captions(image, source, target, mask=ctx.mask, seed=ctx.seed, **ctx.overrides)
-    return res, _record(res, t0, ctx, source_caption=source, target_caption=target)
+    res = editor.edit_captions(image, source, target, mask=ctx.mask, seed=ctx.seed, p2p=p2p, **ctx.overrides)
+    rec = _record(res, t0, ctx, source_caption=source, target_caption=target)
+    if isinstance(getattr(res, "settings", None), dict) and "p2p" in res.settings:
+        rec["p2p"] = res.settings["p2p"]         # the preset and the words this sample used
+    return res, rec
+
+
+def piebench_p2p_options(preset: str, blended_word: str) -> dict[str, Any]:
+    """The Prompt-to-Prompt settings of one PIE-Bench record (``edit_captions(p2p=...)``):
+    preset ``piebench`` takes its blend (and reweighting) words from the record's
+    ``blended_word`` ("cat dog": source word, target word), as PnPInversion's
+    ``run_editing_p2p.py`` does; ``default`` is lime-edit's P2P defaults (no words)."""
+    from ..backbones.p2p import parse_blend_words
+
+    if preset == "piebench":
+        return {"preset": preset, "blend_words": parse_blend_words(blended_word)}
+    return {"preset": preset}
 
 
 def _captions(editor) -> bool:
@@ -266,7 +286,8 @@ def piebench_units(data, out: Path, limit: int | None, categories: set[str] | No
             # recorded as a bare "skipped" entry.
             if _captions(editor):
                 res, rec = _edit_captions(editor, _load_input(it.image), it.clean_original_prompt,
-                                          it.clean_editing_prompt, ctx)
+                                          it.clean_editing_prompt, ctx,
+                                          p2p=piebench_p2p_options(ctx.p2p_preset or "piebench", it.blended_word))
             else:
                 res, rec = _edit(editor, _load_input(it.image), it.editing_instruction, ctx)
             # Saved like PnP-Inversion's scripts: same relative name, PIL defaults for the format.
@@ -361,7 +382,27 @@ def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
     if getattr(args, "lossless", False):
         sig["lossless"] = True
+    if getattr(args, "preset", None) is not None or getattr(args, "backbone", None) == "p2p":
+        sig["p2p_preset"] = _p2p_preset(args)
     return sig
+
+
+def _p2p_preset(args) -> str:
+    """The Prompt-to-Prompt preset of a PIE-Bench run with a caption editor: ``--preset``, or
+    ``piebench`` (PnPInversion's row, so the numbers sit beside the published ones)."""
+    return getattr(args, "preset", None) or "piebench"
+
+
+def _resolve_model_and_dtype(args) -> None:
+    """``--model`` left out: the IP2P default, or with ``--backbone p2p`` PnPInversion's SD v1.4;
+    ``--dtype`` left out for the ``piebench`` preset: float32, as PnPInversion runs."""
+    from .cli import DEFAULT_MODEL, P2P_MODEL
+
+    p2p = getattr(args, "backbone", None) == "p2p"
+    if getattr(args, "model", None) is None:
+        args.model = P2P_MODEL if p2p else DEFAULT_MODEL
+    if p2p and args.benchmark == "piebench" and _p2p_preset(args) == "piebench" and args.dtype is None:
+        args.dtype = "float32"
 
 
 def _effective_dtype(dtype: str | None, device: Any, cuda_auto: str = "float16") -> str:
@@ -480,6 +521,7 @@ def run_eval(args) -> int:
     if args.protocol is not None and (bench != "magicbrush" or args.protocol not in PROTOCOLS[bench]):
         raise LimeEditError(protocol_error(bench, args.protocol, "eval"))   # e.g. EditVal's: scoring rules only
     protocol = (args.protocol or "single") if bench == "magicbrush" else None
+    _resolve_model_and_dtype(args)
     user = collect_overrides(args)
     overrides = {**PROTOCOL_SETTINGS[bench], **user}
     seed = DEFAULT_SEED[bench] if args.seed is None else int(args.seed)
@@ -571,6 +613,14 @@ def run_eval(args) -> int:
                 raise LimeEditError(f"--backbone {editor.backbone.name} edits by source and target captions; "
                                     f"{bench} gives instructions only (PIE-Bench has captions: eval piebench)")
             sampler = _family_sampler(editor, ctx.overrides, user, sampler)
+            if _captions(editor):
+                ctx.p2p_preset = _p2p_preset(args)
+                sampler["p2p_preset"] = {"value": ctx.p2p_preset,
+                                         "from": "user" if getattr(args, "preset", None) else "eval piebench default"}
+            elif getattr(args, "preset", None) is not None:
+                raise LimeEditError(f"--preset {args.preset}: Prompt-to-Prompt settings, for a caption editor "
+                                    f"(--backbone p2p); this model runs the "
+                                    f"{getattr(getattr(editor, 'backbone', None), 'name', 'ip2p')} backbone")
             from ..cli import check_model_settings
 
             check_model_settings(editor, ctx.overrides, args)   # once, not on every sample
