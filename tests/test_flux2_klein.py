@@ -218,3 +218,58 @@ def test_web_app_edits_and_names_the_editor(flp, scene_file, tmp_path):
         assert any("FLUX.2 [klein]" in str(l) for l in labels)
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("family", ["flux2", "kontext"])
+def test_preserve_latent_ends_on_the_input_latents_outside_the_region(family, flp, scene, tmp_path):
+    # the final latents outside the RoI are the input's own latents (the context tokens the
+    # transformer is fed), read here by an independent hook; inside, the edit
+    if family == "kontext":
+        from lime_edit.testing_dit import tiny_kontext_pipeline
+
+        lp = LimePipeline(tiny_kontext_pipeline(tmp_path / "tok"))
+    else:
+        lp = flp
+    pipe, bb = lp.pipe, lp.backbone
+    grid = bb.token_grid((64, 64))
+    n = grid[0] * grid[1]
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["hidden_states"][:, n:2 * n].clone()) if not seen else None, with_kwargs=True)
+    st = PassState(latent_hw=grid, batch=1, reg_steps=range(STEPS), reg_levels=frozenset(bb.levels))
+    st.roi = torch.zeros(1, 2 * grid[0], 2 * grid[1], dtype=torch.bool)
+    st.roi[0, 4:16, 4:16] = True
+    st.tokens = bb.select_tokens(PROMPT, lp.settings()).keep[None]
+    try:
+        with bb.attention(st):
+            out = bb.run(prompts=[PROMPT], images=[scene], size=(64, 64), steps=STEPS, guidance=lp.settings().guidance_scale,
+                         image_guidance=1.5, generators=[torch.Generator().manual_seed(0)], output_type="latent",
+                         blend_state=st)
+    finally:
+        hook.remove()
+    if family == "kontext":
+        lat, tol = out, 0.0                                     # packed, as the transformer sees them
+    else:                                                      # FLUX.2 returns them unpacked, de-normalised
+        bn = pipe.vae.bn
+        lat = pipe._patchify_latents(out)
+        lat = (lat - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
+            bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+        lat, tol = pipe._pack_latents(lat), 1e-5
+    roi = torch.nn.functional.interpolate(st.roi[:, None].float(), size=grid)[0, 0].flatten() > 0.5
+    x0 = seen[0][0].to(lat.dtype)
+    assert (lat[0][~roi] - x0[~roi]).abs().max() <= tol
+    assert (lat[0][roi] - x0[roi]).abs().max() > 1e-3
+
+
+def test_preserve_latent_end_to_end_and_refused_where_unavailable(flp, scene, tmp_path):
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:40] = True
+    blended = flp.edit(scene, PROMPT, mask=mask, seed=0, num_inference_steps=STEPS, preserve="latent")
+    composite = flp.edit(scene, PROMPT, mask=mask, seed=0, num_inference_steps=STEPS, preserve="outside")
+    assert blended.lime_applied and not np.array_equal(np.asarray(blended.image), np.asarray(composite.image))
+    plain = flp.edit(scene, PROMPT, mask=None, seed=0, num_inference_steps=STEPS, preserve="latent")
+    assert any("preserve='latent': no region" in w for w in plain.warnings)
+    from lime_edit.testing import tiny_pipeline
+
+    with pytest.raises(LimeEditError, match="preserve='latent': not available on ip2p"):
+        LimePipeline(tiny_pipeline(tmp_path / "tok")).settings(preserve="latent")

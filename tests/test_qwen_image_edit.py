@@ -303,3 +303,14 @@ def test_plus_off_equals_stock_and_a_batch_runs_one_by_one(plus_lp, scene):
     one = plus_lp.edit(other, LONG, seed=5, num_inference_steps=2)
     assert both[1].lime_applied and torch.equal(both[1].mask, one.mask)
     assert np.array_equal(np.asarray(both[1].image), np.asarray(one.image))
+
+
+def test_preserve_latent_where_the_context_grid_is_the_targets(qlp, scene):
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:40] = True
+    res = qlp.edit(scene, PROMPT, mask=mask, seed=0, num_inference_steps=2, preserve="latent")
+    free = qlp.edit(scene, PROMPT, mask=mask, seed=0, num_inference_steps=2)
+    assert res.lime_applied and not np.array_equal(np.asarray(res.image), np.asarray(free.image))
+    with pytest.raises(LimeEditError, match="preserve='latent': Qwen-Image-Edit encodes the input at"):
+        qlp.edit(scene.resize((96, 48)), PROMPT, mask=np.ones((48, 96), bool), num_inference_steps=2,
+                 preserve="latent")

@@ -153,9 +153,10 @@ _CHOICE_FLAGS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("--clustering", "clustering", ("kmeans", "agglomerative"), "segmentation method (default kmeans)"),
     ("--schedule", "schedule", ("two_pass", "single_pass"),
      "two_pass: localize, then edit from the same seed (default); single_pass: one trajectory"),
-    ("--preserve", "preserve", ("none", "outside"),
+    ("--preserve", "preserve", ("none", "outside", "latent"),
      "outside: the result is the input pixel for pixel outside the regularized region (RoI or --mask), "
-     "the edit inside (default none: the editor's output)"),
+     "the edit inside; latent (kontext, qwen-image-edit, flux2): the latents outside it follow the input's "
+     "own trajectory, so the edit blends in without a seam (default none: the editor's output)"),
     ("--joint-rule", "joint_rule", ("text_mass", "literal"),
      "joint-attention transformers (kontext): text_mass keeps the text block's share and gives the "
      "unrelated words' part to the kept ones (default); literal: the paper's -inf on the joint softmax"),

@@ -255,6 +255,10 @@ class LimePipeline:
         except (ValueError, TypeError) as err:
             raise LimeEditError(str(err)) from None
         self.backbone.check_levels(cfg)
+        if cfg.preserve == "latent" and not self.backbone.latent_blend:
+            raise LimeEditError(f"preserve='latent': not available on {self.backbone.name} (only the flow-matching "
+                                "transformers: kontext, qwen-image-edit, flux2); preserve='outside' keeps the "
+                                "outside on any family")
         select_layers(list(self.backbone.denoiser.attn_processors), cfg.layers)   # a pattern matching no layer
         return cfg
 
@@ -375,6 +379,8 @@ class LimePipeline:
             state.reg_branches = tuple(bb.regularized_branches)
             state.rule = cfg.joint_rule
             state.context_hw = bb.context_grid(size)
+            if stop_after is None and cfg.preserve == "latent":
+                kwargs["blend_state"] = state
             try:
                 with bb.attention(state, cfg.layers):
                     return self.backbone.run(on_step_end=step_end, **kwargs)
@@ -556,11 +562,10 @@ class LimePipeline:
             img = Image.fromarray(np.clip(np.round(images[j] * 255.0), 0, 255).astype(np.uint8))
             if img.size != it.image.size:
                 img = img.resize(it.image.size, Image.LANCZOS)
-            if cfg.preserve == "outside":
-                if regularized[j]:
-                    img = _keep_outside(img, it.image, masks[j])
-                else:
-                    warnings[j].append("preserve='outside': no region was regularized, so nothing is kept")
+            if cfg.preserve == "outside" and regularized[j]:
+                img = _keep_outside(img, it.image, masks[j])
+            elif cfg.preserve != "none" and not regularized[j]:
+                warnings[j].append(f"preserve='{cfg.preserve}': no region was regularized, so nothing is kept")
             results.append(EditResult(
                 image=img, mask=masks[j] if regularized[j] else None, localization=locs[j],
                 lime_applied=bool(regularized[j]), seed=it.seed, warnings=warnings[j],

@@ -62,6 +62,7 @@ class Flux2KleinBackbone(Backbone):
     has_image_guidance = False
     display_name = "FLUX.2 [klein]"
     own_steps_in_benchmarks = True
+    latent_blend = True
     max_batch = 1
 
     def __init__(self, pipe, **options: Any):

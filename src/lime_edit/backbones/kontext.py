@@ -86,6 +86,7 @@ class KontextBackbone(Backbone):
     has_image_guidance = False
     display_name = "FLUX.1 Kontext"
     own_steps_in_benchmarks = True
+    latent_blend = True
 
     @classmethod
     def cuda_dtype(cls):

@@ -87,6 +87,7 @@ class QwenImageEditBackbone(Backbone):
     has_image_guidance = False
     display_name = "Qwen-Image-Edit"
     own_steps_in_benchmarks = True
+    latent_blend = True
     text_sees_image = True
 
     @classmethod
@@ -202,6 +203,18 @@ class QwenImageEditBackbone(Backbone):
 
     def context_grid(self, size: tuple[int, int]) -> tuple[int, int]:
         return self.token_grid(self.context_size(size))
+
+    @contextlib.contextmanager
+    def latent_blender(self, state, size: tuple[int, int]):
+        """``preserve="latent"`` needs the context latents on the target's grid: inputs the
+        pipeline encodes at their own size (about 1024x1024 pixels)."""
+        if self.context_grid(size) != self.token_grid(size):
+            cw, ch = self.context_size(size)
+            raise LimeEditError(f"preserve='latent': Qwen-Image-Edit encodes the input at {cw}x{ch} and this "
+                                f"edit runs at {size[0]}x{size[1]}, so its latents cannot be kept; give an input "
+                                f"of {cw}x{ch} or use preserve='outside'")
+        with super().latent_blender(state, size) as blend:
+            yield blend
 
     @contextlib.contextmanager
     def attention(self, state, layers: tuple[str, ...] | None = None):
