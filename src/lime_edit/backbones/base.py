@@ -166,6 +166,13 @@ class Backbone:
         return {}
 
     @classmethod
+    def load_single_file(cls, path, kwargs: dict[str, Any], config: str | None, local_files_only: bool | None):
+        """The pipeline from a single file when the family loads it its own way (a
+        transformer-only release file); None: diffusers' ``from_single_file`` of the whole
+        pipeline (original-LDM checkpoints)."""
+        return None
+
+    @classmethod
     def extract_ema(cls, shapes: dict[str, tuple[int, ...]]) -> bool:
         """Training checkpoints that carry EMA weights (``model_ema.*``: IP2P, MagicBrush, HIVE)
         are sampled with them by their authors' scripts, so the EMA U-Net is loaded."""
