@@ -33,49 +33,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Any
 
 from ..config import LimeConfig
 from ..errors import LimeEditError
 from ..tokens import TokenSelection, select_tokens_in_span
-from .base import Backbone, token_settings
-from .kontext import flux_blocks
+from .base import token_settings
+from .transformer import TransformerBackbone
 
 #: sampler defaults of the released klein models (distilled) and their base models
 DISTILLED = {"num_inference_steps": 4, "guidance_scale": 1.0, "localization_guidance_scale": 1.0}
 BASE = {"num_inference_steps": 50, "guidance_scale": 4.0, "localization_guidance_scale": 4.0}
 
 
-class Flux2KleinBackbone(Backbone):
+class Flux2KleinBackbone(TransformerBackbone):
     name = "flux2"
     description = "FLUX.2 [klein] (black-forest-labs/FLUX.2-klein-4B, -9B, -base; joint-attention transformer)"
     pipeline_class = "Flux2KleinPipeline"
-    branches = 1
-    text_branch = 0
-    image_branch = 0
-    regularized_branches = (0,)
     sampler_defaults = DISTILLED
-    default_out_scale = 2
-    level_word = "block"
-    denoiser_word = "transformer"
-    has_image_guidance = False
     display_name = "FLUX.2 [klein]"
-    own_steps_in_benchmarks = True
-    latent_blend = True
     max_batch = 1
 
     def __init__(self, pipe, **options: Any):
         super().__init__(pipe, **options)
         self.distilled = bool(getattr(pipe.config, "is_distilled", True))
         self.sampler_defaults = DISTILLED if self.distilled else BASE
-
-    @classmethod
-    def cuda_dtype(cls):
-        """bfloat16, as FLUX.2 is released and run."""
-        import torch
-
-        return torch.bfloat16
 
     @classmethod
     def single_file_kwargs(cls, path, shapes, config):
@@ -88,28 +70,9 @@ class Flux2KleinBackbone(Backbone):
             raise LimeEditError(f"not a FLUX.2 [klein] pipeline: {type(pipe).__name__} has no FLUX.2 transformer "
                                 "with a Qwen3 tokenizer")
 
-    def find_levels(self, pipe) -> dict[int, list[str]]:
-        return flux_blocks(pipe.transformer)
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
-    @property
-    def n_double(self) -> int:
-        return len(self.pipe.transformer.transformer_blocks)
-
-    def default_levels(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        blocks = self.levels
-        d = self.n_double
-        s = len(blocks) - d
-        feats = tuple(range(d - math.ceil(d / 4), d)) + tuple(range(d, d + math.ceil(s / 8)))
-        feats = tuple(b for b in feats if b in self._levels) or tuple(blocks)
-        return feats, tuple(blocks)
-
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out.update(double_stream_blocks=self.n_double, distilled=self.distilled)
+        out["distilled"] = self.distilled
         return out
 
     # ---------------------------------------------------------------- text side
@@ -143,17 +106,6 @@ class Flux2KleinBackbone(Backbone):
         return dataclasses.replace(sel, truncated=True) if truncated else sel
 
     # ---------------------------------------------------------------- running
-    def processing_multiple(self) -> int:
-        return int(self.pipe.vae_scale_factor) * 2
-
-    def native_size(self) -> tuple[int, int] | None:
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
-
-    def token_grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        f = self.processing_multiple()
-        return size[1] // f, size[0] // f
-
     def context_grid(self, size: tuple[int, int]) -> tuple[int, int] | None:
         """The pipeline encodes a reference above about 1024x1024 pixels at that area."""
         if size[0] * size[1] <= 1024 * 1024:

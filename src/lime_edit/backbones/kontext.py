@@ -42,58 +42,20 @@ guidance 2.5) for both passes.
 from __future__ import annotations
 
 import contextlib
-import math
-import re
-from typing import Any
 
 from ..config import LimeConfig
 from ..errors import LimeEditError
 from ..tokens import TokenSelection, select_tokens_by_words
-from .base import Backbone, token_settings
-
-_DOUBLE = re.compile(r"^transformer_blocks\.(\d+)\.")
-_SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.")
+from .base import token_settings
+from .transformer import TransformerBackbone
 
 
-def flux_blocks(transformer) -> dict[int, list[str]]:
-    """``{block: [processor names]}``: double-stream blocks ``0..D-1``, then single-stream
-    blocks ``D..D+S-1`` (read from the layer names; no forward pass)."""
-    n_double = len(transformer.transformer_blocks)
-    out: dict[int, list[str]] = {}
-    for name in transformer.attn_processors:
-        m = _DOUBLE.match(name)
-        if m:
-            out.setdefault(int(m.group(1)), []).append(name)
-            continue
-        m = _SINGLE.match(name)
-        if m:
-            out.setdefault(n_double + int(m.group(1)), []).append(name)
-    return dict(sorted(out.items()))
-
-
-class KontextBackbone(Backbone):
+class KontextBackbone(TransformerBackbone):
     name = "kontext"
     description = "FLUX.1 Kontext (black-forest-labs/FLUX.1-Kontext-dev; joint-attention transformer)"
     pipeline_class = "FluxKontextPipeline"
-    branches = 1
-    text_branch = 0
-    image_branch = 0
-    regularized_branches = (0,)
     sampler_defaults = {"num_inference_steps": 28, "guidance_scale": 2.5, "localization_guidance_scale": 2.5}
-    default_out_scale = 2
-    level_word = "block"
-    denoiser_word = "transformer"
-    has_image_guidance = False
     display_name = "FLUX.1 Kontext"
-    own_steps_in_benchmarks = True
-    latent_blend = True
-
-    @classmethod
-    def cuda_dtype(cls):
-        """bfloat16, as FLUX is released and run (float16 overflows in its activations)."""
-        import torch
-
-        return torch.bfloat16
 
     #: where a transformer-only single file takes the other components and the configs from
     SINGLE_FILE_CONFIG = "black-forest-labs/FLUX.1-Kontext-dev"
@@ -120,30 +82,6 @@ class KontextBackbone(Backbone):
             raise LimeEditError(f"not a FLUX.1 Kontext pipeline: {type(pipe).__name__} has no FLUX transformer "
                                 "with a T5 tokenizer")
 
-    def find_levels(self, pipe) -> dict[int, list[str]]:
-        return flux_blocks(pipe.transformer)
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
-    @property
-    def n_double(self) -> int:
-        return len(self.pipe.transformer.transformer_blocks)
-
-    def default_levels(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        blocks = self.levels
-        d = self.n_double
-        s = len(blocks) - d
-        feats = tuple(range(d - math.ceil(d / 4), d)) + tuple(range(d, d + math.ceil(s / 8)))
-        feats = tuple(b for b in feats if b in self._levels) or tuple(blocks)
-        return feats, tuple(blocks)
-
-    def describe(self) -> dict[str, Any]:
-        out = super().describe()
-        out["double_stream_blocks"] = self.n_double
-        return out
-
     # ---------------------------------------------------------------- text side
     @property
     def tokenizer(self):
@@ -159,17 +97,6 @@ class KontextBackbone(Backbone):
                                       **token_settings(cfg))
 
     # ---------------------------------------------------------------- running
-    def processing_multiple(self) -> int:
-        return int(self.pipe.vae_scale_factor) * 2
-
-    def native_size(self) -> tuple[int, int] | None:
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
-
-    def token_grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        f = self.processing_multiple()
-        return size[1] // f, size[0] // f
-
     @contextlib.contextmanager
     def attention(self, state, layers: tuple[str, ...] | None = None):
         from ..joint import joint_attention

@@ -48,54 +48,27 @@ grid like every level's.
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 from typing import Any
 
 from ..config import LimeConfig
 from ..errors import LimeEditError
 from ..tokens import TokenSelection, select_tokens_in_span
-from .base import Backbone, token_settings
+from .base import token_settings
+from .transformer import TransformerBackbone
 
-_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 #: the negative prompt Qwen-Image-Edit's model card runs true CFG with
 NEGATIVE_PROMPT = " "
 
 
-def qwen_blocks(transformer) -> dict[int, list[str]]:
-    """``{block: [processor names]}`` of a ``QwenImageTransformer2DModel``."""
-    out: dict[int, list[str]] = {}
-    for name in transformer.attn_processors:
-        m = _BLOCK.match(name)
-        if m:
-            out.setdefault(int(m.group(1)), []).append(name)
-    return dict(sorted(out.items()))
-
-
-class QwenImageEditBackbone(Backbone):
+class QwenImageEditBackbone(TransformerBackbone):
     name = "qwen-image-edit"
     description = "Qwen-Image-Edit (Qwen/Qwen-Image-Edit; joint-attention transformer, true CFG)"
     pipeline_class = "QwenImageEditPipeline"
-    branches = 1
-    text_branch = 0
-    image_branch = 0
-    regularized_branches = (0,)
     sampler_defaults = {"num_inference_steps": 50, "guidance_scale": 4.0, "localization_guidance_scale": 4.0}
-    default_out_scale = 2
-    level_word = "block"
-    denoiser_word = "transformer"
-    has_image_guidance = False
     display_name = "Qwen-Image-Edit"
-    own_steps_in_benchmarks = True
-    latent_blend = True
+    #: double-stream blocks only: features at Kontext's relative depth (blocks 15-24 of 60)
+    feature_depth = (0.25, 5 / 12)
     text_sees_image = True
-
-    @classmethod
-    def cuda_dtype(cls):
-        """bfloat16, as Qwen-Image is released and run."""
-        import torch
-
-        return torch.bfloat16
 
     @classmethod
     def single_file_kwargs(cls, path, shapes, config):
@@ -121,19 +94,6 @@ class QwenImageEditBackbone(Backbone):
                 or getattr(pipe, "processor", None) is None):
             raise LimeEditError(f"not a Qwen-Image-Edit pipeline: {type(pipe).__name__} has no Qwen-Image "
                                 "transformer with a Qwen2.5-VL processor")
-
-    def find_levels(self, pipe) -> dict[int, list[str]]:
-        return qwen_blocks(pipe.transformer)
-
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
-    def default_levels(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        blocks = self.levels
-        n = len(blocks)
-        feats = tuple(b for b in range(n // 4, max(n // 4 + 1, math.ceil(5 * n / 12))) if b in self._levels)
-        return feats or tuple(blocks), tuple(blocks)
 
     # ---------------------------------------------------------------- text side
     @property
@@ -182,17 +142,6 @@ class QwenImageEditBackbone(Backbone):
         return select_tokens_in_span(tok, ids, start, end, **token_settings(cfg))
 
     # ---------------------------------------------------------------- running
-    def processing_multiple(self) -> int:
-        return int(self.pipe.vae_scale_factor) * 2
-
-    def native_size(self) -> tuple[int, int] | None:
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
-
-    def token_grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        f = self.processing_multiple()
-        return size[1] // f, size[0] // f
-
     def context_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """``(w, h)`` the pipeline encodes the context image at for an input of ``size``
         (about 1024x1024 pixels whatever the input, its ``calculate_dimensions``)."""
