@@ -394,6 +394,34 @@ def test_queue_runs_at_most_concurrency_edits_at_once(scene_file, tmp_path):
     assert overlap == 2  # two pipelines: two edits at once, never more
 
 
+def screenshot_path(name: str, tmp_dir: Path, override: str | None = None) -> Path:
+    """Where a browser test writes its screenshot ``name``: ``tmp_dir`` by default, so a test run
+    leaves the clone clean; ``docs/NAME`` (the tracked pictures README and docs/web.md show) only
+    with ``LIME_EDIT_REFRESH_DOCS=1``. The environment variable ``override`` names a path that wins
+    over both."""
+    if override and os.environ.get(override):
+        return Path(os.environ[override])
+    if os.environ.get("LIME_EDIT_REFRESH_DOCS") == "1":
+        return REPO / "docs" / name
+    return tmp_dir / name
+
+
+def launch_chromium(pw):
+    """Headless Chromium: Debian's (``apt-get install chromium``, what ``.ci/run`` installs; or the
+    one ``LIME_EDIT_CHROMIUM`` names), else Playwright's own (``python -m playwright install
+    chromium``); the test is skipped, saying so, when neither is there."""
+    if Path(CHROMIUM).is_file():
+        return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+        own = Path(pw.chromium.executable_path)
+    except Exception:  # noqa: BLE001 - an older Playwright without its browser registry
+        own = None
+    if own is None or not own.is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} nor Playwright's own: apt-get install -y chromium "
+                    "(what .ci/run does), or python -m playwright install chromium, or set LIME_EDIT_CHROMIUM")
+    return pw.chromium.launch(headless=True, args=CHROMIUM_ARGS)
+
+
 def close_toasts(page) -> None:
     """Close the page's message toasts. Gradio also closes them on its own after a few seconds,
     so a toast may be detached (or inert while it fades) when clicked: that is not a failure;
@@ -409,12 +437,25 @@ def close_toasts(page) -> None:
     expect(page.locator(".toast-close")).to_have_count(0, timeout=30_000)
 
 
+def test_browser_screenshots_leave_the_tracked_pictures_alone_unless_asked(tmp_path, monkeypatch):
+    """A test run writes its screenshots to a temporary folder: the clone stays clean. Only
+    LIME_EDIT_REFRESH_DOCS=1 points them at the tracked docs/web-demo*.png."""
+    for var in ("LIME_EDIT_REFRESH_DOCS", "LIME_EDIT_SCREENSHOT"):
+        monkeypatch.delenv(var, raising=False)
+    for name in ("web-demo.png", "web-demo-captions.png"):
+        assert screenshot_path(name, tmp_path) == tmp_path / name
+    monkeypatch.setenv("LIME_EDIT_REFRESH_DOCS", "0")
+    assert screenshot_path("web-demo.png", tmp_path) == tmp_path / "web-demo.png"
+    monkeypatch.setenv("LIME_EDIT_REFRESH_DOCS", "1")
+    assert screenshot_path("web-demo.png", tmp_path) == REPO / "docs" / "web-demo.png"
+    assert (REPO / "docs" / "web-demo.png").is_file()            # the name the docs show
+    monkeypatch.setenv("LIME_EDIT_SCREENSHOT", str(tmp_path / "mine.png"))
+    assert screenshot_path("web-demo.png", tmp_path, override="LIME_EDIT_SCREENSHOT") == tmp_path / "mine.png"
+
+
 # ----------------------------------------------------------------------------- browser
 @pytest.mark.browser
-def test_browser_edit_refine_and_screenshot(server, scene_file):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
-                    "or set LIME_EDIT_CHROMIUM)")
+def test_browser_edit_refine_and_screenshot(server, scene_file, tmp_path):
     import httpx
     from playwright.sync_api import expect, sync_playwright
 
@@ -429,7 +470,7 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
         instruction = sample.instruction
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
@@ -448,7 +489,7 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
             first = page.locator("#lime-result img").get_attribute("src")
             # the screenshot shows the automatic region (no click yet), as a user first sees it
             close_toasts(page)  # the earlier error message
-            shot = Path(os.environ.get("LIME_EDIT_SCREENSHOT", REPO / "docs" / "web-demo.png"))
+            shot = screenshot_path("web-demo.png", tmp_path, override="LIME_EDIT_SCREENSHOT")
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.mouse.move(0, 0)
             page.wait_for_timeout(600)  # let the toast close
@@ -867,9 +908,6 @@ def caption_server(t2i_lp, tmp_path_factory):
 
 @pytest.mark.browser
 def test_browser_caption_mode(caption_server, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
-                    "or set LIME_EDIT_CHROMIUM)")
     from playwright.sync_api import expect, sync_playwright
 
     from lime_edit.demo.scenes import caption_pair, make_edit
@@ -879,7 +917,7 @@ def test_browser_caption_mode(caption_server, tmp_path):
     source, target = caption_pair(sample)
     sample.image.save(tmp_path / "scene.png")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url)
@@ -898,9 +936,10 @@ def test_browser_caption_mode(caption_server, tmp_path):
             for view in ("#lime-result img", "#lime-plain img", "#lime-roi img", "#lime-segments img"):
                 expect(page.locator(view)).to_be_visible()
             expect(page.locator("#lime-downloads a[href$='p2p.png']")).to_have_count(1)
-            shot = Path(os.environ.get("LIME_EDIT_CAPTION_SCREENSHOT",
-                                       REPO / "docs" / "web-demo-captions.png" if model == "demo-t2i"
-                                       else tmp_path / "captions.png"))
+            shot = screenshot_path("web-demo-captions.png", tmp_path, override="LIME_EDIT_CAPTION_SCREENSHOT")
+            if model != "demo-t2i" and shot == REPO / "docs" / "web-demo-captions.png":
+                shot = tmp_path / "web-demo-captions.png"    # the docs picture shows the bundled demo-t2i
+            shot.parent.mkdir(parents=True, exist_ok=True)
             page.mouse.move(0, 0)
             page.wait_for_timeout(600)
             page.screenshot(path=str(shot), full_page=True)
