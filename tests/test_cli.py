@@ -781,6 +781,24 @@ def test_quiet_libraries_hides_library_logs_and_bars_unless_verbose(monkeypatch)
     dlog.set_verbosity(before[0][0])
 
 
+def test_a_word_outside_the_models_vocabulary_is_one_warning_line(tmp_path, real_model, capsys):
+    """The tiny model's vocabulary spells "crimson" in letters: one ``warning:`` line on stderr naming
+    the word (once, though the instruction has it twice), recorded in the JSON too; an instruction
+    in its vocabulary gets none."""
+    _img(64, 64, 0).save(tmp_path / "a.png")
+    code, _, err = run(["localize", tmp_path / "a.png", "-i", "make the crimson car crimson",
+                        "--model", real_model, "--out", tmp_path / "o", *FAST], capsys)
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if "vocabulary" in ln]
+    assert lines == [f"warning: {tmp_path / 'a.png'}: instruction word 'crimson' is not in this model's "
+                     "vocabulary (its tokenizer splits it into c + ri + m + s + on): the model may not know it, and LIME's "
+                     "region for it may be meaningless"], err
+    assert any("'crimson'" in w for w in json.loads((tmp_path / "o" / "a.json").read_text())["warnings"])
+    code, _, err = run(["localize", tmp_path / "a.png", "-i", "make the red car blue", "--model", real_model,
+                        "--out", tmp_path / "o2", *FAST], capsys)
+    assert code == 0 and "warning" not in err
+
+
 def test_commands_print_only_their_own_output(tmp_path):
     """A fresh process (library warnings fire once per process): no transformers
     'requires torchvision' lines, no diffusers loading bars."""

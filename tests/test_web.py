@@ -214,6 +214,16 @@ def test_errors_are_one_readable_line(app, scene_file, tmp_path):
     assert "Traceback" not in msg
 
 
+def test_a_word_outside_the_models_vocabulary_is_shown_in_the_status(app, scene_file):
+    """The tiny model's vocabulary spells "crimson" in letters: the status under the pictures
+    names it (once) as a warning; an instruction it knows gets none."""
+    out = app.run(str(scene_file), "make the square crimson, crimson", *_settings(app), False, None, None)
+    info = out[5]
+    assert info.count("⚠ instruction word 'crimson' is not in this model's vocabulary") == 1, info
+    info = app.run(str(scene_file), "make the red square blue", *_settings(app), False, None, None)[5]
+    assert "vocabulary" not in info and "⚠" not in info
+
+
 def test_large_uploads_are_scaled_down(app, tmp_path):
     Image.new("RGB", (1200, 300), (10, 200, 10)).save(tmp_path / "wide.png")
     img, notes = app._prepare(str(tmp_path / "wide.png"))

@@ -211,7 +211,7 @@ class P2PBackbone(Backbone):
         changed = set(align_tokens(self.tokenizer, source, instruction, self.settings.mode).changed)
         return TokenSelection(ids=sel.ids, tokens=sel.tokens, end=sel.end,
                               related=[p for p in sel.related if p in changed], keep=sel.keep,
-                              truncated=sel.truncated)
+                              truncated=sel.truncated, words=sel.words)
 
     def _equalizer(self, targets: list[str]) -> torch.Tensor | None:
         if not self.settings.reweight:
