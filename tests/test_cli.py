@@ -10,6 +10,7 @@ images.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -810,7 +811,67 @@ def test_commands_print_only_their_own_output(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lime_edit.cli", "demo", "--steps", "1", "-o", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip() == "" and proc.stdout.strip() == str(tmp_path / "panel.png")
+    # stdout: every file the demo wrote, the panel first, and nothing else in the folder
+    names = ["panel.png", "input.png", "ip2p.png", "ip2p_low_guidance.png", "ip2p_lime.png", "demo.json"]
+    assert proc.stderr.strip() == "" and proc.stdout.split("\n")[:-1] == [str(tmp_path / n) for n in names]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    # the docs' commands use only files that `lime-edit demo` writes (no scene0.png nothing creates)
+    repo = Path(cli.__file__).resolve().parents[2]
+    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        for used in re.findall(r"lime-demo/([\w.-]+\.(?:png|json))", doc.read_text()):
+            assert used in names, (doc.name, used)
+        assert "scene0.png" not in doc.read_text(), doc.name
+
+
+def test_every_command_that_runs_a_model_has_one_threads_rule(capsys):
+    """edit, localize, p2p, demo and bench synthetic all default to torch's own thread count
+    (--threads 0) and say so the same way."""
+    parser = cli.build_parser()
+    for argv in (["edit", "x.png", "-i", "t"], ["localize", "x.png", "-i", "t"],
+                 ["p2p", "x.png", "--source", "a", "--target", "b"], ["demo"], ["bench", "synthetic"]):
+        assert parser.parse_args(argv).threads == 0, argv
+        assert cli.main([*(argv[:2] if argv[0] == "bench" else argv[:1]), "--help"]) == 0
+        assert " ".join(cli.THREADS_HELP.split()) in " ".join(capsys.readouterr().out.split()), argv
+
+
+def test_train_demo_flags_all_have_help():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    train = sub.choices["train-demo"]
+    bare = [a.option_strings[-1] for a in train._actions if a.option_strings and not a.help]
+    assert bare == []
+
+
+def test_default_output_folders_of_the_readme_commands_are_ignored_by_git():
+    repo = Path(cli.__file__).resolve().parents[2]
+    ignored = (repo / ".gitignore").read_text().splitlines()
+    parser = cli.build_parser()
+    for argv in (["demo"], ["bench", "synthetic"], ["edit", "x.png", "-i", "t"]):
+        assert f"/{parser.parse_args(argv).out}/" in ignored, argv
+
+
+def test_bench_synthetic_says_how_many_edits_before_it_starts(tmp_path, capsys):
+    """The first line on stderr, before the progress bar: methods x scenes = edits; by default
+    (every method) with how to run fewer."""
+    out = tmp_path / "b"
+    cmd = ["bench", "synthetic", "--n", "2", "--steps", "1", "--methods", "ip2p,lime", "--no-progress", "-o", out]
+    code, _, err = run(cmd, capsys)
+    assert code == 0 and err.splitlines()[0] == "bench synthetic: 2 methods x 2 scenes = 4 edits", err
+    code, _, err = run([*cmd[:3], "3", *cmd[4:]], capsys)        # resumed with one more scene
+    assert code == 0
+    assert err.splitlines()[0] == "bench synthetic: 2 methods x 3 scenes = 6 edits (4 done by an earlier run, 2 to go)"
+
+
+def test_bench_plan_counts_what_an_earlier_run_did():
+    from lime_edit.demo.bench import plan_line
+
+    done = {("ip2p", 0): {}, ("lime", 0): {}, ("lime", 1): {}, ("other", 5): {}}
+    assert plan_line(["ip2p", "lime"], [0, 1], done, ["ip2p", "lime", "x"]) == \
+        "bench synthetic: 2 methods x 2 scenes = 4 edits (3 done by an earlier run, 1 to go)"
+    every = ["a", "b", "c"]
+    assert plan_line(every, [0], {}, every) == ("bench synthetic: 3 methods x 1 scene = 3 edits; --methods picks "
+                                                "fewer, e.g. --methods ip2p,lime (all: a,b,c)")
+    assert plan_line(["a"], [0], {}, every) == "bench synthetic: 1 method x 1 scene = 1 edit"
 
 
 def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs, fake, capsys):

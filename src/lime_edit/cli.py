@@ -50,6 +50,11 @@ DEFAULT_OUT = "lime-edit-out"
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+#: ``--threads`` of every command that runs a model (edit, localize, p2p, demo, bench synthetic):
+#: one rule, torch's own default unless set
+THREADS_HELP = ("torch CPU threads (default 0: torch's own choice, one per core, as in every lime-edit command). "
+                "On a CPU that other jobs share, the small demo models run much faster with 1")
+
 
 class UsageError(LimeEditError):
     """A bad command line (exit code 2)."""
@@ -384,9 +389,7 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                    help="allow loading pickled checkpoints (.ckpt/.bin). Only for files you trust: "
                         "unpickling can run arbitrary code")
     m.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
-    m.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch CPU threads (default 0: torch's own choice, one per core). A small model on "
-                        "a CPU that other jobs share runs faster with 1")
+    m.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
     if task == "p2p":
         add_model_config_arg(m)
         add_p2p_args(p)

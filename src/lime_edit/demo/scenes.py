@@ -377,15 +377,22 @@ def _references(scene: Scene, i: int) -> list[tuple[list[str], list[bool]]]:
     return refs
 
 
+def split_seeds(split: str, n: int) -> list[int]:
+    """The seeds of the first ``n`` scenes of a benchmark split (:func:`split_edits`), without
+    making the scenes."""
+    if split == "test":
+        return list(range(n))
+    if split == "validation":
+        return [VALIDATION_SEED0 + i for i in range(n)]
+    raise ValueError(f"split: expected one of {', '.join(BENCH_SPLITS)}, got {split!r}")
+
+
 def split_edits(split: str, n: int) -> list[EditSample]:
     """The first ``n`` scenes of a benchmark split: ``"test"``, the held-out scenes (seeds
     ``0 .. n-1``), or ``"validation"``, train-split seeds from :data:`VALIDATION_SEED0` with
     clean targets. Each sample's ``seed`` is also its sampler seed."""
-    if split == "test":
-        return [make_edit(s, "test") for s in range(n)]
-    if split == "validation":
-        return [make_edit(VALIDATION_SEED0 + i, "train", noisy=False) for i in range(n)]
-    raise ValueError(f"split: expected one of {', '.join(BENCH_SPLITS)}, got {split!r}")
+    return [make_edit(s, "test") if split == "test" else make_edit(s, "train", noisy=False)
+            for s in split_seeds(split, n)]
 
 
 def make_edit(seed: int, split: str = "test", size: int = SCENE_SIZE, noisy: bool | None = None) -> EditSample:
