@@ -724,8 +724,29 @@ def test_short_o_is_out_everywhere():
         assert parser.parse_args(argv).out == "D", argv
 
 
+@pytest.mark.parametrize("command", [["edit"], ["localize"], ["p2p"]])
+def test_help_lists_the_common_flags_and_help_all_every_one(command, capsys):
+    """--help: the flags most runs need; --help-all adds the paper-level settings and rarer
+    loading options (which work the same whether listed or not)."""
+    assert cli.main([*command, "--help"]) == 0
+    short = capsys.readouterr().out
+    assert cli.main([*command, "--help-all"]) == 0
+    full = capsys.readouterr().out
+    assert len(short.splitlines()) < 0.65 * len(full.splitlines())
+    for flag in ("--help-all", "--model", "--steps", "--guidance", "--seed", "--out", "--mask", "--fast", "--set"):
+        assert flag in short and flag in full, flag
+    for flag in ("--feature-levels", "--top-k", "--capture-at", "--regularize-until", "--penalize-padding",
+                 "--model-config", "--max-pixels"):
+        assert flag not in short and flag in full, flag
+    assert "advanced (listed by --help-all only)" in full
+    parser = cli.build_parser()                      # hidden from --help, parsed all the same
+    args = parser.parse_args([*command, "x.png", *(["--source", "a", "--target", "b"] if command == ["p2p"] else
+                                                   ["-i", "t"]), "--top-k", "7", "--max-pixels", "9"])
+    assert args.cfg_top_k == 7 and args.max_pixels == 9
+
+
 def test_max_pixels_help_says_pil_bomb_limit_stays(capsys):
-    assert cli.main(["edit", "--help"]) == 0
+    assert cli.main(["edit", "--help-all"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "0 = no limit of ours" in text and "decompression-bomb limit" in text
 
