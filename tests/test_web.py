@@ -224,6 +224,60 @@ def test_a_word_outside_the_models_vocabulary_is_shown_in_the_status(app, scene_
     assert "vocabulary" not in info and "⚠" not in info
 
 
+def _page_events(demo) -> dict:
+    """The page's events by (elem_id of the component, event name)."""
+    out = {}
+    for f in demo.fns.values():
+        block, event = f.targets[0]
+        out[(getattr(demo.blocks[block], "elem_id", None), event)] = f
+    return out
+
+
+def test_a_failed_request_on_the_page_is_one_message_in_the_status(app, scene_file):
+    """Raised, an error put an "Error" badge on each of the event's outputs (six pictures and
+    fields); on the page it is now one message in the status, every other output left as it was,
+    while the API endpoint still raises it."""
+    demo = app.build()
+    events = _page_events(demo)
+    info = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "lime-info")
+    settings = _settings(app)
+
+    def one_message(f, *args) -> str:
+        out = f.fn(*args)
+        at = [getattr(o, "_id", o) for o in f.outputs].index(info._id)
+        assert [v for i, v in enumerate(out) if i != at] == [gr.skip()] * (len(out) - 1)
+        return out[at]
+
+    run = events[("lime-run", "click")]
+    assert one_message(run, None, "make it red", *settings, False, None, None) == "⚠ **Upload an image first.**"
+    assert one_message(events[("lime-instruction", "submit")], str(scene_file), " ", *settings, False, None,
+                       None).startswith("⚠ **Type an instruction")
+    assert one_message(events[("lime-apply", "click")], *settings[:4], None).startswith("⚠ **Run an edit first")
+    assert one_message(events[("lime-reset", "click")], None).startswith("⚠ **Run an edit first")
+    api = next(f for f in demo.fns.values() if f.api_name == "edit")
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        api.fn(None, "make it red", *settings, False, None, None)
+    # after an edit, a failed request keeps its pictures and says they are the last edit's
+    ok = run.fn(str(scene_file), "make the red square blue", *settings, False, None, None)
+    text = one_message(run, None, "make it red", *settings, False, None, ok[7])
+    assert text.startswith("⚠ **Upload an image first.**") and "last edit that ran" in text
+    assert "Related tokens" in text
+
+
+def test_the_top_k_rings_have_a_legend(app, ran):
+    from lime_edit.web.app import TOP_K_LEGEND
+
+    demo = app.build()
+    (legend,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "lime-legend"]
+    assert legend.value == TOP_K_LEGEND and "Cyan rings" in TOP_K_LEGEND and "top-k" in TOP_K_LEGEND
+    (roi, seg, attn, *_rest, info, files, s), _ = ran
+    assert f"{s.localization.top_k} top-k points (cyan rings)" in info
+    # the rings the legend names are cyan, on the attention and region pictures
+    for picture in (attn, roi):
+        px = np.asarray(picture).reshape(-1, 3)
+        assert ((px[:, 0] == 0) & (px[:, 1] == 255) & (px[:, 2] == 255)).any()
+
+
 def test_large_uploads_are_scaled_down(app, tmp_path):
     Image.new("RGB", (1200, 300), (10, 200, 10)).save(tmp_path / "wide.png")
     img, notes = app._prepare(str(tmp_path / "wide.png"))
