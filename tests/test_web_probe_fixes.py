@@ -196,7 +196,7 @@ def test_bad_click_events_over_the_queue_api(served, client, scene_file, capfd):
     for event in BAD_EVENTS:   # a click is the page's own event: its error is one message in the status
         out = _select(url, fn_index, client.session_hash, event)
         roi, seg, status, _state, apply = out["output"]["data"]
-        assert out["success"] and status.startswith("⚠ **Click: expected pixel coordinates"), (event, out)
+        assert out["success"] and status.startswith("⚠ Click: expected pixel coordinates"), (event, out)
         assert roi == seg == apply == {"__type__": "update"} and not out["output"]["changed_state_ids"]
         assert "\n" not in status and "server log" not in status
     ok = _select(url, fn_index, client.session_hash, {"index": [10, 10], "value": None})

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -634,7 +635,7 @@ class LimeWebApp:
     def error_status(self, message: str, s: Session | None) -> str:
         """The status after a failed request: its one-line message; the pictures, if any, are
         still those of the session's last edit."""
-        text = f"⚠ **{message}**"
+        text = "⚠ " + re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", message)   # shown as typed, not as Markdown
         if s is not None and s.result is not None:
             text += "\n\nThe pictures are still those of the last edit that ran:\n\n" + self.info(s)
         return text
