@@ -813,8 +813,8 @@ def test_a_word_outside_the_models_vocabulary_is_one_warning_line(tmp_path, real
     assert code == 0
     lines = [ln for ln in err.splitlines() if "vocabulary" in ln]
     assert lines == [f"warning: {tmp_path / 'a.png'}: instruction word 'crimson' is not in this model's "
-                     "vocabulary (its tokenizer splits it into c + ri + m + s + on): the model may not know it, and LIME's "
-                     "region for it may be meaningless"], err
+                     "vocabulary (its tokenizer splits it into c + ri + m + s + on): the model may not know it, and then "
+                     "LIME's region may miss what it names"], err
     assert any("'crimson'" in w for w in json.loads((tmp_path / "o" / "a.json").read_text())["warnings"])
     code, _, err = run(["localize", tmp_path / "a.png", "-i", "make the red car blue", "--model", real_model,
                         "--out", tmp_path / "o2", *FAST], capsys)

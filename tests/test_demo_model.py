@@ -261,8 +261,8 @@ def test_a_word_outside_the_vocabulary_is_a_warning_that_says_what_the_model_can
     loc = lp.localize(e.image, "make her outfit black, the outfit", seed=0)
     vocab = [w for w in loc.warnings if "vocabulary" in w]
     assert vocab == ["instruction word 'outfit' is not in this model's vocabulary (its tokenizer splits it "
-                     "into o + u + t + f + i + t): the model may not know it, and LIME's region for it may be "
-                     "meaningless"]
+                     "into o + u + t + f + i + t): the model may not know it, and then LIME's region may miss "
+                     "what it names"]
     assert loc.warnings[-1] == f"this model can edit only this: {S.can_edit()}"
     res = lp.edit(e.image, "make her outfit black", seed=0, num_inference_steps=2)
     assert any("'outfit'" in w for w in res.warnings) and res.warnings[-1].startswith("this model can edit only")

@@ -434,7 +434,7 @@ class LimePipeline:
         for word, pieces in unknown:
             how = f"splits it into {' + '.join(pieces)}" if len(pieces) > 1 else "reads it as the unknown token"
             out.append(f"{text} word {word!r} is not in this model's vocabulary (its tokenizer {how}): the model "
-                       "may not know it, and LIME's region for it may be meaningless")
+                       "may not know it, and then LIME's region may miss what it names")
         can_edit = getattr(self.backbone, "can_edit", None)
         if can_edit and (unknown or it.notice):      # an input outside what the model was made for
             out.append(f"this model can edit only this: {can_edit}")
