@@ -8,6 +8,7 @@ not point at the named object gives.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,8 +165,9 @@ def test_demo_command_writes_a_panel(tmp_path, capsys):
     from lime_edit.demo.cli import main
 
     assert main(["demo", "--out", str(tmp_path), "--steps", "10"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()[-1]
-    assert out.endswith("panel.png")
+    printed = capsys.readouterr().out.strip().splitlines()     # every file it wrote, the panel first
+    out = printed[0]
+    assert out.endswith("panel.png") and {Path(p).name for p in printed} == {p.name for p in tmp_path.iterdir()}
     from PIL import Image
 
     with Image.open(out) as im:
