@@ -1,6 +1,8 @@
-"""One short run of LIME on a joint-attention editor (FLUX.1 Kontext): timings, peak memory, RoIs and heatmaps.
+"""One short run of LIME on a joint-attention editor (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2 [klein]): timings, peak memory, RoIs and heatmaps.
 
     python benchmarks/dit_check.py --model black-forest-labs/FLUX.1-Kontext-dev --out runs/dit-check
+    python benchmarks/dit_check.py --model Qwen/Qwen-Image-Edit-2509 --offload --out runs/dit-qwen
+    python benchmarks/dit_check.py --model black-forest-labs/FLUX.2-klein-4B --out runs/dit-klein
     python benchmarks/dit_check.py --model FOLDER --image photo.jpg --size 1024 --offload
     python benchmarks/dit_check.py --model FOLDER --feature-levels 10,14,18,22 --out runs/dit-b   # other blocks
 
@@ -10,7 +12,7 @@ LIME with ``preserve="outside"``, records the peak memory of each (CUDA:
 ``max_memory_allocated``; CPU: not measured), and writes per prompt: the three results, the
 RoI overlay, the clusters, and one heatmap per related word, plus ``report.json`` with the
 settings (blocks read and regularized, joint rule) and every figure.  The block defaults
-of the ``kontext`` family are not calibrated on real weights; this script is the one run
+of the ``kontext``, ``qwen-image-edit`` and ``flux2`` families are not calibrated on real weights; this script is the one run
 that does it: compare the RoIs of a few ``--feature-levels`` choices.
 """
 
@@ -40,7 +42,7 @@ def _timed(fn, device):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="Hub id or diffusers folder of a FLUX.1 Kontext pipeline")
+    ap.add_argument("--model", required=True, help="Hub id or diffusers folder of a FLUX.1 Kontext, Qwen-Image-Edit or FLUX.2 [klein] pipeline")
     ap.add_argument("--backbone", default=None, help="family (default: recognised from the folder)")
     ap.add_argument("--image", default=None, help="input photo (default: a synthetic demo scene, upscaled)")
     ap.add_argument("--prompt", action="append", default=None, help=f"instruction (default: {len(PROMPTS)} built in)")

@@ -6,14 +6,20 @@
     python benchmarks/speed_memory.py --backbone sdxl-ip2p --size 1024                    # SDXL-shaped
     python benchmarks/speed_memory.py --backbone instructdiffusion                        # its guidance
     python benchmarks/speed_memory.py --backbone kontext --size 256 --steps 8             # FLUX.1 Kontext-shaped
+    python benchmarks/speed_memory.py --backbone qwen-image-edit --size 256 --steps 8     # Qwen-Image-Edit-shaped
+    python benchmarks/speed_memory.py --backbone flux2 --size 256 --steps 8               # FLUX.2 [klein]-shaped
 
 ``--backbone`` picks the family (its guidance and levels); the random model is SDXL's
 architecture for ``sdxl-ip2p`` (attention at latent/2 and /4 with 2 and 10 transformer
 blocks, two text encoders, text_time embedding, VAE factor 8; channels scaled down
 unless ``--full-sd``), FLUX.1 Kontext's for ``kontext`` (19 double- and 38 single-stream
 joint-attention blocks, 512 T5 positions, 16 px per token, VAE factor 8; width, depth
-and encoders scaled down unless ``--full-sd``: 4 + 8 blocks of 4 heads x 64) and SD1.5's
-for the others.  Every run also times ``lime_mask``: the edit with a given mask, i.e. the
+and encoders scaled down unless ``--full-sd``: 4 + 8 blocks of 4 heads x 64),
+Qwen-Image-Edit's for ``qwen-image-edit`` (60 double-stream blocks, a Qwen2.5-VL text
+encoder whose stream holds the input's vision tokens, true CFG = two forwards per step,
+the context image encoded at about 1024x1024 whatever ``--size``, as the pipeline does;
+scaled down unless ``--full-sd``: 8 blocks of 4 heads x 64, a 2-layer text encoder) and
+SD1.5's for the others.  Every run also times ``lime_mask``: the edit with a given mask, i.e. the
 regularized pass alone (no localization), against the plain edit.
 
 The model is SD1.5's architecture (4 U-Net levels, cross-attention at latent/1, /2,
@@ -28,6 +34,7 @@ Targets (issue 2): LIME <= 1.3x plain time at 30 steps and <= 1.15x plain peak m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -258,10 +265,89 @@ def kontext_like_pipeline(full: bool, tmp: str):
                                tokenizer_2=t5_tok, transformer=transformer)
 
 
+def qwen_like_pipeline(full: bool, tmp: str):
+    """Qwen-Image-Edit's architecture with random weights (scaled down unless ``full``;
+    the text encoder stays scaled down: 7B parameters have no place in a speed check of
+    the transformer)."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from lime_edit.testing_dit import QWEN_SPECIAL, _qwen_template, tiny_qwen_processor, tiny_qwen_tokenizer
+
+    tok = tiny_qwen_tokenizer(templates=[_qwen_template(QwenImageEditPipeline)])
+    processor = tiny_qwen_processor(tok, min_pixels=56 * 56, max_pixels=1024 * 1024)
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIAL}
+    torch.manual_seed(0)
+    heads, head_dim, blocks = (24, 128, 60) if full else (4, 64, 8)
+    text_dim = 3584 if full else 256
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=blocks,
+                                              attention_head_dim=head_dim, num_attention_heads=heads,
+                                              joint_attention_dim=text_dim, guidance_embeds=False,
+                                              axes_dims_rope=(16, 56, 56) if full else (8, 28, 28))
+    vae = AutoencoderKLQwenImage(base_dim=96 if full else 32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2 if full else 1,
+                                 temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
+                                 latents_std=[1.0] * 16)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": text_dim, "intermediate_size": 2 * text_dim, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": len(tok),
+                     "rope_scaling": {"mrope_section": [8, 12, 12] if not full else [16, 24, 24],
+                                      "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
+                       "out_hidden_size": text_dim, "patch_size": 14, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2},
+        hidden_size=text_dim, vocab_size=len(tok), image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], vision_token_id=ids["<|vision_pad|>"])
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                            base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                                            time_shift_type="exponential")
+    return QwenImageEditPipeline(scheduler=sched, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                                 processor=processor, transformer=transformer)
+
+
+def flux2_like_pipeline(full: bool, tmp: str):
+    """FLUX.2 [klein]'s pipeline with random weights: the transformer scaled down (4 double-
+    and 8 single-stream blocks of 4 heads x 64) unless ``full`` (then the class defaults,
+    FLUX.2's full transformer), a 27-layer Qwen3 text encoder of width 64 (its layers 9, 18
+    and 27 are read), 512 text positions, distilled (one forward per step)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from lime_edit.testing_dit import QWEN3_CHAT_TEMPLATE, tiny_qwen_tokenizer
+
+    tok = tiny_qwen_tokenizer(templates=["<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"],
+                              extra_special=("<think>", "</think>"), chat_template=QWEN3_CHAT_TEMPLATE)
+    torch.manual_seed(0)
+    hidden = 64
+    kw = {} if full else dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=4,
+                              axes_dims_rope=(16, 16, 16, 16))
+    transformer = Flux2Transformer2DModel(in_channels=128, joint_attention_dim=3 * hidden, guidance_embeds=False, **kw)
+    vae = AutoencoderKLFlux2(block_out_channels=(128, 256, 512, 512) if full else (32, 64, 128, 128),
+                             layers_per_block=2, latent_channels=32, norm_num_groups=32)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=27,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>")))
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+                              vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer,
+                              is_distilled=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="Hub id / folder / file of a real IP2P model (default: random SD1.5-shaped)")
-    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p, kontext")
+    ap.add_argument("--qwen-context", choices=("input", "native"), default="input",
+                    help="qwen-image-edit on the random model: encode the context image at the input's size "
+                         "(default: the scaled-down VAE at 1024x1024 would dominate the CPU time) or, as the "
+                         "pipeline does, at about 1024x1024 (native)")
+    ap.add_argument("--backbone", default=None, help="family: ip2p (default), hive, instructdiffusion, sdxl-ip2p, kontext, "
+                    "qwen-image-edit, flux2")
     args = parse_common(ap, argv, steps=30)
 
     from lime_edit import LimeConfig, LimePipeline
@@ -273,10 +359,23 @@ def main(argv=None) -> int:
         if args.model:
             lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, backbone=args.backbone)
         else:
-            build = {"sdxl-ip2p": sdxl_like_pipeline, "kontext": kontext_like_pipeline}.get(
+            build = {"sdxl-ip2p": sdxl_like_pipeline, "kontext": kontext_like_pipeline,
+                     "qwen-image-edit": qwen_like_pipeline, "flux2": flux2_like_pipeline}.get(
                 args.backbone, sd15_like_pipeline)
             lp = LimePipeline(build(args.full_sd, tmp).to(device, dtype), backbone=args.backbone)
     lp.pipe.set_progress_bar_config(disable=True)
+    context = contextlib.nullcontext()
+    if lp.backbone.name == "qwen-image-edit" and not args.model and args.qwen_context == "input":
+        from lime_edit.testing_dit import small_qwen_context
+
+        context = small_qwen_context(args.size * args.size)
+    with context:
+        return _run(lp, args, device, dtype)
+
+
+def _run(lp, args, device, dtype) -> int:
+    from lime_edit import LimeConfig
+
     rng = np.random.RandomState(0)
     image = Image.fromarray((rng.rand(args.size, args.size, 3) * 255).astype(np.uint8))
     prompt = "make the red circle blue"
@@ -305,7 +404,9 @@ def main(argv=None) -> int:
         rows.append((f"lime_{name}", t, m, a))
     lp.config = base
 
-    arch = {"sdxl-ip2p": "SDXL", "kontext": "FLUX.1 Kontext"}.get(args.backbone, "SD1.5")
+    arch = {"sdxl-ip2p": "SDXL", "kontext": "FLUX.1 Kontext", "qwen-image-edit": "Qwen-Image-Edit",
+            "flux2": "FLUX.2 [klein]"}.get(
+        args.backbone, "SD1.5")
     model = args.model or (f"random {arch} (full)" if args.full_sd else f"random {arch}-shaped, scaled down")
     report(rows, args, device, dtype, f"backbone {lp.backbone.name}; model: {model}", "plain",
            {"backbone": lp.backbone.name})

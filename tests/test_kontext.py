@@ -248,3 +248,28 @@ def test_dit_check_script_writes_rois_heatmaps_and_report(kpipe, tmp_path):
     assert any(n.startswith("00-heat-") for n in names)
     assert script.main(["--model", str(folder), "--feature-levels", "9", "--device", "cpu",
                         "--out", str(out)]) == 2
+
+
+def test_single_file_transformer_with_model_config(kpipe, scene, tmp_path):
+    # the release is the transformer alone in one .safetensors; its other components and the
+    # configs come from --model-config (here a tiny folder; default the official Hub id)
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "tiny-kontext"
+    kpipe.save_pretrained(str(folder))
+    path = tmp_path / "flux1-kontext-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in kpipe.transformer.state_dict().items()}, str(path))
+    lp = LimePipeline.from_pretrained(str(path), model_config=str(folder), device="cpu")
+    assert lp.backbone.name == "kontext"
+    for a, b in zip(lp.pipe.transformer.state_dict().values(), kpipe.transformer.state_dict().values()):
+        assert torch.equal(a, b)
+    got = lp.edit(scene, PROMPT, mask=None, seed=1, num_inference_steps=2)
+    want = LimePipeline(kpipe).edit(scene, PROMPT, mask=None, seed=1, num_inference_steps=2)
+    assert np.array_equal(np.asarray(got.image), np.asarray(want.image))
+    # a FLUX.1 transformer whose name does not say Kontext is refused in one line (FLUX.1 [dev] is no editor)
+    other = tmp_path / "flux1-dev.safetensors"
+    path.rename(other)
+    with pytest.raises(LimeEditError, match="does not say Kontext.*--backbone kontext"):
+        LimePipeline.from_pretrained(str(other), model_config=str(folder), device="cpu")
+    lp = LimePipeline.from_pretrained(str(other), model_config=str(folder), device="cpu", backbone="kontext")
+    assert lp.backbone.name == "kontext"

@@ -41,3 +41,37 @@ def test_release_loads_and_localizes(name, family):
     loc = lp.localize(image, "make the sky blue", localization_steps=fast.localization_steps,
                       capture_at=fast.capture_at)
     assert loc.mask.any()
+
+
+#: the joint-attention transformers: diffusers folders under their Hub names, or Kontext's
+#: transformer-only release file (its other components from the Hub's Kontext folder)
+TRANSFORMER_RELEASES = {
+    "FLUX.1-Kontext-dev": "kontext",
+    "flux1-kontext-dev.safetensors": "kontext",
+    "Qwen-Image-Edit": "qwen-image-edit",
+    "Qwen-Image-Edit-2509": "qwen-image-edit",
+    "Qwen-Image-Edit-2511": "qwen-image-edit",
+    "FLUX.2-klein-4B": "flux2",
+    "FLUX.2-klein-9B": "flux2",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,family", sorted(TRANSFORMER_RELEASES.items()))
+def test_transformer_release_loads_localizes_and_edits(name, family):
+    path = Path(os.environ.get("LIME_EDIT_CHECKPOINTS", "/nonexistent")) / name
+    if not path.exists():
+        pytest.skip(f"{name} not present")
+    import torch
+
+    from lime_edit import LimePipeline
+
+    if not torch.cuda.is_available():
+        pytest.skip("a transformer release needs a GPU")
+    lp = LimePipeline.from_pretrained(str(path), offload=os.environ.get("LIME_EDIT_OFFLOAD") == "1")
+    assert lp.backbone.name == family and lp.pipe.transformer.dtype == torch.bfloat16
+    rng = np.random.RandomState(0)
+    image = Image.fromarray((rng.rand(1024, 1024, 3) * 255).astype(np.uint8))
+    steps = min(8, lp.config.num_inference_steps)
+    res = lp.edit(image, "make the sky blue", num_inference_steps=steps, preserve="latent")
+    assert res.localization is not None and res.localization.mask.any() and res.image.size == (1024, 1024)

@@ -185,9 +185,10 @@ _CHOICE_FLAGS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("--clustering", "clustering", ("kmeans", "agglomerative"), "segmentation method (default kmeans)"),
     ("--schedule", "schedule", ("two_pass", "single_pass"),
      "two_pass: localize, then edit from the same seed (default); single_pass: one trajectory"),
-    ("--preserve", "preserve", ("none", "outside"),
+    ("--preserve", "preserve", ("none", "outside", "latent"),
      "outside: the result is the input pixel for pixel outside the regularized region (RoI or --mask), "
-     "the edit inside (default none: the editor's output)"),
+     "the edit inside; latent (kontext, qwen-image-edit, flux2): the latents outside it follow the input's "
+     "own trajectory, so the edit blends in without a seam (default none: the editor's output)"),
     ("--joint-rule", "joint_rule", ("text_mass", "literal"),
      "joint-attention transformers (kontext): text_mass keeps the text block's share and gives the "
      "unrelated words' part to the kept ones (default); literal: the paper's -inf on the joint softmax"),
@@ -651,7 +652,18 @@ def cmd_p2p(args: argparse.Namespace) -> int:
 
 def add_p2p_args(parser) -> None:
     """Prompt-to-Prompt settings (options of the ``p2p`` backbone)."""
-    g = parser.add_argument_group("Prompt-to-Prompt (defaults: PIE-Bench's P2P settings)")
+    g = parser.add_argument_group(
+        "Prompt-to-Prompt (defaults: lime-edit's own; --preset piebench: PnPInversion's PIE-Bench row; "
+        "a flag given with --preset overrides that setting of the preset)")
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="named settings: default (lime-edit's) or piebench (PnPInversion's DirectInversion + P2P "
+                        "row: refinement, self-attention at <= 32x32 query tokens whatever the size, local blend "
+                        "on --blend-words, the target word reweighted x2, PnPInversion's DDIM: timesteps 980..0, "
+                        "no x0 clipping)")
+    g.add_argument("--blend-words", default=None, metavar="'SOURCE TARGET'",
+                   help="local blend on these words (turns --local-blend on): the source caption's word and the "
+                        "target's, as PIE-Bench's blended_word, e.g. 'cat dog'; with --preset piebench the target "
+                        "word is also reweighted x2")
     g.add_argument("--cross-replace", type=float, default=None, metavar="F",
                    help="fraction of steps with the source's cross-attention at aligned tokens (default 0.4)")
     g.add_argument("--self-replace", type=float, default=None, metavar="F",
@@ -692,14 +704,34 @@ def p2p_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["reweight"] = tuple(weights.items())
     if getattr(args, "local_blend", False):
         kw["local_blend"] = True
-    from .backbones.p2p import P2PSettings
+    from .backbones.p2p import PRESETS, P2PSettings, _settings, parse_blend_words
+
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"--preset {preset!r}: no such preset; choose one of: {', '.join(PRESETS)} "
+                             "(see --help)")
+        kw["preset"] = preset
+    text = getattr(args, "blend_words", None)
+    if text is not None:
+        try:
+            words = parse_blend_words(text.strip())
+        except LimeEditError:
+            words = None
+        if words is None or len(text.split()) != 2:
+            raise UsageError(f"--blend-words {text!r}: expected two words, the source caption's and the "
+                             "target's, e.g. --blend-words 'cat dog'")
+        kw["blend_words"] = words
+        if preset is None:
+            kw["local_blend"] = True
 
     try:                                    # bad values are usage errors before the model loads
-        P2PSettings(**{k: v for k, v in kw.items() if k not in ("backbone", "model_config")})
+        _settings(P2PSettings(), {k: v for k, v in kw.items() if k not in ("backbone", "model_config")})
     except LimeEditError as err:
         name, _, why = str(err).partition(": ")
         flag = {"cross_replace": "--cross-replace", "self_replace": "--self-replace",
-                "blend_threshold": "--blend-threshold", "reweight": "--reweight"}.get(name)
+                "blend_threshold": "--blend-threshold", "reweight": "--reweight",
+                "blend_words": "--blend-words", "preset": "--preset"}.get(name)
         raise UsageError(f"{flag}: {why}" if flag else str(err)) from None
     return kw
 

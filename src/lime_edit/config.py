@@ -22,13 +22,13 @@ from typing import Any, Literal
 
 #: editor families of :mod:`lime_edit.backbones` (here so that the CLI can list them without torch;
 #: a test keeps it equal to ``backbones.FAMILIES``)
-BACKBONE_NAMES = ("ip2p", "hive", "instructdiffusion", "sdxl-ip2p", "p2p", "kontext")
+BACKBONE_NAMES = ("ip2p", "hive", "instructdiffusion", "sdxl-ip2p", "p2p", "kontext", "qwen-image-edit", "flux2")
 
 Mode = Literal["penalize", "reward"]
 Clustering = Literal["kmeans", "agglomerative"]
 Schedule = Literal["two_pass", "single_pass"]
 JointRule = Literal["text_mass", "literal"]
-Preserve = Literal["none", "outside"]
+Preserve = Literal["none", "outside", "latent"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,10 @@ class LimeConfig:
             image inside it (a hard-edged composite at the input's size). LIME
             itself only guarantees that attention outside the RoI is untouched;
             the denoiser's other layers and the VAE still change those pixels.
+            "latent" (the flow-matching transformers: kontext, qwen-image-edit,
+            flux2): after every step the latents outside the region are put back on
+            the input's own trajectory, so the result there is the input after the
+            VAE round trip and the edit blends in without a seam.
 
     Processing size (lime-edit's, not a LIME setting of the paper)
         downscale_above: an input with more than ``downscale_above`` x the
@@ -229,8 +233,8 @@ class LimeConfig:
                f"must be at most regularize_until ({self.regularize_until:g})")
         _check(self.joint_rule in ("text_mass", "literal"), "joint_rule",
                f"must be 'text_mass' or 'literal', got {self.joint_rule!r}")
-        _check(self.preserve in ("none", "outside"), "preserve",
-               f"must be 'none' or 'outside', got {self.preserve!r}")
+        _check(self.preserve in ("none", "outside", "latent"), "preserve",
+               f"must be 'none', 'outside' or 'latent', got {self.preserve!r}")
         _check(self.schedule in ("two_pass", "single_pass"), "schedule",
                f"must be 'two_pass' or 'single_pass', got {self.schedule!r}")
 

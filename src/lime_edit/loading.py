@@ -124,6 +124,15 @@ def detect_family(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, 
     from .backbones.base import SD_UNET_IN as _UNET_IN
 
     name = path.name.lower()
+    flux = _flux_transformer_kind(shapes)
+    if flux == "flux1":
+        if "kontext" in name:
+            return "kontext", "a FLUX.1 transformer, file name says Kontext"
+        raise ModelLoadError(f"{path}: a FLUX.1 transformer, but its name does not say Kontext (FLUX.1 [dev] "
+                             "is not an editor); pass --backbone kontext if it is FLUX.1 Kontext")
+    if flux == "flux2":
+        raise ModelLoadError(f"{path}: a FLUX.2 transformer; single-file FLUX.2 checkpoints are not supported: "
+                             "pass the diffusers folder or Hub id (black-forest-labs/FLUX.2-klein-4B)")
     in_shape = shapes.get(_UNET_IN)
     if in_shape is None:
         raise ModelLoadError(f"{path}: not a Stable Diffusion U-Net checkpoint (no {_UNET_IN}); "
@@ -144,6 +153,17 @@ def detect_family(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, 
     if "instructdiffusion" in name or "adaption-task" in name:
         return "instructdiffusion", "8-channel SD U-Net, file name says InstructDiffusion"
     return "ip2p", "8-channel SD U-Net"
+
+
+def _flux_transformer_kind(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """"flux1" / "flux2" for a FLUX transformer file (Black Forest Labs' own key layout, as
+    the releases ship, or diffusers'), else None."""
+    keys = {k.removeprefix("model.diffusion_model.") for k in shapes}
+    if "double_blocks.0.img_attn.norm.key_norm.scale" in keys:          # BFL layout
+        return "flux2" if any(k.startswith("double_stream_modulation") for k in keys) else "flux1"
+    if any(k.startswith("single_transformer_blocks.0.") for k in keys) and "x_embedder.weight" in keys:
+        return "flux2" if any("to_qkv_mlp_proj" in k for k in keys) else "flux1"
+    return None
 
 
 def read_model_settings(folder: Path) -> dict:
@@ -380,7 +400,11 @@ def _pipeline_class(family):
 
 def _load_single_file(family, path: Path, shapes: dict, kwargs: dict, config: str | None,
                       local_files_only: bool | None):
-    """``from_single_file`` with the family's config and scheduler (original-LDM layout)."""
+    """``from_single_file`` with the family's config and scheduler (original-LDM layout), or
+    the family's own single-file loader (:meth:`Backbone.load_single_file`)."""
+    own = family.load_single_file(path, dict(kwargs), config, local_files_only)
+    if own is not None:
+        return own
     cls = _pipeline_class(family)
     single = dict(kwargs)
     if local_files_only is not None:

@@ -19,7 +19,12 @@ Three pieces, none of which knows about LIME or a pipeline:
   source's (mapped) for the first ``cross_replace`` fraction of steps, words can be
   reweighted, and the target's self-attention is replaced by the source's for the
   first ``self_replace`` fraction of steps at the coarse layers (latent level >=
-  ``self_replace_min_level``; P2P's "at most 16x16 at a 64x64 latent" = level 4).
+  ``self_replace_min_level``; P2P's "at most 16x16 at a 64x64 latent" = level 4), or at
+  the layers with at most a given number of query tokens (PnPInversion's absolute
+  "at most 32x32", the ``piebench`` preset of :mod:`lime_edit.backbones.p2p`).
+* :func:`split_word_positions`: P2P's way of finding a word's tokens in a caption (the
+  caption split at spaces, exact pieces), used by reweighting and local blend when
+  their words are looked up as P2P's code does.
 
 Batch layout (diffusers' ``StableDiffusionPipeline`` with classifier-free guidance and
 prompts ``[source_1..source_B, target_1..target_B]``): the U-Net sees four blocks of
@@ -69,13 +74,52 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)[:n]
 
 
-def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Alignment:
+_LEFT, _UP, _DIAG = 1, 2, 3
+
+
+def global_alignment(src: list, tgt: list) -> list[int | None]:
+    """For each item of ``tgt``, the index of the ``src`` item it is aligned with, or ``None``:
+    the official P2P refinement aligner (``seq_aligner.global_align``): Needleman-Wunsch with
+    match 1, mismatch -1, gap 0 (so a longest common subsequence), traced back from the end
+    preferring, on ties, to leave the target item unaligned, then the source item, then to
+    align the two.  Where several common subsequences are longest this picks the one P2P's
+    code picks (``difflib`` may pick another)."""
+    n, m = len(src), len(tgt)
+    score = [[0] * (m + 1) for _ in range(n + 1)]
+    move = [[_LEFT] * (m + 1)] + [[_UP] + [0] * m for _ in range(n)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            left, up = score[i][j - 1], score[i - 1][j]
+            diag = score[i - 1][j - 1] + (1 if src[i - 1] == tgt[j - 1] else -1)
+            best = max(left, up, diag)
+            score[i][j] = best
+            move[i][j] = _LEFT if best == left else _UP if best == up else _DIAG
+    out: list[int | None] = [None] * m
+    i, j = n, m
+    while i > 0 or j > 0:
+        if move[i][j] == _DIAG:
+            i, j = i - 1, j - 1
+            out[j] = i
+        elif move[i][j] == _LEFT:
+            j -= 1
+        else:
+            i -= 1
+    return out
+
+
+def align_tokens(tokenizer, source: str, target: str, mode: str = "auto", aligner: str = "difflib") -> Alignment:
     """Alignment of ``target``'s padded positions to ``source``'s (see module docstring).
 
     ``mode``: "auto" (swap when both captions have the same token count, else
     refine), "swap" (requires the same token count) or "refine".
+    ``aligner`` (refinement): "difflib" (``difflib.SequenceMatcher`` on the token ids) or
+    "p2p" (:func:`global_alignment` on the ids with the start and end tokens, as the
+    official P2P code); the two differ only where several alignments keep as many tokens.
     """
     from .errors import LimeEditError
+
+    if aligner not in ("difflib", "p2p"):
+        raise LimeEditError(f"aligner: expected 'difflib' or 'p2p', got {aligner!r}")
 
     T = tokenizer.model_max_length
     src, tgt = _ids(tokenizer, source), _ids(tokenizer, target)
@@ -94,6 +138,20 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
         alphas[:] = 1.0
         changed = [1 + i for i, (a, b) in enumerate(zip(src, tgt)) if a != b]
         changed_src = list(changed)
+    elif aligner == "p2p":
+        start, end = object(), object()                    # the start/end tokens match only each other
+        match = global_alignment([start, *src, end], [start, *tgt, end])
+        for j, i in enumerate(match):                      # j: target position, i: source position
+            if i is None:
+                changed.append(j)                          # own maps (alpha 0); a valid source slot
+                mapper[j] = min(j, 1 + len(src))
+            else:
+                mapper[j], alphas[j] = i, 1.0
+        matched = {i for i in match if i is not None}
+        changed_src = [i for i in range(1, 1 + len(src)) if i not in matched]
+        t_end = 1 + len(tgt)
+        alphas[t_end:] = 1.0
+        mapper[t_end + 1:] = torch.arange(t_end + 1, T)
     else:
         alphas[0] = 1.0                                    # start token
         sm = difflib.SequenceMatcher(a=src, b=tgt, autojunk=False)
@@ -115,6 +173,32 @@ def align_tokens(tokenizer, source: str, target: str, mode: str = "auto") -> Ali
         alphas[t_end:] = 1.0
         mapper[t_end + 1:] = torch.arange(t_end + 1, T)
     return Alignment(mapper=mapper, alphas=alphas, mode=mode, changed=changed, changed_source=changed_src)
+
+
+def split_word_positions(tokenizer, text: str, word: str) -> list[int]:
+    """Token positions (start token = 0) of ``word`` in ``text``, found the way the official
+    P2P code (google/prompt-to-prompt and PnPInversion, ``get_word_inds``) finds them: the
+    text is split at single spaces, every piece equal to ``word`` counts (so "grass" does not
+    match "grass." and case matters), and the text's tokens are given to the pieces in order
+    by the length of their decoded text.  A word that is no piece gives ``[]`` (P2P then
+    reweights or blends nothing for it).  Positions past the text encoder's window (whose
+    last slot is the end token) are dropped."""
+    pieces = text.split(" ")
+    wanted = {i for i, piece in enumerate(pieces) if piece == word}
+    if not wanted:
+        return []
+    ids = list(tokenizer(text, add_special_tokens=False).input_ids)
+    out: list[int] = []
+    piece, filled = 0, 0
+    for i, tid in enumerate(ids):
+        if piece >= len(pieces):
+            break
+        filled += len(tokenizer.decode([tid]).strip("#"))
+        if piece in wanted:
+            out.append(1 + i)
+        if filled >= len(pieces[piece]):
+            piece, filled = piece + 1, 0
+    return [p for p in out if p < tokenizer.model_max_length - 1]
 
 
 # ------------------------------------------------------------------------- DDIM inversion
@@ -183,6 +267,9 @@ class P2PController:
     self_min_tokens / self_max_tokens: self-attention is replaced at layers whose query
         count is at most ``self_max_tokens``.
     step: the denoising step being run (advanced by the caller after every step).
+    blend_edited: local blend accumulates the target's cross-attention *after* this
+        controller's replacement and reweighting (what the official P2P code stores, since it
+        edits the stored maps in place), instead of the target's own maps.
     """
 
     batch: int
@@ -199,6 +286,7 @@ class P2PController:
     blend_tgt: torch.Tensor | None = None
     blend_tokens: int = 0
     blend_sum: torch.Tensor | None = None        # (2, B, Nq) accumulated maps: source, target
+    blend_edited: bool = False
 
     def active(self, is_cross: bool, n_query: int) -> bool:
         if is_cross:
@@ -236,8 +324,9 @@ class P2PController:
         rows = probs.shape[0]
         if rows != 4 * self.batch:
             raise RuntimeError(f"P2P: expected {4 * self.batch} U-Net rows (CFG x source/target), got {rows}")
-        if is_cross and self.blend_tgt is not None and probs.shape[2] == self.blend_tokens:
-            self._record_blend(probs)
+        blend_layer = is_cross and self.blend_tgt is not None and probs.shape[2] == self.blend_tokens
+        if blend_layer and (not self.blend_edited or self.step >= self.cross_steps):
+            self._record_blend(probs)                # own maps (or no edit at this step)
         if is_cross and self.step >= self.cross_steps:
             return probs
         b = self.batch
@@ -256,6 +345,8 @@ class P2PController:
         self.calls[is_cross] = self.calls.get(is_cross, 0) + 1
         out = probs.clone()
         out[COND_TGT * b:(COND_TGT + 1) * b] = new
+        if blend_layer and self.blend_edited:
+            self._record_blend(out)
         return out
 
 

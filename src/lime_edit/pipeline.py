@@ -212,6 +212,8 @@ class LimePipeline:
             if why:
                 raise LimeEditError(f"source{where}: {'empty caption' if why == 'empty' else why}")
             it.source = src.strip()
+        if hasattr(self.backbone, "notes"):
+            self.backbone.notes = []        # the passes of this call add theirs
         results = self._edit_items(items, single, cfg)
         for it, res in zip(items, [results] if single else results):
             extra = []
@@ -221,6 +223,8 @@ class LimePipeline:
             if self.backbone.select_tokens(it.source, cfg).truncated:
                 extra.append(f"source caption is longer than the text encoder's {self.backbone.max_tokens} "
                              "tokens and was truncated")
+            extra += list(dict.fromkeys(msg for text, msg in getattr(self.backbone, "notes", None) or []
+                                        if text in (it.source, it.instruction)))   # its notes on these captions
             res.warnings[:0] = extra
             res.settings["source"], res.settings["target"] = it.source, it.instruction
             if "p2p" in self.backbone.describe():
@@ -251,6 +255,10 @@ class LimePipeline:
         except (ValueError, TypeError) as err:
             raise LimeEditError(str(err)) from None
         self.backbone.check_levels(cfg)
+        if cfg.preserve == "latent" and not self.backbone.latent_blend:
+            raise LimeEditError(f"preserve='latent': not available on {self.backbone.name} (only the flow-matching "
+                                "transformers: kontext, qwen-image-edit, flux2); preserve='outside' keeps the "
+                                "outside on any family")
         select_layers(list(self.backbone.denoiser.attn_processors), cfg.layers)   # a pattern matching no layer
         return cfg
 
@@ -305,18 +313,26 @@ class LimePipeline:
                                f"resized back (downscale_above=0 processes at full size)")
         return processing_size(size, self.size_multiple), None
 
-    @staticmethod
-    def _groups(items: list[_Item]) -> list[list[_Item]]:
-        """Items of one processing size run as one batch."""
+    def _groups(self, items: list[_Item]) -> list[list[_Item]]:
+        """Items of one processing size run as one batch (of at most the backbone's
+        ``max_batch`` items: a pipeline that refuses batches runs them one by one)."""
         groups: dict[tuple[int, int], list[_Item]] = {}
         for it in items:
             groups.setdefault(it.size, []).append(it)
-        return list(groups.values())
+        n = self.backbone.max_batch
+        if not n:
+            return list(groups.values())
+        return [g[i:i + n] for g in groups.values() for i in range(0, len(g), n)]
 
     def _retokenize(self, items: list[_Item], cfg: LimeConfig) -> None:
+        bb = self.backbone
         for it in items:
-            it.tokens = (self.backbone.select_tokens(it.instruction, cfg) if it.source is None else
-                         self.backbone.select_tokens(it.instruction, cfg, source=it.source))
+            if it.source is not None:
+                it.tokens = bb.select_tokens(it.instruction, cfg, source=it.source)
+            elif bb.text_sees_image:          # the stream holds the image's vision tokens
+                it.tokens = bb.select_tokens(it.instruction, cfg, image=it.image, size=it.size)
+            else:
+                it.tokens = bb.select_tokens(it.instruction, cfg)
 
     def _image_guidance_note(self, cfg: LimeConfig) -> str:
         """", image guidance G" for the NaN/inf messages; a caption editor (p2p) has no image
@@ -362,6 +378,9 @@ class LimePipeline:
             state.feature_branch, state.attention_branch = bb.image_branch, bb.text_branch
             state.reg_branches = tuple(bb.regularized_branches)
             state.rule = cfg.joint_rule
+            state.context_hw = bb.context_grid(size)
+            if stop_after is None and cfg.preserve == "latent":
+                kwargs["blend_state"] = state
             try:
                 with bb.attention(state, cfg.layers):
                     return self.backbone.run(on_step_end=step_end, **kwargs)
@@ -510,10 +529,8 @@ class LimePipeline:
             st.reg_steps = cfg.regularized_steps()
             st.reg_levels = frozenset(cfg.regularization_levels)
             st.mode = cfg.mode
-            if cfg.mode == "penalize":
-                st.tokens = torch.stack([it.tokens.keep for it in items])                # (B, T)
-            else:
-                st.tokens = torch.stack([_content(it.tokens) for it in items])
+            st.tokens = _stack_roles([it.tokens.keep if cfg.mode == "penalize" else _content(it.tokens)
+                                      for it in items])                               # (B, T)
             st.roi = torch.stack([m if m is not None else torch.zeros(grid, dtype=torch.bool)
                                   for m in masks])                                        # (B, Hg, Wg)
         on_step = None
@@ -555,11 +572,10 @@ class LimePipeline:
             img = Image.fromarray(np.clip(np.round(images[j] * 255.0), 0, 255).astype(np.uint8))
             if img.size != it.image.size:
                 img = img.resize(it.image.size, Image.LANCZOS)
-            if cfg.preserve == "outside":
-                if regularized[j]:
-                    img = _keep_outside(img, it.image, masks[j])
-                else:
-                    warnings[j].append("preserve='outside': no region was regularized, so nothing is kept")
+            if cfg.preserve == "outside" and regularized[j]:
+                img = _keep_outside(img, it.image, masks[j])
+            elif cfg.preserve != "none" and not regularized[j]:
+                warnings[j].append(f"preserve='{cfg.preserve}': no region was regularized, so nothing is kept")
             results.append(EditResult(
                 image=img, mask=masks[j] if regularized[j] else None, localization=locs[j],
                 lime_applied=bool(regularized[j]), seed=it.seed, warnings=warnings[j],
@@ -614,6 +630,14 @@ def _keep_outside(edited: Image.Image, original: Image.Image, mask: torch.Tensor
     """``original`` outside ``mask`` (any grid, stretched to the image), ``edited`` inside."""
     m = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).resize(original.size, Image.NEAREST)
     return Image.composite(edited, original, m)
+
+
+def _stack_roles(roles: list[torch.Tensor]) -> torch.Tensor:
+    """``(B, T)`` token roles; a batch whose text streams differ in length (a joint-attention
+    text stream holding each image's vision tokens) is padded with False, as the
+    pipeline pads the streams after their end."""
+    t = max(r.shape[0] for r in roles)
+    return torch.stack([torch.cat([r, r.new_zeros(t - r.shape[0])]) for r in roles])
 
 
 def _content(sel: TokenSelection) -> torch.Tensor:

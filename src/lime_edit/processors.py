@@ -66,6 +66,8 @@ class PassState:
     mode: str = "penalize"
     rule: str = "text_mass"             # joint attention only (see lime_edit.joint)
     text_len: int | None = None         # joint attention: text positions before the image tokens
+    context_hw: tuple[int, int] | None = None  # joint attention: context-image grid (None: latent_hw)
+    forward_name: str | None = None     # joint attention: the pipeline's name of the forward being run
     roi: torch.Tensor | None = None     # (B, Hr, Wr) bool, any grid (resized per layer)
     tokens: torch.Tensor | None = None  # (B, T) bool: kept (penalize) / rewarded (reward) tokens
     # bookkeeping

@@ -282,6 +282,32 @@ def select_tokens_by_words(tokenizer, prompt: str, max_length: int, *, drop_verb
                      penalize_punctuation=penalize_punctuation)
 
 
+def select_tokens_in_span(tokenizer, ids: list[int], start: int, end: int, *, drop_verbs: bool = True,
+                          penalize_padding: bool = True, penalize_end_token: bool = False,
+                          penalize_punctuation: bool = False) -> TokenSelection:
+    """Token roles for a chat-template text stream (a multimodal LLM as text encoder:
+    Qwen2.5-VL for Qwen-Image-Edit) in which the instruction is ``ids[start:end]`` and
+    ``ids[end]`` is its end-of-turn token.  Everything before ``start`` (the template,
+    the input image's vision tokens) is neither related nor kept; what follows ``end``
+    (the chat scaffolding, then a padded batch's padding) counts as padding.  Words come
+    from byte-level BPE's leading-space mark (``Ġ``); a piece that is punctuation only
+    is a word of its own, as for CLIP.  ``tokens`` are the decoded pieces."""
+    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+    toks = [tokenizer.convert_tokens_to_string([p]) for p in pieces]
+    words: list[tuple[str, list[int]]] = []
+    for pos in range(start, end):
+        piece = toks[pos].strip()
+        new = (pieces[pos].startswith("\u0120") or not words or is_punctuation(piece)
+               or is_punctuation(words[-1][0]))
+        if new:
+            words.append((piece, [pos]))
+        else:
+            words[-1] = (words[-1][0] + piece, words[-1][1] + [pos])
+    return _classify(words, list(ids), [t.strip() for t in toks], end, len(ids), False,
+                     drop_verbs=drop_verbs, penalize_padding=penalize_padding,
+                     penalize_end_token=penalize_end_token, penalize_punctuation=penalize_punctuation)
+
+
 def _decode_bytes(tokenizer, text: str) -> str:
     """Turn CLIP's byte-level stand-in characters back into text when possible."""
     try:

@@ -8,15 +8,18 @@ always wins); :func:`lime_edit.loading.load_backbone` loads it.
 from __future__ import annotations
 
 from .base import Backbone, StopPass, attention_levels, reference_levels
+from .flux2 import Flux2KleinBackbone
 from .hive import HIVE_CONDITION, HiveBackbone
 from .instructdiffusion import InstructDiffusionBackbone, instructdiffusion_combine
 from .ip2p import IP2PBackbone
 from .kontext import KontextBackbone
 from .p2p import P2PBackbone
+from .qwen_image_edit import QwenImageEditBackbone
 from .sdxl import SDXLIP2PBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {cls.name: cls for cls in (
-    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone, KontextBackbone)}
+    IP2PBackbone, HiveBackbone, InstructDiffusionBackbone, SDXLIP2PBackbone, P2PBackbone, KontextBackbone,
+    QwenImageEditBackbone, Flux2KleinBackbone)}
 
 
 #: diffusers pipeline class -> family, for pipelines whose class alone tells the family
@@ -25,6 +28,9 @@ PIPELINE_FAMILIES: dict[str, str] = {
     "StableDiffusionXLInstructPix2PixPipeline": "sdxl-ip2p",
     "StableDiffusionPipeline": "p2p",              # text-to-image: caption editing (Prompt-to-Prompt)
     "FluxKontextPipeline": "kontext",
+    "QwenImageEditPipeline": "qwen-image-edit",
+    "QwenImageEditPlusPipeline": "qwen-image-edit",
+    "Flux2KleinPipeline": "flux2",
 }
 
 
@@ -51,4 +57,4 @@ def for_pipeline(pipe, name: str | None = None, **options) -> Backbone:
 
 __all__ = ["Backbone", "StopPass", "FAMILIES", "get_family", "for_pipeline", "family_list",
            "attention_levels", "reference_levels", "HIVE_CONDITION", "IP2PBackbone", "HiveBackbone",
-           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "KontextBackbone", "PIPELINE_FAMILIES", "instructdiffusion_combine"]
+           "InstructDiffusionBackbone", "SDXLIP2PBackbone", "P2PBackbone", "KontextBackbone", "QwenImageEditBackbone", "Flux2KleinBackbone", "PIPELINE_FAMILIES", "instructdiffusion_combine"]

@@ -116,8 +116,20 @@ class Backbone:
     #: what a "level" is on this denoiser, and what the denoiser is called, in messages
     level_word: ClassVar[str] = "latent level"
     denoiser_word: ClassVar[str] = "U-Net"
+    #: the plain editor's name where a page or report compares LIME with it
+    display_name: ClassVar[str] = "InstructPix2Pix"
     #: the family has an image guidance scale (``image_guidance_scale``)
     has_image_guidance: ClassVar[bool] = True
+    #: the text encoder sees the input image (token roles depend on it: ``select_tokens``
+    #: then takes ``image=`` and ``size=``, the processing size)
+    text_sees_image: ClassVar[bool] = False
+    #: most items one call of the pipeline takes (None: any number)
+    max_batch: int | None = None
+    #: ``preserve="latent"`` is available (a flow-matching sampler with the input's latents as
+    #: context tokens: :mod:`lime_edit.backbones.flowblend`)
+    latent_blend: ClassVar[bool] = False
+    #: benchmarks (``eval``) run this family with its own steps, not the protocol's IP2P steps
+    own_steps_in_benchmarks: ClassVar[bool] = False
     #: what this model can edit, in one sentence, when its folder's ``lime_edit.json`` says so
     #: (``"can_edit"``; set by :func:`lime_edit.loading.load_backbone`): added to the warnings of an
     #: input outside it (a word not in its vocabulary, a picture far above its native size)
@@ -156,6 +168,13 @@ class Backbone:
                                                              num_in_channels=8, **keep)
             return {"pipeline": {"config": base}, "components": {"unet": unet}}
         return {}
+
+    @classmethod
+    def load_single_file(cls, path, kwargs: dict[str, Any], config: str | None, local_files_only: bool | None):
+        """The pipeline from a single file when the family loads it its own way (a
+        transformer-only release file); None: diffusers' ``from_single_file`` of the whole
+        pipeline (original-LDM checkpoints)."""
+        return None
 
     @classmethod
     def extract_ema(cls, shapes: dict[str, tuple[int, ...]]) -> bool:
@@ -212,6 +231,11 @@ class Backbone:
         pixels (the U-Net's latent grid)."""
         f = int(self.pipe.vae_scale_factor)
         return size[1] // f, size[0] // f
+
+    def context_grid(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        """``(h, w)`` token grid of the context image (joint attention) when it differs
+        from :meth:`token_grid`'s; None: the same grid (or no context image)."""
+        return None
 
     @contextlib.contextmanager
     def attention(self, state, layers: tuple[str, ...] | None = None):
@@ -323,12 +347,32 @@ class Backbone:
                     guidance_scale=guidance, image_guidance_scale=image_guidance, generator=generators,
                     output_type=output_type)
 
-    def step_callback_kwargs(self, on_step_end: Callable[[int], None]) -> dict:
-        """How to be called after every denoising step ``i`` (0-based)."""
-        def callback(pipe, i, t, kwargs):
+    def step_callback_kwargs(self, on_step_end: Callable[[int], None],
+                             latents_fn: Callable[[int, Any], Any] | None = None) -> dict:
+        """How to be called after every denoising step ``i`` (0-based); ``latents_fn(i,
+        latents)`` replaces the latents after the step (``preserve="latent"``)."""
+        if latents_fn is None:
+            def callback(pipe, i, t, kwargs):
+                on_step_end(i)
+                return {}
+            return {"callback_on_step_end": callback}
+
+        def blending(pipe, i, t, kwargs):
             on_step_end(i)
-            return {}
-        return {"callback_on_step_end": callback}
+            return {"latents": latents_fn(i, kwargs["latents"])}
+        return {"callback_on_step_end": blending, "callback_on_step_end_tensor_inputs": ["latents"]}
+
+    @contextlib.contextmanager
+    def latent_blender(self, state, size: tuple[int, int]):
+        """Context yielding ``blend(i, latents)`` for ``preserve="latent"`` (see
+        :attr:`latent_blend`)."""
+        if not self.latent_blend:
+            raise LimeEditError(f"preserve='latent': not available on {self.name} (only the flow-matching "
+                                "transformers); preserve='outside' keeps the outside on any family")
+        from .flowblend import flow_match_blend
+
+        with flow_match_blend(self.pipe, state) as blend:
+            yield blend
 
     @contextlib.contextmanager
     def guidance(self, guidance: float, image_guidance: float, batch: int) -> Iterator[dict]:
@@ -339,14 +383,19 @@ class Backbone:
 
     def run(self, *, prompts: list[str], images: list, size: tuple[int, int], steps: int, guidance: float,
             image_guidance: float, generators: list, output_type: str,
-            on_step_end: Callable[[int], None] | None = None):
-        """One call of the wrapped pipeline; returns its ``.images``."""
-        with self.guidance(guidance, image_guidance, len(prompts)) as scales:
+            on_step_end: Callable[[int], None] | None = None, blend_state=None):
+        """One call of the wrapped pipeline; returns its ``.images``.  ``blend_state``: the
+        pass's state when ``preserve="latent"`` keeps the outside of its RoI."""
+        with contextlib.ExitStack() as stack:
+            scales = stack.enter_context(self.guidance(guidance, image_guidance, len(prompts)))
+            blend = stack.enter_context(self.latent_blender(blend_state, size)) if blend_state is not None else None
             kwargs = self.call_kwargs(prompts=prompts, images=images, size=size, steps=steps,
                                       guidance=scales.get("guidance", guidance),
                                       image_guidance=scales.get("image_guidance", image_guidance),
                                       generators=generators, output_type=output_type)
-            if on_step_end is not None:
+            if blend is not None:
+                kwargs.update(self.step_callback_kwargs(on_step_end or (lambda i: None), blend))
+            elif on_step_end is not None:
                 kwargs.update(self.step_callback_kwargs(on_step_end))
             return self.pipe(**kwargs).images
 

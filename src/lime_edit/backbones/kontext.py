@@ -84,6 +84,9 @@ class KontextBackbone(Backbone):
     level_word = "block"
     denoiser_word = "transformer"
     has_image_guidance = False
+    display_name = "FLUX.1 Kontext"
+    own_steps_in_benchmarks = True
+    latent_blend = True
 
     @classmethod
     def cuda_dtype(cls):
@@ -92,10 +95,24 @@ class KontextBackbone(Backbone):
 
         return torch.bfloat16
 
+    #: where a transformer-only single file takes the other components and the configs from
+    SINGLE_FILE_CONFIG = "black-forest-labs/FLUX.1-Kontext-dev"
+
     @classmethod
-    def single_file_kwargs(cls, path, shapes, config):
-        raise LimeEditError(f"{path}: single-file FLUX.1 Kontext checkpoints are not supported yet; pass the "
-                            "diffusers folder or Hub id (black-forest-labs/FLUX.1-Kontext-dev)")
+    def load_single_file(cls, path, kwargs, config, local_files_only):
+        """Black Forest Labs release the Kontext transformer alone (``flux1-kontext-dev.safetensors``,
+        their key layout; diffusers' layout works too): it is loaded with diffusers' FLUX
+        converter and the transformer config of ``config`` (``--model-config``: a diffusers
+        folder or Hub id of a Kontext pipeline; default the official one), whose VAE, text
+        encoders, tokenizers and scheduler complete the pipeline."""
+        from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+
+        repo = config or cls.SINGLE_FILE_CONFIG
+        extra = {} if local_files_only is None else {"local_files_only": local_files_only}
+        kwargs = {k: v for k, v in kwargs.items() if k in ("torch_dtype", "dtype")}
+        transformer = FluxTransformer2DModel.from_single_file(str(path), config=repo, subfolder="transformer",
+                                                              **kwargs, **extra)
+        return FluxKontextPipeline.from_pretrained(repo, transformer=transformer, **kwargs, **extra)
 
     def check_pipeline(self, pipe) -> None:
         tr = getattr(pipe, "transformer", None)

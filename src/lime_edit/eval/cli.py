@@ -26,6 +26,8 @@ BENCHMARKS = ("magicbrush", "piebench", "editval")
 #: ``--protocol`` values per benchmark (``lime-edit score``; ``eval`` takes MagicBrush's only)
 PROTOCOLS = {"magicbrush": ("single", "multi"), "piebench": (), "editval": ("fixed", "official")}
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+#: the default --model of ``eval --backbone p2p`` (PnPInversion's; ``backbones.p2p.PIEBENCH_MODEL``, tested)
+P2P_MODEL = "CompVis/stable-diffusion-v1-4"
 #: eval's help of the sampler flags whose defaults are the benchmark protocol's
 #: (``generate.PROTOCOL_SETTINGS``, not imported here: it is not light), not LimeConfig's
 _PROTOCOL_HELP = {
@@ -140,8 +142,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_selection(args, {**dict.fromkeys(EDITVAL_PROMPTS, ""), "all": "every type"}, "an EditVal edit type")
     _check_protocol(args, "eval")
     _check_dirs(args)
+    _check_preset(args)
     with quiet_libraries(getattr(args, "verbose", False), load=True):  # no model-loading bars
         return run_eval(args)
+
+
+def _check_preset(args: argparse.Namespace) -> None:
+    """One usage line for a --preset that is no preset, or given where no caption editor runs."""
+    from ..backbones.p2p import PRESETS
+    from ..cli import UsageError
+
+    preset = getattr(args, "preset", None)
+    if preset is None:
+        return
+    if preset not in PRESETS:
+        raise UsageError(f"--preset {preset!r}: no such preset; choose one of: {', '.join(PRESETS)} (see --help)")
+    if args.benchmark != "piebench":
+        raise UsageError(f"--preset {preset}: Prompt-to-Prompt settings for `eval piebench --backbone p2p`; "
+                         f"{args.benchmark} runs instruction editors only")
+    backbone = getattr(args, "backbone", None)
+    if backbone is not None and str(backbone).lower() != "p2p":
+        raise UsageError(f"--preset {preset}: Prompt-to-Prompt settings, for --backbone p2p; --backbone {backbone} "
+                         "has none")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -171,8 +193,9 @@ def register(subparsers) -> None:
                     "guidance 7.5, image guidance 1.5); the flags below override them.")
     _common(p)
     p.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="where the edited images go")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"Hub id, local diffusers folder or single file (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None,
+                   help=f"Hub id, local diffusers folder or single file (default {DEFAULT_MODEL}; with --backbone "
+                        f"p2p: {P2P_MODEL}, the model of PnPInversion's P2P rows)")
     p.add_argument("--no-lime", action="store_true", help="plain IP2P (mask=None): the baseline rows")
     p.add_argument("--seed", type=seed_arg, default=None,
                    help="seed of every sample (default: 1234 for PIE-Bench as its protocol, else 0)")
@@ -180,6 +203,11 @@ def register(subparsers) -> None:
                    help="weights dtype (default float16 on CUDA, float32 otherwise)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled .ckpt/.bin weights")
     add_family_args(p)
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="PIE-Bench with a caption editor (--backbone p2p): its Prompt-to-Prompt settings. piebench "
+                        "(default): PnPInversion's DirectInversion + P2P row (refinement, self-attention at <= 32x32 "
+                        "query tokens, local blend on the record's blended_word, the target word x2, DDIM timesteps "
+                        "980..0; float32 unless --dtype); default: lime-edit's own P2P defaults")
     p.add_argument("--lossless", action="store_true",
                    help="PIE-Bench: write <name>.png instead of the .jpg name their scripts use (PIL's default "
                         "JPEG quality); the scorer reads either")

@@ -16,8 +16,12 @@ Outputs (the layout each benchmark's scorer reads, see :mod:`lime_edit.eval.scor
   ``.jpg``; ``--lossless`` writes a ``.png`` of the same stem instead);
   ``editing_instruction`` is the instruction; a caption editor (``--backbone p2p``)
   edits from ``original_prompt`` to ``editing_prompt`` (``[ ]`` markers removed) instead,
-  which gives PIE-Bench's "DirectInversion + P2P" row and, without ``--no-lime``, its
-  "+ LIME" counterpart. The other benchmarks have no captions and refuse a caption editor.
+  with the ``piebench`` preset by default (``--preset``; :func:`piebench_p2p_options`:
+  blend and reweighting words from the record's ``blended_word``), PnPInversion's model
+  (``--model`` left out) and float32 (``--dtype`` left out), which gives PIE-Bench's
+  "DirectInversion + P2P" row with ``--no-lime`` and, without it, its "+ LIME"
+  counterpart; the manifest's ``sampler.p2p_preset`` and each record's ``p2p`` say which
+  settings ran. The other benchmarks have no captions and refuse a caption editor.
 - EditVal: ``RUN_DIR/<edit_type>/<image_id>/<to>.png`` at the COCO image's size (a ``to``
   over 200 bytes cut and given a hash, see :func:`lime_edit.eval.datasets.safe_component`).
 
@@ -45,6 +49,8 @@ not is refused with a one-line error, counted as failed, and the run goes on. A
 """
 
 from __future__ import annotations
+
+import json
 
 import math
 import os
@@ -152,6 +158,7 @@ class Ctx:
     overwrite: bool
     guard: OutputGuard | None = None
     turns: RowStore | None = None   # per-output records of multi-output samples (MagicBrush turns)
+    p2p_preset: str | None = None   # a caption editor's preset (PIE-Bench; see piebench_p2p_options)
 
     def save(self, path: Path, image) -> None:
         """Write an edited image (atomically), after the guard allowed its path."""
@@ -185,10 +192,25 @@ def _edit(editor, image, instruction: str, ctx: Ctx):
     return res, _record(res, t0, ctx, instruction=instruction)
 
 
-def _edit_captions(editor, image, source: str, target: str, ctx: Ctx):
+def _edit_captions(editor, image, source: str, target: str, ctx: Ctx, p2p: dict[str, Any] | None = None):
     t0 = time.perf_counter()
-    res = editor.edit_captions(image, source, target, mask=ctx.mask, seed=ctx.seed, **ctx.overrides)
-    return res, _record(res, t0, ctx, source_caption=source, target_caption=target)
+    res = editor.edit_captions(image, source, target, mask=ctx.mask, seed=ctx.seed, p2p=p2p, **ctx.overrides)
+    rec = _record(res, t0, ctx, source_caption=source, target_caption=target)
+    if isinstance(getattr(res, "settings", None), dict) and "p2p" in res.settings:
+        rec["p2p"] = res.settings["p2p"]         # the preset and the words this sample used
+    return res, rec
+
+
+def piebench_p2p_options(preset: str, blended_word: str) -> dict[str, Any]:
+    """The Prompt-to-Prompt settings of one PIE-Bench record (``edit_captions(p2p=...)``):
+    preset ``piebench`` takes its blend (and reweighting) words from the record's
+    ``blended_word`` ("cat dog": source word, target word), as PnPInversion's
+    ``run_editing_p2p.py`` does; ``default`` is lime-edit's P2P defaults (no words)."""
+    from ..backbones.p2p import parse_blend_words
+
+    if preset == "piebench":
+        return {"preset": preset, "blend_words": parse_blend_words(blended_word)}
+    return {"preset": preset}
 
 
 def _captions(editor) -> bool:
@@ -264,7 +286,8 @@ def piebench_units(data, out: Path, limit: int | None, categories: set[str] | No
             # recorded as a bare "skipped" entry.
             if _captions(editor):
                 res, rec = _edit_captions(editor, _load_input(it.image), it.clean_original_prompt,
-                                          it.clean_editing_prompt, ctx)
+                                          it.clean_editing_prompt, ctx,
+                                          p2p=piebench_p2p_options(ctx.p2p_preset or "piebench", it.blended_word))
             else:
                 res, rec = _edit(editor, _load_input(it.image), it.editing_instruction, ctx)
             # Saved like PnP-Inversion's scripts: same relative name, PIL defaults for the format.
@@ -302,7 +325,7 @@ def _load_pipeline(args, device):
 
     from lime_edit import LimePipeline  # the public API only
 
-    dtype = getattr(torch, _effective_dtype(args.dtype, device))
+    dtype = getattr(torch, _effective_dtype(args.dtype, device, _family_cuda_dtype(args)))
     from ..cli import family_load_kwargs
 
     lp = LimePipeline.from_pretrained(args.model, torch_dtype=dtype, device=str(device),
@@ -318,7 +341,9 @@ def _load_pipeline(args, device):
 def _family_sampler(editor, overrides: dict[str, Any], user: dict[str, Any],
                     sampler: dict[str, Any]) -> dict[str, Any]:
     """The benchmark protocols fix IP2P's guidance; another family runs with its own guidance
-    where the user set none (the steps stay the benchmark's).  Updates ``overrides`` in place
+    where the user set none (the steps stay the benchmark's, except for the families that
+    run their own steps: ``Backbone.own_steps_in_benchmarks``, the flow-matching
+    transformers, whose distilled samplers are made for few steps).  Updates ``overrides`` in place
     and returns where each sampler value came from, for the manifest."""
     family = getattr(editor, "backbone", None)
     if family is None:
@@ -326,7 +351,10 @@ def _family_sampler(editor, overrides: dict[str, Any], user: dict[str, Any],
     sampler = {**sampler, "backbone": {"value": family.name, "from": "model"}}
     if family.name == "ip2p":
         return sampler
-    for k in ("guidance_scale", "image_guidance_scale", "localization_guidance_scale"):
+    keys = ["guidance_scale", "image_guidance_scale", "localization_guidance_scale"]
+    if family.own_steps_in_benchmarks:       # a flow-matching / distilled sampler: its own steps too
+        keys.append("num_inference_steps")
+    for k in keys:
         if k not in user and k in family.sampler_defaults:
             overrides[k] = family.sampler_defaults[k]
             sampler[k] = {"value": overrides[k], "from": f"{family.name} defaults"}
@@ -354,14 +382,66 @@ def _signature(args, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}}
     if getattr(args, "lossless", False):
         sig["lossless"] = True
+    if getattr(args, "preset", None) is not None or getattr(args, "backbone", None) == "p2p":
+        sig["p2p_preset"] = _p2p_preset(args)
     return sig
 
 
-def _effective_dtype(dtype: str | None, device: Any) -> str:
-    """The weights' dtype a run used: ``--dtype``, or with ``auto`` float16 on CUDA, else float32."""
+def _p2p_preset(args) -> str:
+    """The Prompt-to-Prompt preset of a PIE-Bench run with a caption editor: ``--preset``, or
+    ``piebench`` (PnPInversion's row, so the numbers sit beside the published ones)."""
+    return getattr(args, "preset", None) or "piebench"
+
+
+def _resolve_model_and_dtype(args) -> None:
+    """``--model`` left out: the IP2P default, or with ``--backbone p2p`` PnPInversion's SD v1.4;
+    ``--dtype`` left out for the ``piebench`` preset: float32, as PnPInversion runs."""
+    from .cli import DEFAULT_MODEL, P2P_MODEL
+
+    p2p = getattr(args, "backbone", None) == "p2p"
+    if getattr(args, "model", None) is None:
+        args.model = P2P_MODEL if p2p else DEFAULT_MODEL
+    if p2p and args.benchmark == "piebench" and _p2p_preset(args) == "piebench" and args.dtype is None:
+        args.dtype = "float32"
+
+
+def _effective_dtype(dtype: str | None, device: Any, cuda_auto: str = "float16") -> str:
+    """The weights' dtype a run used: ``--dtype``, or with ``auto`` the family's CUDA dtype
+    (``cuda_auto``: float16 for the U-Nets, bfloat16 for the transformers) on CUDA, else float32."""
     if dtype in (None, "auto"):
-        return "float16" if str(device).startswith("cuda") else "float32"
+        return cuda_auto if str(device).startswith("cuda") else "float32"
     return str(dtype)
+
+
+def _family_cuda_dtype(args) -> str:
+    """The CUDA dtype of the family ``--backbone`` names, or a model folder's / cached Hub
+    id's ``model_index.json`` class tells; float16 when neither says (single files: the
+    U-Net families)."""
+    from ..backbones import PIPELINE_FAMILIES, get_family
+
+    name = getattr(args, "backbone", None)
+    if not name:
+        try:
+            from ..loading import resolve_model
+
+            path = Path(resolve_model(args.model)).expanduser()
+            if path.is_dir():
+                index = json.loads((path / "model_index.json").read_text())
+            elif path.is_file():
+                index = {}
+            else:
+                from diffusers import DiffusionPipeline
+
+                index = DiffusionPipeline.load_config(str(args.model), local_files_only=True)
+            name = PIPELINE_FAMILIES.get(str(index.get("_class_name", "")))
+        except Exception:  # noqa: BLE001 - unknown here; loading reports a bad model in one line
+            name = None
+    if not name:
+        return "float16"
+    try:
+        return str(get_family(name).cuda_dtype()).replace("torch.", "")
+    except LimeEditError:
+        return "float16"
 
 
 def _read_manifest(m: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -392,7 +472,7 @@ def _check_signature(out: Path, sig: dict[str, Any], single_process: bool = True
             raise LimeEditError(f"{m}: unreadable ({type(err).__name__}), so this run folder's settings cannot be "
                                 "checked; use a new --out, or --overwrite to regenerate everything") from None
         if dtype is not None and isinstance(whole.get("dtype"), str):
-            was = _effective_dtype(whole["dtype"], whole.get("device", ""))
+            was = _effective_dtype(whole["dtype"], whole.get("device", ""), whole.get("cuda_auto_dtype", "float16"))
             if was != dtype:
                 raise LimeEditError(f"{m}: this run folder was generated in {was} and this run would use {dtype}; "
                                     f"rerun with --dtype {was}, use a new --out, or --overwrite to regenerate "
@@ -441,6 +521,7 @@ def run_eval(args) -> int:
     if args.protocol is not None and (bench != "magicbrush" or args.protocol not in PROTOCOLS[bench]):
         raise LimeEditError(protocol_error(bench, args.protocol, "eval"))   # e.g. EditVal's: scoring rules only
     protocol = (args.protocol or "single") if bench == "magicbrush" else None
+    _resolve_model_and_dtype(args)
     user = collect_overrides(args)
     overrides = {**PROTOCOL_SETTINGS[bench], **user}
     seed = DEFAULT_SEED[bench] if args.seed is None else int(args.seed)
@@ -484,12 +565,14 @@ def run_eval(args) -> int:
     sig = _signature(args, overrides, seed)
     manifest_path = guard.check(out / (f"manifest-{protocol}.json" if protocol else "manifest.json"))
     if not args.overwrite:
-        _check_signature(out, sig, single_process=shard.count == 1, dtype=_effective_dtype(args.dtype, device))
+        _check_signature(out, sig, single_process=shard.count == 1,
+                         dtype=_effective_dtype(args.dtype, device, _family_cuda_dtype(args)))
     elif shard.is_main:
         _drop_stale_manifests(out, manifest_path, sig, shared=out / ".records" / f"{bench}-outputs")
     shard.barrier()  # every process checked before the main one writes
     base = {"signature": sig, "protocol": protocol, "limit": args.limit, "data": str(args.data),
-            "device": str(device), "dtype": args.dtype or "auto", "num_processes": shard.count,
+            "device": str(device), "dtype": args.dtype or "auto", "cuda_auto_dtype": _family_cuda_dtype(args),
+            "num_processes": shard.count,
             "versions": _versions(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     first_run = not manifest_path.exists()
     if shard.is_main:
@@ -530,6 +613,14 @@ def run_eval(args) -> int:
                 raise LimeEditError(f"--backbone {editor.backbone.name} edits by source and target captions; "
                                     f"{bench} gives instructions only (PIE-Bench has captions: eval piebench)")
             sampler = _family_sampler(editor, ctx.overrides, user, sampler)
+            if _captions(editor):
+                ctx.p2p_preset = _p2p_preset(args)
+                sampler["p2p_preset"] = {"value": ctx.p2p_preset,
+                                         "from": "user" if getattr(args, "preset", None) else "eval piebench default"}
+            elif getattr(args, "preset", None) is not None:
+                raise LimeEditError(f"--preset {args.preset}: Prompt-to-Prompt settings, for a caption editor "
+                                    f"(--backbone p2p); this model runs the "
+                                    f"{getattr(getattr(editor, 'backbone', None), 'name', 'ip2p')} backbone")
             from ..cli import check_model_settings
 
             check_model_settings(editor, ctx.overrides, args)   # once, not on every sample

@@ -549,6 +549,20 @@ def make_report(benchmark: str, protocol: str | None, units: Sequence[Unit], row
     return json_safe(report)
 
 
+def generation_settings(outputs: Path, benchmark: str, protocol: str | None = None) -> dict[str, Any] | None:
+    """What made the outputs, when they are a ``lime-edit eval`` run folder: its manifest's
+    signature (model, backbone, LIME on/off, seed, settings and, for a caption editor on
+    PIE-Bench, ``p2p_preset``); ``None`` for another tool's folder or an unreadable manifest."""
+    import json
+
+    path = outputs / (f"manifest-{protocol or 'single'}.json" if benchmark == "magicbrush" else "manifest.json")
+    try:
+        sig = json.loads(path.read_text()).get("signature")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return sig if isinstance(sig, dict) else None
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The paper-style table: this run's row, then the paper's rows marked as quoted."""
     bench = report["benchmark"]
@@ -692,6 +706,9 @@ def run_score(args) -> int:
         return 0
     rows = {k: r for k, r in store.rows([u.key for u in units])}
     report = make_report(bench, protocol, units, rows, want, problems, backbones)
+    made = generation_settings(outputs, bench, protocol)
+    if made:
+        report["generated_with"] = made
     write_csv(scores_dir / "rows.csv", units, rows, want)
     atomic_write_json(report_path, report)
     if not args.quiet:

@@ -231,6 +231,9 @@ class ModelPool:
         backbone = getattr(pipelines[0], "backbone", None)
         #: the model edits by source/target captions (Prompt-to-Prompt), not by instructions
         self.caption_editing = bool(getattr(backbone, "caption_editing", False))
+        #: the plain editor LIME is compared with, as the page names it; whether it has image guidance
+        self.editor_name = str(getattr(backbone, "display_name", "InstructPix2Pix"))
+        self.image_guidance = bool(getattr(backbone, "has_image_guidance", True))
         #: the loaded backbone's Prompt-to-Prompt settings (the page's defaults in caption mode)
         self.p2p_defaults: dict[str, Any] = dict(backbone.describe().get("p2p", {})) \
             if self.caption_editing and hasattr(backbone, "describe") else {}
@@ -456,7 +459,7 @@ class LimeWebApp:
     @property
     def method(self) -> str:
         """The plain editor LIME is compared with, as the page names it."""
-        return "Prompt-to-Prompt" if self.caption_mode else "InstructPix2Pix"
+        return "Prompt-to-Prompt" if self.caption_mode else self.pool.editor_name
 
     def defaults(self) -> dict[str, Any]:
         c = self.pool.config
@@ -857,8 +860,11 @@ class LimeWebApp:
                         guidance = unprocessed(gr.Slider(0, 20, value=d["guidance"], step=0.1,
                                                          label="Text guidance", elem_id="lime-guidance"))
                         if not self.caption_mode:  # Prompt-to-Prompt has no image guidance
+                            # a family without image guidance (the transformers) shows it disabled
                             image_guidance = unprocessed(gr.Slider(0, 5, value=d["image_guidance"],
                                                                    step=0.05, label="Image guidance",
+                                                                   interactive=self.pool.image_guidance,
+                                                                   visible=self.pool.image_guidance,
                                                                    elem_id="lime-image-guidance"))
                         clusters = unprocessed(gr.Slider(1, 16, value=d["clusters"], step=1,
                                                          label="Segments (clusters)",
