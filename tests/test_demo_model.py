@@ -180,6 +180,17 @@ def test_demo_command_writes_a_panel(tmp_path, capsys):
     assert all((tmp_path / f).is_file() for f in ("ip2p.png", "ip2p_low_guidance.png", "ip2p_lime.png"))
 
 
+def test_demo_with_a_word_the_model_does_not_know_says_so_on_stderr(tmp_path, capsys):
+    from lime_edit.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--steps", "1", "--instruction", "make her outfit black"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if "'outfit'" in ln] == [
+        "warning: instruction word 'outfit' is not in this model's vocabulary (its tokenizer splits it into "
+        "o + u + t + f + i + t): the model may not know it, and then LIME's region may miss what it names"]
+    assert f"warning: this model can edit only this: {S.can_edit()}" in err
+
+
 def test_demo_scene_and_seed_are_the_users(tmp_path, capsys):
     from lime_edit.cli import main
 

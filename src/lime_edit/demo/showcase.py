@@ -119,6 +119,10 @@ def run_demo(args) -> int:
     from ..io import atomic_write_json
 
     atomic_write_json(out / "demo.json", info)
+    from ..cli import _err
+
+    for w in dict.fromkeys(plain.warnings + low.warnings + lime.warnings):   # e.g. a word the model does not know
+        _err(f"warning: {w}")
     for name in (*written, "demo.json"):      # every file written, the panel first
         print(out / name)
     return 0
