@@ -10,6 +10,7 @@ images.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -723,8 +724,29 @@ def test_short_o_is_out_everywhere():
         assert parser.parse_args(argv).out == "D", argv
 
 
+@pytest.mark.parametrize("command", [["edit"], ["localize"], ["p2p"]])
+def test_help_lists_the_common_flags_and_help_all_every_one(command, capsys):
+    """--help: the flags most runs need; --help-all adds the paper-level settings and rarer
+    loading options (which work the same whether listed or not)."""
+    assert cli.main([*command, "--help"]) == 0
+    short = capsys.readouterr().out
+    assert cli.main([*command, "--help-all"]) == 0
+    full = capsys.readouterr().out
+    assert len(short.splitlines()) < 0.65 * len(full.splitlines())
+    for flag in ("--help-all", "--model", "--steps", "--guidance", "--seed", "--out", "--mask", "--fast", "--set"):
+        assert flag in short and flag in full, flag
+    for flag in ("--feature-levels", "--top-k", "--capture-at", "--regularize-until", "--penalize-padding",
+                 "--model-config", "--max-pixels"):
+        assert flag not in short and flag in full, flag
+    assert "advanced (listed by --help-all only)" in full
+    parser = cli.build_parser()                      # hidden from --help, parsed all the same
+    args = parser.parse_args([*command, "x.png", *(["--source", "a", "--target", "b"] if command == ["p2p"] else
+                                                   ["-i", "t"]), "--top-k", "7", "--max-pixels", "9"])
+    assert args.cfg_top_k == 7 and args.max_pixels == 9
+
+
 def test_max_pixels_help_says_pil_bomb_limit_stays(capsys):
-    assert cli.main(["edit", "--help"]) == 0
+    assert cli.main(["edit", "--help-all"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "0 = no limit of ours" in text and "decompression-bomb limit" in text
 
@@ -781,6 +803,24 @@ def test_quiet_libraries_hides_library_logs_and_bars_unless_verbose(monkeypatch)
     dlog.set_verbosity(before[0][0])
 
 
+def test_a_word_outside_the_models_vocabulary_is_one_warning_line(tmp_path, real_model, capsys):
+    """The tiny model's vocabulary spells "crimson" in letters: one ``warning:`` line on stderr naming
+    the word (once, though the instruction has it twice), recorded in the JSON too; an instruction
+    in its vocabulary gets none."""
+    _img(64, 64, 0).save(tmp_path / "a.png")
+    code, _, err = run(["localize", tmp_path / "a.png", "-i", "make the crimson car crimson",
+                        "--model", real_model, "--out", tmp_path / "o", *FAST], capsys)
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if "vocabulary" in ln]
+    assert lines == [f"warning: {tmp_path / 'a.png'}: instruction word 'crimson' is not in this model's "
+                     "vocabulary (its tokenizer splits it into c + ri + m + s + on): the model may not know it, and then "
+                     "LIME's region may miss what it names"], err
+    assert any("'crimson'" in w for w in json.loads((tmp_path / "o" / "a.json").read_text())["warnings"])
+    code, _, err = run(["localize", tmp_path / "a.png", "-i", "make the red car blue", "--model", real_model,
+                        "--out", tmp_path / "o2", *FAST], capsys)
+    assert code == 0 and "warning" not in err
+
+
 def test_commands_print_only_their_own_output(tmp_path):
     """A fresh process (library warnings fire once per process): no transformers
     'requires torchvision' lines, no diffusers loading bars."""
@@ -792,7 +832,67 @@ def test_commands_print_only_their_own_output(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lime_edit.cli", "demo", "--steps", "1", "-o", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip() == "" and proc.stdout.strip() == str(tmp_path / "panel.png")
+    # stdout: every file the demo wrote, the panel first, and nothing else in the folder
+    names = ["panel.png", "input.png", "ip2p.png", "ip2p_low_guidance.png", "ip2p_lime.png", "demo.json"]
+    assert proc.stderr.strip() == "" and proc.stdout.split("\n")[:-1] == [str(tmp_path / n) for n in names]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    # the docs' commands use only files that `lime-edit demo` writes (no scene0.png nothing creates)
+    repo = Path(cli.__file__).resolve().parents[2]
+    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        for used in re.findall(r"lime-demo/([\w.-]+\.(?:png|json))", doc.read_text()):
+            assert used in names, (doc.name, used)
+        assert "scene0.png" not in doc.read_text(), doc.name
+
+
+def test_every_command_that_runs_a_model_has_one_threads_rule(capsys):
+    """edit, localize, p2p, demo and bench synthetic all default to torch's own thread count
+    (--threads 0) and say so the same way."""
+    parser = cli.build_parser()
+    for argv in (["edit", "x.png", "-i", "t"], ["localize", "x.png", "-i", "t"],
+                 ["p2p", "x.png", "--source", "a", "--target", "b"], ["demo"], ["bench", "synthetic"]):
+        assert parser.parse_args(argv).threads == 0, argv
+        assert cli.main([*(argv[:2] if argv[0] == "bench" else argv[:1]), "--help"]) == 0
+        assert " ".join(cli.THREADS_HELP.split()) in " ".join(capsys.readouterr().out.split()), argv
+
+
+def test_train_demo_flags_all_have_help():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    train = sub.choices["train-demo"]
+    bare = [a.option_strings[-1] for a in train._actions if a.option_strings and not a.help]
+    assert bare == []
+
+
+def test_default_output_folders_of_the_readme_commands_are_ignored_by_git():
+    repo = Path(cli.__file__).resolve().parents[2]
+    ignored = (repo / ".gitignore").read_text().splitlines()
+    parser = cli.build_parser()
+    for argv in (["demo"], ["bench", "synthetic"], ["edit", "x.png", "-i", "t"]):
+        assert f"/{parser.parse_args(argv).out}/" in ignored, argv
+
+
+def test_bench_synthetic_says_how_many_edits_before_it_starts(tmp_path, capsys):
+    """The first line on stderr, before the progress bar: methods x scenes = edits; by default
+    (every method) with how to run fewer."""
+    out = tmp_path / "b"
+    cmd = ["bench", "synthetic", "--n", "2", "--steps", "1", "--methods", "ip2p,lime", "--no-progress", "-o", out]
+    code, _, err = run(cmd, capsys)
+    assert code == 0 and err.splitlines()[0] == "bench synthetic: 2 methods x 2 scenes = 4 edits", err
+    code, _, err = run([*cmd[:3], "3", *cmd[4:]], capsys)        # resumed with one more scene
+    assert code == 0
+    assert err.splitlines()[0] == "bench synthetic: 2 methods x 3 scenes = 6 edits (4 done by an earlier run, 2 to go)"
+
+
+def test_bench_plan_counts_what_an_earlier_run_did():
+    from lime_edit.demo.bench import plan_line
+
+    done = {("ip2p", 0): {}, ("lime", 0): {}, ("lime", 1): {}, ("other", 5): {}}
+    assert plan_line(["ip2p", "lime"], [0, 1], done, ["ip2p", "lime", "x"]) == \
+        "bench synthetic: 2 methods x 2 scenes = 4 edits (3 done by an earlier run, 1 to go)"
+    every = ["a", "b", "c"]
+    assert plan_line(every, [0], {}, every) == ("bench synthetic: 3 methods x 1 scene = 3 edits; --methods picks "
+                                                "fewer, e.g. --methods ip2p,lime (all: a,b,c)")
+    assert plan_line(["a"], [0], {}, every) == "bench synthetic: 1 method x 1 scene = 1 edit"
 
 
 def test_max_pixels_0_still_refuses_images_above_pils_bomb_limit(tmp_path, imgs, fake, capsys):

@@ -8,6 +8,7 @@ not point at the named object gives.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,8 +165,9 @@ def test_demo_command_writes_a_panel(tmp_path, capsys):
     from lime_edit.demo.cli import main
 
     assert main(["demo", "--out", str(tmp_path), "--steps", "10"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()[-1]
-    assert out.endswith("panel.png")
+    printed = capsys.readouterr().out.strip().splitlines()     # every file it wrote, the panel first
+    out = printed[0]
+    assert out.endswith("panel.png") and {Path(p).name for p in printed} == {p.name for p in tmp_path.iterdir()}
     from PIL import Image
 
     with Image.open(out) as im:
@@ -176,6 +178,17 @@ def test_demo_command_writes_a_panel(tmp_path, capsys):
     # three results: IP2P at 7.5, IP2P at LIME's own guidance, LIME
     assert info["guidance_scale"] == {"ip2p": 7.5, "ip2p_low_guidance": 2.0, "lime": 2.0}
     assert all((tmp_path / f).is_file() for f in ("ip2p.png", "ip2p_low_guidance.png", "ip2p_lime.png"))
+
+
+def test_demo_with_a_word_the_model_does_not_know_says_so_on_stderr(tmp_path, capsys):
+    from lime_edit.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--steps", "1", "--instruction", "make her outfit black"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if "'outfit'" in ln] == [
+        "warning: instruction word 'outfit' is not in this model's vocabulary (its tokenizer splits it into "
+        "o + u + t + f + i + t): the model may not know it, and then LIME's region may miss what it names"]
+    assert f"warning: this model can edit only this: {S.can_edit()}" in err
 
 
 def test_demo_scene_and_seed_are_the_users(tmp_path, capsys):
@@ -248,3 +261,32 @@ def test_bench_synthetic_set_records_settings_and_refuses_mixing(tmp_path, capsy
     assert json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0]) == sample
     assert main(args + ["--set", "no_such_setting=1"]) == 2
     assert "unknown setting" in capsys.readouterr().err
+
+
+def test_a_word_outside_the_vocabulary_is_a_warning_that_says_what_the_model_can_edit(lp):
+    """The demo editor knows only its scenes' words: "outfit" (six letters to its tokenizer) is
+    named once, and the warnings end with what the model can edit, read from its lime_edit.json
+    (derived from the scene generator: lime_edit.demo.scenes.can_edit)."""
+    rec = json.loads((bundled_model_path() / "lime_edit.json").read_text())
+    assert rec["can_edit"] == S.can_edit() and lp.backbone.can_edit == S.can_edit()
+    assert all(word in S.can_edit() for word in (*S.SHAPES, *S.COLOUR_NAMES, "64x64"))
+    e = S.make_edit(0, "test")
+    loc = lp.localize(e.image, "make her outfit black, the outfit", seed=0)
+    vocab = [w for w in loc.warnings if "vocabulary" in w]
+    assert vocab == ["instruction word 'outfit' is not in this model's vocabulary (its tokenizer splits it "
+                     "into o + u + t + f + i + t): the model may not know it, and then LIME's region may miss "
+                     "what it names"]
+    assert loc.warnings[-1] == f"this model can edit only this: {S.can_edit()}"
+    res = lp.edit(e.image, "make her outfit black", seed=0, num_inference_steps=2)
+    assert any("'outfit'" in w for w in res.warnings) and res.warnings[-1].startswith("this model can edit only")
+    # an instruction in its vocabulary, at its own size: no warning at all
+    assert lp.localize(e.image, e.instruction, seed=0).warnings == []
+
+
+def test_a_photograph_on_the_demo_model_says_what_the_model_can_edit(lp):
+    from PIL import Image
+
+    photo = Image.new("RGB", (500, 500), (120, 90, 60))
+    loc = lp.localize(photo, "make the red circle blue", seed=0)
+    assert loc.warnings[0].startswith("input 500x500 is more than 4x this model's native 64x64 pixels")
+    assert loc.warnings[1:] == [f"this model can edit only this: {S.can_edit()}"]

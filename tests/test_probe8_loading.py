@@ -180,6 +180,22 @@ def test_lime_edit_json_misspelt_top_level_key(model_copy):
     assert "'lime_confg' is not a key of this file; did you mean 'lime_config'?" in _load_error(model_copy)
 
 
+def test_lime_edit_json_can_edit_is_read_and_checked(model_copy):
+    """``can_edit``: one sentence that becomes ``backbone.can_edit`` (added to the warnings of an
+    input outside it); anything but a non-empty string, or a misspelt key, is one line."""
+    from lime_edit import LimePipeline
+
+    f = model_copy / "lime_edit.json"
+    f.write_text(json.dumps({"can_edit": "  recolouring   shapes "}))
+    assert LimePipeline.from_pretrained(str(model_copy), device="cpu").backbone.can_edit == "recolouring shapes"
+    f.write_text(json.dumps({"can_edit": ["shapes"]}))
+    assert "lime_edit.json: can_edit: expected one sentence saying what the model can edit" in _load_error(model_copy)
+    f.write_text(json.dumps({"can_edt": "shapes"}))
+    assert "'can_edt' is not a key of this file; did you mean 'can_edit'?" in _load_error(model_copy)
+    f.unlink()
+    assert LimePipeline.from_pretrained(str(model_copy), device="cpu").backbone.can_edit is None
+
+
 # ------------------------------------------------------------------ empty names
 def test_empty_model_name_is_not_the_current_folder(model_copy, monkeypatch):
     monkeypatch.chdir(model_copy)          # "" would have loaded the current folder

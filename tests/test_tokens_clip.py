@@ -101,3 +101,38 @@ def test_near_the_77_token_limit(clip):
     # a multi-token word cut by the limit keeps the pieces that fit, grouped as one word
     cut = select_tokens(clip, base + " and the sky green" * 17 + " xylophonist")
     assert cut.truncated and cut.tokens[74:76] == ["xy", "lo"] and cut.related[-2:] == [74, 75]
+
+
+def test_words_split_by_the_vocabulary_are_named_once_with_their_pieces(clip):
+    from lime_edit.tokens import unknown_words
+
+    assert unknown_words(select_tokens(clip, "make her outfit black")) == []        # CLIP knows them whole
+    sel = select_tokens(clip, "make the xylophonist bluish, and the Xylophonist too")
+    assert unknown_words(sel) == [("xylophonist", ["xy", "lo", "ph", "onist"]), ("bluish", ["blu", "ish"])]
+    # the words LIME keeps, verbs included (a verb the model does not know matters to the edit too)
+    sel = select_tokens(clip, "xylophonize the car")
+    assert sel.verbs and [w for w, _ in unknown_words(sel)] == ["xylophonize"]
+    # stop words and punctuation are never named, whatever their spelling
+    assert unknown_words(select_tokens(clip, "make the car red!!!")) == []
+
+
+def test_a_word_read_as_the_unknown_token_is_named(clip):
+    from lime_edit.tokens import unknown_words
+
+    sel = select_tokens(clip, "make the car red")
+    car = sel.tokens.index("car</w>")
+    assert unknown_words(sel, unk_token_id=sel.ids[car]) == [("car", ["car"])]
+
+
+def test_the_demo_models_vocabulary_spells_unknown_words_in_letters():
+    """The bundled demo editor's tokenizer knows only its scenes' words: "outfit" is six letters."""
+    pytest.importorskip("lime_edit.demo")
+    from transformers import AutoTokenizer
+
+    from lime_edit.demo import bundled_model_path
+    from lime_edit.tokens import unknown_words
+
+    tok = AutoTokenizer.from_pretrained(str(bundled_model_path() / "tokenizer"))
+    sel = select_tokens(tok, "make her outfit black")
+    assert unknown_words(sel, tok.unk_token_id) == [("outfit", ["o", "u", "t", "f", "i", "t"])]
+    assert unknown_words(select_tokens(tok, "the blue diamond should be orange"), tok.unk_token_id) == []

@@ -214,6 +214,72 @@ def test_errors_are_one_readable_line(app, scene_file, tmp_path):
     assert "Traceback" not in msg
 
 
+def test_a_word_outside_the_models_vocabulary_is_shown_in_the_status(app, scene_file):
+    """The tiny model's vocabulary spells "crimson" in letters: the status under the pictures
+    names it (once) as a warning; an instruction it knows gets none."""
+    out = app.run(str(scene_file), "make the square crimson, crimson", *_settings(app), False, None, None)
+    info = out[5]
+    assert info.count("⚠ instruction word 'crimson' is not in this model's vocabulary") == 1, info
+    info = app.run(str(scene_file), "make the red square blue", *_settings(app), False, None, None)[5]
+    assert "vocabulary" not in info and "⚠" not in info
+
+
+def _page_events(demo) -> dict:
+    """The page's events by (elem_id of the component, event name)."""
+    out = {}
+    for f in demo.fns.values():
+        block, event = f.targets[0]
+        out[(getattr(demo.blocks[block], "elem_id", None), event)] = f
+    return out
+
+
+def test_a_failed_request_on_the_page_is_one_message_in_the_status(app, scene_file):
+    """Raised, an error put an "Error" badge on each of the event's outputs (six pictures and
+    fields); on the page it is now one message in the status, every other output left as it was,
+    while the API endpoint still raises it."""
+    demo = app.build()
+    events = _page_events(demo)
+    info = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "lime-info")
+    settings = _settings(app)
+
+    def one_message(f, *args) -> str:
+        out = f.fn(*args)
+        at = [getattr(o, "_id", o) for o in f.outputs].index(info._id)
+        assert [v for i, v in enumerate(out) if i != at] == [gr.skip()] * (len(out) - 1)
+        return out[at]
+
+    run = events[("lime-run", "click")]
+    assert one_message(run, None, "make it red", *settings, False, None, None) == "⚠ Upload an image first."
+    assert one_message(events[("lime-instruction", "submit")], str(scene_file), " ", *settings, False, None,
+                       None).startswith("⚠ Type an instruction")
+    assert one_message(events[("lime-apply", "click")], *settings[:4], None).startswith("⚠ Run an edit first")
+    assert one_message(events[("lime-reset", "click")], None).startswith("⚠ Run an edit first")
+    api = next(f for f in demo.fns.values() if f.api_name == "edit")
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        api.fn(None, "make it red", *settings, False, None, None)
+    # after an edit, a failed request keeps its pictures and says they are the last edit's
+    ok = run.fn(str(scene_file), "make the red square blue", *settings, False, None, None)
+    text = one_message(run, None, "make it red", *settings, False, None, ok[7])
+    assert text.startswith("⚠ Upload an image first.") and "last edit that ran" in text
+    assert "Related tokens" in text
+    # the message is shown as typed (a file name's underscores are not Markdown)
+    assert app.error_status("image my_holiday_2.png: not an image", None) == "⚠ image my\\_holiday\\_2.png: not an image"
+
+
+def test_the_top_k_rings_have_a_legend(app, ran):
+    from lime_edit.web.app import TOP_K_LEGEND
+
+    demo = app.build()
+    (legend,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "lime-legend"]
+    assert legend.value == TOP_K_LEGEND and "Cyan rings" in TOP_K_LEGEND and "top-k" in TOP_K_LEGEND
+    (roi, seg, attn, *_rest, info, files, s), _ = ran
+    assert f"{s.localization.top_k} top-k points (cyan rings)" in info
+    # the rings the legend names are cyan, on the attention and region pictures
+    for picture in (attn, roi):
+        px = np.asarray(picture).reshape(-1, 3)
+        assert ((px[:, 0] == 0) & (px[:, 1] == 255) & (px[:, 2] == 255)).any()
+
+
 def test_large_uploads_are_scaled_down(app, tmp_path):
     Image.new("RGB", (1200, 300), (10, 200, 10)).save(tmp_path / "wide.png")
     img, notes = app._prepare(str(tmp_path / "wide.png"))
@@ -394,6 +460,34 @@ def test_queue_runs_at_most_concurrency_edits_at_once(scene_file, tmp_path):
     assert overlap == 2  # two pipelines: two edits at once, never more
 
 
+def screenshot_path(name: str, tmp_dir: Path, override: str | None = None) -> Path:
+    """Where a browser test writes its screenshot ``name``: ``tmp_dir`` by default, so a test run
+    leaves the clone clean; ``docs/NAME`` (the tracked pictures README and docs/web.md show) only
+    with ``LIME_EDIT_REFRESH_DOCS=1``. The environment variable ``override`` names a path that wins
+    over both."""
+    if override and os.environ.get(override):
+        return Path(os.environ[override])
+    if os.environ.get("LIME_EDIT_REFRESH_DOCS") == "1":
+        return REPO / "docs" / name
+    return tmp_dir / name
+
+
+def launch_chromium(pw):
+    """Headless Chromium: Debian's (``apt-get install chromium``, what ``.ci/run`` installs; or the
+    one ``LIME_EDIT_CHROMIUM`` names), else Playwright's own (``python -m playwright install
+    chromium``); the test is skipped, saying so, when neither is there."""
+    if Path(CHROMIUM).is_file():
+        return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+        own = Path(pw.chromium.executable_path)
+    except Exception:  # noqa: BLE001 - an older Playwright without its browser registry
+        own = None
+    if own is None or not own.is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} nor Playwright's own: apt-get install -y chromium "
+                    "(what .ci/run does), or python -m playwright install chromium, or set LIME_EDIT_CHROMIUM")
+    return pw.chromium.launch(headless=True, args=CHROMIUM_ARGS)
+
+
 def close_toasts(page) -> None:
     """Close the page's message toasts. Gradio also closes them on its own after a few seconds,
     so a toast may be detached (or inert while it fades) when clicked: that is not a failure;
@@ -409,12 +503,25 @@ def close_toasts(page) -> None:
     expect(page.locator(".toast-close")).to_have_count(0, timeout=30_000)
 
 
+def test_browser_screenshots_leave_the_tracked_pictures_alone_unless_asked(tmp_path, monkeypatch):
+    """A test run writes its screenshots to a temporary folder: the clone stays clean. Only
+    LIME_EDIT_REFRESH_DOCS=1 points them at the tracked docs/web-demo*.png."""
+    for var in ("LIME_EDIT_REFRESH_DOCS", "LIME_EDIT_SCREENSHOT"):
+        monkeypatch.delenv(var, raising=False)
+    for name in ("web-demo.png", "web-demo-captions.png"):
+        assert screenshot_path(name, tmp_path) == tmp_path / name
+    monkeypatch.setenv("LIME_EDIT_REFRESH_DOCS", "0")
+    assert screenshot_path("web-demo.png", tmp_path) == tmp_path / "web-demo.png"
+    monkeypatch.setenv("LIME_EDIT_REFRESH_DOCS", "1")
+    assert screenshot_path("web-demo.png", tmp_path) == REPO / "docs" / "web-demo.png"
+    assert (REPO / "docs" / "web-demo.png").is_file()            # the name the docs show
+    monkeypatch.setenv("LIME_EDIT_SCREENSHOT", str(tmp_path / "mine.png"))
+    assert screenshot_path("web-demo.png", tmp_path, override="LIME_EDIT_SCREENSHOT") == tmp_path / "mine.png"
+
+
 # ----------------------------------------------------------------------------- browser
 @pytest.mark.browser
-def test_browser_edit_refine_and_screenshot(server, scene_file):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
-                    "or set LIME_EDIT_CHROMIUM)")
+def test_browser_edit_refine_and_screenshot(server, scene_file, tmp_path):
     import httpx
     from playwright.sync_api import expect, sync_playwright
 
@@ -429,7 +536,7 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
         instruction = sample.instruction
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
@@ -447,8 +554,8 @@ def test_browser_edit_refine_and_screenshot(server, scene_file):
                 expect(page.locator(view)).to_be_visible()
             first = page.locator("#lime-result img").get_attribute("src")
             # the screenshot shows the automatic region (no click yet), as a user first sees it
-            close_toasts(page)  # the earlier error message
-            shot = Path(os.environ.get("LIME_EDIT_SCREENSHOT", REPO / "docs" / "web-demo.png"))
+            close_toasts(page)  # none expected: the earlier error is a message in the status
+            shot = screenshot_path("web-demo.png", tmp_path, override="LIME_EDIT_SCREENSHOT")
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.mouse.move(0, 0)
             page.wait_for_timeout(600)  # let the toast close
@@ -867,9 +974,6 @@ def caption_server(t2i_lp, tmp_path_factory):
 
 @pytest.mark.browser
 def test_browser_caption_mode(caption_server, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
-                    "or set LIME_EDIT_CHROMIUM)")
     from playwright.sync_api import expect, sync_playwright
 
     from lime_edit.demo.scenes import caption_pair, make_edit
@@ -879,7 +983,7 @@ def test_browser_caption_mode(caption_server, tmp_path):
     source, target = caption_pair(sample)
     sample.image.save(tmp_path / "scene.png")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url)
@@ -898,9 +1002,10 @@ def test_browser_caption_mode(caption_server, tmp_path):
             for view in ("#lime-result img", "#lime-plain img", "#lime-roi img", "#lime-segments img"):
                 expect(page.locator(view)).to_be_visible()
             expect(page.locator("#lime-downloads a[href$='p2p.png']")).to_have_count(1)
-            shot = Path(os.environ.get("LIME_EDIT_CAPTION_SCREENSHOT",
-                                       REPO / "docs" / "web-demo-captions.png" if model == "demo-t2i"
-                                       else tmp_path / "captions.png"))
+            shot = screenshot_path("web-demo-captions.png", tmp_path, override="LIME_EDIT_CAPTION_SCREENSHOT")
+            if model != "demo-t2i" and shot == REPO / "docs" / "web-demo-captions.png":
+                shot = tmp_path / "web-demo-captions.png"    # the docs picture shows the bundled demo-t2i
+            shot.parent.mkdir(parents=True, exist_ok=True)
             page.mouse.move(0, 0)
             page.wait_for_timeout(600)
             page.screenshot(path=str(shot), full_page=True)

@@ -193,11 +193,12 @@ def test_bad_click_events_over_the_queue_api(served, client, scene_file, capfd):
     _edit(client, scene_file)  # this session now has segments to click
     fn_index = next(i for i, f in demo.fns.items() if f.name == "_on_select")
     capfd.readouterr()
-    for event in BAD_EVENTS:
+    for event in BAD_EVENTS:   # a click is the page's own event: its error is one message in the status
         out = _select(url, fn_index, client.session_hash, event)
-        error = str(out.get("output", {}).get("error"))
-        assert not out["success"] and error.startswith("Click: expected pixel coordinates"), (event, out)
-        assert "\n" not in error and "server log" not in error
+        roi, seg, status, _state, apply = out["output"]["data"]
+        assert out["success"] and status.startswith("⚠ Click: expected pixel coordinates"), (event, out)
+        assert roi == seg == apply == {"__type__": "update"} and not out["output"]["changed_state_ids"]
+        assert "\n" not in status and "server log" not in status
     ok = _select(url, fn_index, client.session_hash, {"index": [10, 10], "value": None})
     assert ok["success"], ok  # the server keeps serving, and a real click works
     out, err = capfd.readouterr()

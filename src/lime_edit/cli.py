@@ -50,6 +50,11 @@ DEFAULT_OUT = "lime-edit-out"
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+#: ``--threads`` of every command that runs a model (edit, localize, p2p, demo, bench synthetic):
+#: one rule, torch's own default unless set
+THREADS_HELP = ("torch CPU threads (default 0: torch's own choice, one per core, as in every lime-edit command). "
+                "On a CPU that other jobs share, the small demo models run much faster with 1")
+
 
 class UsageError(LimeEditError):
     """A bad command line (exit code 2)."""
@@ -120,6 +125,33 @@ def _flag_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false (yes/no, on/off, 1/0), got {text!r}")
 
 
+class _HelpAll(argparse.Action):
+    """``--help-all``: the help with the advanced options too (those :func:`_advanced` hid), then exit."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action in parser._actions:
+            if hasattr(action, "full_help"):
+                action.help = action.full_help
+        parser.print_help()
+        parser.exit()
+
+
+def _advanced(group, *flags: str, **kwargs: Any) -> argparse.Action:
+    """An option listed only by ``--help-all`` (it works the same either way)."""
+    action = group.add_argument(*flags, **kwargs)
+    action.full_help = action.help
+    action.help = argparse.SUPPRESS
+    return action
+
+
+#: The settings flags ``--help`` shows; the others (the paper's hyperparameters, the reference code's
+#: conventions) only ``--help-all``.
+COMMON_SETTINGS = frozenset({"num_inference_steps", "guidance_scale", "image_guidance_scale", "num_clusters",
+                             "preserve"})
+
 _SETTING_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--steps", "num_inference_steps", int, "denoising steps of the edit (default 30)"),
     ("--guidance", "guidance_scale", finite_float, "text guidance scale (LIME default 2.0; plain IP2P usually 7.5)"),
@@ -184,22 +216,32 @@ P2P_SETTING_HELP = {
 
 
 def _add_setting_args(p: argparse.ArgumentParser, helps: dict[str, str] | None = None,
-                      omit: tuple[str, ...] = ()) -> None:
+                      omit: tuple[str, ...] = (), advanced=None) -> None:
     """The LIME settings flags; ``helps``: another help text for some fields (a command whose
-    defaults are not LimeConfig's), ``omit``: fields the command has no use for."""
-    g = p.add_argument_group("LIME settings (unset ones keep the model's defaults; see LimeConfig)")
+    defaults are not LimeConfig's), ``omit``: fields the command has no use for. ``advanced``: the
+    argument group of the flags outside :data:`COMMON_SETTINGS`, listed only by ``--help-all``
+    (default: every flag in the settings group, listed by ``--help``)."""
+    g = p.add_argument_group(
+        "LIME settings (unset ones keep the model's defaults; see LimeConfig)",
+        None if advanced is None else "The common ones; --help-all lists the paper-level ones too (feature and "
+        "regularization levels, top-k, capture step, schedule, clustering, token roles ...).")
     p.set_defaults(unused_settings=omit)      # refused in --set too (collect_overrides)
+
+    def add(name: str, *flags: str, **kwargs: Any) -> None:
+        if advanced is not None and name not in COMMON_SETTINGS:
+            _advanced(advanced, *flags, **kwargs)
+        else:
+            g.add_argument(*flags, **kwargs)
     for flag, name, typ, help_ in _SETTING_FLAGS:
         if name in omit:
             continue
-        g.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, metavar=name.split("_")[-1].upper(),
-                       help=(helps or {}).get(name, help_))
+        add(name, flag, dest=f"cfg_{name}", type=typ, default=None, metavar=name.split("_")[-1].upper(),
+            help=(helps or {}).get(name, help_))
     for flag, name, choices, help_ in _CHOICE_FLAGS:
-        g.add_argument(flag, dest=f"cfg_{name}", type=_schedule if name == "schedule" else str,
-                       choices=choices, default=None, help=help_)
+        add(name, flag, dest=f"cfg_{name}", type=_schedule if name == "schedule" else str,
+            choices=choices, default=None, help=help_)
     for flag, name, help_ in _BOOL_FLAGS:
-        g.add_argument(flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None,
-                       help=help_)
+        add(name, flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
     g.add_argument("--fast", action="store_true",
                    help="cheaper localization: a 10-step schedule captured at 0.3 (LimeConfig.fast)")
     g.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE",
@@ -353,6 +395,8 @@ def _name_the_flag(message: str, args: argparse.Namespace) -> str:
 
 # --------------------------------------------------------------------------- parser
 def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("--help-all", action=_HelpAll,
+                   help="show every option, the paper-level settings and rarer loading options included, and exit")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (their image files, sorted by name) or glob patterns "
                         "(quote them; ** recurses)")
@@ -385,14 +429,9 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                    help="allow loading pickled checkpoints (.ckpt/.bin). Only for files you trust: "
                         "unpickling can run arbitrary code")
     m.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
-    m.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch CPU threads (default 0: torch's own choice, one per core). A small model on "
-                        "a CPU that other jobs share runs faster with 1")
+    m.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
     if task == "p2p":
-        add_model_config_arg(m)
         add_p2p_args(p)
-    else:
-        add_family_args(m)
     p.add_argument("--seed", type=seed_arg, default=0,
                    help="random seed, the same for every input: a whole number in 0..2**64-1 (default 0)")
     o = p.add_argument_group("input/output")
@@ -403,18 +442,23 @@ def _add_common_args(p: argparse.ArgumentParser, task: str) -> None:
                         "outputs are complete and were made by the same command, redoes incomplete ones "
                         "(an interrupted run) and refuses outputs made by another command, all before "
                         "any model work")
-    o.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="refuse inputs above N pixels (default 4096*4096). 0 = no limit of ours, but images "
-                        "above PIL's decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS, about 179 "
-                        "million pixels) are always refused")
     o.add_argument("--explain", action="store_true", help="also write one attention heatmap per related token")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars or warnings")
     o.add_argument("-v", "--verbose", action="store_true",
                    help="show the messages and model-loading bars of diffusers/transformers")
+    adv = p.add_argument_group("advanced (listed by --help-all only)")
     if task == "p2p":
-        _add_setting_args(p, P2P_SETTING_HELP, omit=("image_guidance_scale",))
+        add_model_config_arg(adv, hidden=True)
+        _add_setting_args(p, P2P_SETTING_HELP, omit=("image_guidance_scale",), advanced=adv)
     else:
-        _add_setting_args(p)
+        add_family_args(m, advanced=adv)
+        _add_setting_args(p, advanced=adv)
+    _advanced(adv, "--max-pixels", type=int, default=None, metavar="N",
+              help="refuse inputs above N pixels (default 4096*4096). 0 = no limit of ours, but images "
+                   "above PIL's decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS, about 179 "
+                   "million pixels) are always refused")
+    p._action_groups.remove(adv)            # last in the help, after the settings
+    p._action_groups.append(adv)
 
 
 def _add_mask_args(p: argparse.ArgumentParser, no_lime_help: str) -> None:
@@ -774,21 +818,25 @@ def quiet_libraries(verbose: bool = False, load: bool = False):
                 os.environ[key] = value
 
 
-def add_family_args(group) -> None:
-    """``--backbone``, ``--model-config``, ``--no-prompt-suffix`` (shared by edit, localize, eval, serve)."""
+def add_family_args(group, advanced=None) -> None:
+    """``--backbone``, ``--model-config``, ``--no-prompt-suffix`` (shared by edit, localize, eval, serve);
+    with ``advanced``, the last two go to that group, listed by ``--help-all`` only."""
     from .config import BACKBONE_NAMES
 
     group.add_argument("--backbone", default=None, choices=BACKBONE_NAMES,
                        help="editor family (default: recognised from the model; see README, 'Editors')")
-    add_model_config_arg(group)
-    group.add_argument("--no-prompt-suffix", action="store_true",
-                       help="do not append the family's own prompt text (HIVE's reward suffix)")
+    rare = group if advanced is None else advanced
+    add_model_config_arg(rare, hidden=advanced is not None)
+    (_advanced if advanced is not None else type(rare).add_argument)(
+        rare, "--no-prompt-suffix", action="store_true",
+        help="do not append the family's own prompt text (HIVE's reward suffix)")
 
 
-def add_model_config_arg(group) -> None:
-    group.add_argument("--model-config", default=None, metavar="ID|FOLDER",
-                       help="for a single-file checkpoint: a diffusers folder or Hub id with the same "
-                            "architecture to take configs from (default: chosen per family)")
+def add_model_config_arg(group, hidden: bool = False) -> None:
+    (_advanced if hidden else type(group).add_argument)(
+        group, "--model-config", default=None, metavar="ID|FOLDER",
+        help="for a single-file checkpoint: a diffusers folder or Hub id with the same "
+             "architecture to take configs from (default: chosen per family)")
 
 
 def family_load_kwargs(args: argparse.Namespace) -> dict[str, Any]:

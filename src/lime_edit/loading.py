@@ -71,7 +71,8 @@ def resolve_model(model: str | os.PathLike) -> str:
     return str(model)
 
 
-#: optional file in a model folder: ``{"backbone": NAME, "lime_config": {LimeConfig fields}}``
+#: optional file in a model folder: ``{"backbone": NAME, "lime_config": {LimeConfig fields},
+#: "can_edit": "one sentence: what the model can edit"}`` (other keys are notes)
 MODEL_SETTINGS_FILE = "lime_edit.json"
 
 _SDXL_KEYS = ("conditioner.embedders.1.model.positional_embedding",
@@ -181,10 +182,14 @@ def read_model_settings(folder: Path) -> dict:
     from .backbones import FAMILIES, family_list
     from .config import LimeConfig
 
-    for key in ("lime_config", "backbone"):     # other top-level keys are notes (the demo's has scores)
+    for key in ("lime_config", "backbone", "can_edit"):   # other top-level keys are notes (the demo's has scores)
         near = difflib.get_close_matches(key, [k for k in data if k != key], n=1, cutoff=0.8)
         if key not in data and near:
             raise ModelLoadError(f"{f}: {near[0]!r} is not a key of this file; did you mean {key!r}?")
+    can_edit = data.get("can_edit")
+    if can_edit is not None and (not isinstance(can_edit, str) or not can_edit.strip()):
+        raise ModelLoadError(f"{f}: can_edit: expected one sentence saying what the model can edit, "
+                             f"got {can_edit!r}")
     name = data.get("backbone")
     if name is not None and (not isinstance(name, str) or name.lower() not in FAMILIES):
         raise ModelLoadError(f"{f}: backbone: unknown family {name!r} (known: {family_list()})")
@@ -286,6 +291,7 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
     if variant:
         kwargs["variant"] = variant
     recommended: dict = {}
+    can_edit: str | None = None
     if model_config and not path.is_file():      # a folder or Hub id brings its own configs
         raise ModelLoadError(f"model_config {model_config} (--model-config): only for a single checkpoint file (.safetensors, "
                              f".ckpt); {spec} is a model folder or Hub id with its own configs")
@@ -309,6 +315,7 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
             index = read_model_index(path)
             settings = read_model_settings(path)
             recommended = dict(settings.get("lime_config", {}))
+            can_edit = settings.get("can_edit")
             name = backbone or settings.get("backbone") or _family_of_index(index, str(path))
             family = get_family(name)
             pipe = _pipeline_class(family).from_pretrained(
@@ -343,6 +350,8 @@ def load_backbone(model: str | os.PathLike, *, backbone: str | None = None,
         bb = family(pipe, **options)
     except LimeEditError as err:
         raise ModelLoadError(f"{spec}: {err}") from None
+    if can_edit:
+        bb.can_edit = " ".join(can_edit.split())
     try:
         if offload:
             pipe.enable_model_cpu_offload(device=device)

@@ -38,7 +38,7 @@ from .errors import LimeEditError
 from .imageops import downscaled_size, mask_to_tensor, processing_size, resize_mask, stretch_notes, to_rgb
 from .processors import PassState, check_levels, select_layers
 from .results import EditResult, Localization
-from .tokens import TokenSelection, text_problem
+from .tokens import TokenSelection, text_problem, unknown_words
 
 
 @dataclass
@@ -442,11 +442,21 @@ class LimePipeline:
         return out
 
     def _input_warnings(self, it: _Item) -> list[str]:
-        """Notes about one input that every result of it carries (processing size, truncation)."""
+        """Notes about one input that every result of it carries (processing size, truncation,
+        words outside the model's vocabulary, and then what the model can edit, when its folder
+        says so: :attr:`Backbone.can_edit`)."""
         out = [it.notice] if it.notice else []
+        text = "instruction" if it.source is None else "target caption"
         if it.tokens.truncated:
-            out.append(f"{'instruction' if it.source is None else 'target caption'} is longer than "
-                       f"the text encoder's {self.backbone.max_tokens} tokens and was truncated")
+            out.append(f"{text} is longer than the text encoder's {self.backbone.max_tokens} tokens and was truncated")
+        unknown = unknown_words(it.tokens, getattr(self.backbone.tokenizer, "unk_token_id", None))
+        for word, pieces in unknown:
+            how = f"splits it into {' + '.join(pieces)}" if len(pieces) > 1 else "reads it as the unknown token"
+            out.append(f"{text} word {word!r} is not in this model's vocabulary (its tokenizer {how}): the model "
+                       "may not know it, and then LIME's region may miss what it names")
+        can_edit = getattr(self.backbone, "can_edit", None)
+        if can_edit and (unknown or it.notice):      # an input outside what the model was made for
+            out.append(f"this model can edit only this: {can_edit}")
         return out
 
     def _capture(self, items: list[_Item], cfg: LimeConfig) -> PassState:

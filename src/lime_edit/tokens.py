@@ -149,6 +149,8 @@ class TokenSelection:
         (no stop word, no punctuation, no special token).
     verbs: the positions of ``content`` taken for verbs (see :func:`verb_words`),
         whether or not they were dropped from ``related``.
+    words: the content words as ``(text, positions)``, in order (``content`` grouped
+        by word): a word the tokenizer spells with several tokens has several positions.
     """
 
     ids: list[int]
@@ -159,10 +161,32 @@ class TokenSelection:
     truncated: bool
     content: list[int] = field(default_factory=list)
     verbs: list[int] = field(default_factory=list)
+    words: list[tuple[str, list[int]]] = field(default_factory=list)
 
     @property
     def has_related(self) -> bool:
         return len(self.related) > 0
+
+
+def unknown_words(sel: TokenSelection, unk_token_id: int | None = None) -> list[tuple[str, list[str]]]:
+    """The content words of ``sel`` (verbs included: the words LIME keeps) that the
+    tokenizer's vocabulary does not hold as one token: spelled by several tokens (a
+    word the model never saw whole, e.g. "outfit" -> ``o u t f i t`` in the demo
+    model's 671-token vocabulary) or by ``unk_token_id``.  Each word once (case
+    ignored), in order, with its token pieces (CLIP's ``</w>`` and SentencePiece's
+    word mark removed).  A real CLIP vocabulary splits rare words too ("xylophonist" ->
+    ``xy lo ph onist``): the model may still know such a word from its pieces, which
+    is why this is a warning, never a refusal."""
+    out: list[tuple[str, list[str]]] = []
+    seen: set[str] = set()
+    for text, positions in sel.words:
+        split = len(positions) > 1
+        unk = unk_token_id is not None and any(sel.ids[p] == unk_token_id for p in positions)
+        key = _normalise(text)
+        if (split or unk) and key not in seen:
+            seen.add(key)
+            out.append((text, [sel.tokens[p].replace("</w>", "").replace("\u2581", "") for p in positions]))
+    return out
 
 
 def select_tokens(tokenizer, prompt: str, *, drop_verbs: bool = True, penalize_padding: bool = True,
@@ -203,6 +227,7 @@ def _classify(words: list[tuple[str, list[int]]], ids: list[int], toks: list[str
     related: list[int] = []
     content: list[int] = []
     verbs: list[int] = []
+    content_words: list[tuple[str, list[int]]] = []
     keep = torch.zeros(max_len, dtype=torch.bool)
     for k, ((raw, positions), w) in enumerate(zip(words, norm)):
         if is_punctuation(raw):
@@ -212,6 +237,7 @@ def _classify(words: list[tuple[str, list[int]]], ids: list[int], toks: list[str
             continue
         keep[positions] = True
         content.extend(positions)
+        content_words.append((raw, list(positions)))
         if k in verb_idx:
             verbs.extend(positions)
             if drop_verbs:
@@ -222,7 +248,7 @@ def _classify(words: list[tuple[str, list[int]]], ids: list[int], toks: list[str
     if not penalize_padding:
         keep[end + 1:] = True
     return TokenSelection(ids=ids, tokens=toks, end=end, related=related, keep=keep,
-                          truncated=truncated, content=content, verbs=verbs)
+                          truncated=truncated, content=content, verbs=verbs, words=content_words)
 
 
 def select_tokens_by_words(tokenizer, prompt: str, max_length: int, *, drop_verbs: bool = True,

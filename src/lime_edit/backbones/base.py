@@ -130,6 +130,10 @@ class Backbone:
     latent_blend: ClassVar[bool] = False
     #: benchmarks (``eval``) run this family with its own steps, not the protocol's IP2P steps
     own_steps_in_benchmarks: ClassVar[bool] = False
+    #: what this model can edit, in one sentence, when its folder's ``lime_edit.json`` says so
+    #: (``"can_edit"``; set by :func:`lime_edit.loading.load_backbone`): added to the warnings of an
+    #: input outside it (a word not in its vocabulary, a picture far above its native size)
+    can_edit: str | None = None
 
     # ---------------------------------------------------------------- loading hooks
     @classmethod
@@ -316,7 +320,8 @@ class Backbone:
             return sel
         keep = sel.keep.clone()
         keep[first:sel.end] = False
-        return dataclasses.replace(sel, related=[p for p in sel.related if p < first], keep=keep)
+        return dataclasses.replace(sel, related=[p for p in sel.related if p < first], keep=keep,
+                                   words=[w for w in sel.words if w[1][0] < first])
 
     # ---------------------------------------------------------------- running
     def processing_multiple(self) -> int:

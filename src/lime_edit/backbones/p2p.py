@@ -363,7 +363,7 @@ class P2PBackbone(Backbone):
         changed = set(align_tokens(self.tokenizer, source, instruction, s.mode, s.aligner).changed)
         return TokenSelection(ids=sel.ids, tokens=sel.tokens, end=sel.end,
                               related=[p for p in sel.related if p in changed], keep=sel.keep,
-                              truncated=sel.truncated)
+                              truncated=sel.truncated, words=sel.words)
 
     def _word_positions(self, text: str, word: str, what: str, caption: str) -> list[int]:
         """Token positions of ``word`` in ``text`` by the settings' ``word_match``; ``what``

@@ -587,6 +587,9 @@ def run_bench(args) -> int:
     seeds = [e.seed for e in samples]
     shown = set(seeds[:max(0, int(args.examples))])
     todo = sum(1 for m in methods for s in seeds if (m, s) not in done)
+    from ..cli import _err
+
+    _err(plan_line(methods, seeds, done, all_methods=list(table)))   # before the minutes the edits take
     bar = tqdm(total=todo, desc="bench synthetic", unit="edit", disable=args.no_progress or todo == 0)
     with open(samples_path, "a", buffering=1) as f:
         for start in range(0, n, batch):
@@ -636,6 +639,19 @@ def run_bench(args) -> int:
     print(markdown(rows, n, _title(n, split)))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'examples.png'}" if grid else ""))
     return 0
+
+
+def plan_line(methods: list[str], seeds: list[int], done: dict, all_methods: list[str]) -> str:
+    """What a run will do, said before it starts: methods x scenes = edits, how many of them an
+    earlier run did, and how to run fewer."""
+    total = len(methods) * len(seeds)
+    left = sum(1 for m in methods for s in seeds if (m, s) not in done)
+    line = (f"bench synthetic: {len(methods)} method{'s' * (len(methods) != 1)} x {len(seeds)} "
+            f"scene{'s' * (len(seeds) != 1)} = {total} edit{'s' * (total != 1)}")
+    line += f" ({total - left} done by an earlier run, {left} to go)" if left < total else ""
+    if len(methods) == len(all_methods):
+        line += f"; --methods picks fewer, e.g. --methods ip2p,lime (all: {','.join(all_methods)})"
+    return line
 
 
 def _settings(args) -> dict:

@@ -10,7 +10,7 @@ import argparse
 import math
 import re
 
-from ..cli import device_arg, seed_arg  # light: argparse + LimeConfig only
+from ..cli import THREADS_HELP, device_arg, seed_arg  # light: argparse + LimeConfig only
 
 
 def _demo(args) -> int:
@@ -120,10 +120,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (train.log, checkpoints, pipeline/)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show the messages and model-loading bars of diffusers/transformers")
-    p.add_argument("--n-train", type=int, default=6000)
-    p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--t2i-steps", type=int, default=2500)
-    p.add_argument("--edit-steps", type=int, default=5600)
+    p.add_argument("--n-train", type=int, default=6000,
+                   help="training scenes generated once (train split, seeds 0..N-1; default 6000, at most the "
+                        "first validation seed)")
+    p.add_argument("--vae-steps", type=int, default=1500,
+                   help="steps of stage (a), the VAE fit on 24x24 crops (default 1500)")
+    p.add_argument("--t2i-steps", type=int, default=2500,
+                   help="steps of stage (b), text-to-image pre-training on scene captions, saved as demo-t2i "
+                        "(default 2500)")
+    p.add_argument("--edit-steps", type=int, default=5600,
+                   help="steps of stage (c), the InstructPix2Pix fine-tuning of the editor, counted from its "
+                        "start (default 5600; a rerun with more continues from the last checkpoint)")
     p.add_argument("--recommend-n", type=int, default=60,
                    help="validation scenes on which the finished editor's recommended feature levels and K-means K are chosen "
                         "and written to its lime_edit.json (default 60; 0 = skip)")
@@ -142,12 +149,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="a weak edit's strength is uniform in [0, this] (default 1)")
     p.add_argument("--weak-from", type=int, default=5000,
                    help="editor step from which the weak edits are in the training pairs (default 5000)")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="training pairs per step, every stage (default 16)")
     p.add_argument("--budget-min", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("VAE", "T2I", "EDIT"),
                    help="optional wall-clock cap per stage in minutes (0 = none; the steps reached are logged)")
     p.add_argument("--attn-loss", type=float, default=0.5,
                    help="weight of the attention-alignment loss (0 = plain lineage, no alignment)")
-    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the weight initialisation and sampling of every stage (default 0; the scenes "
+                        "themselves are fixed by their own seeds)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads (default 2, both cores of the 2-core machine the shipped run used; "
                         "when other jobs share the cores set OMP_WAIT_POLICY=PASSIVE or use 1)")
@@ -164,7 +173,9 @@ def register(subparsers) -> None:
         "demo", help="run IP2P and IP2P+LIME on a synthetic scene with the bundled model (offline)",
         description="Edit a held-out synthetic scene with plain InstructPix2Pix and with LIME using the "
                     "bundled demo model, and write a comparison panel (input | RoI mask | segments | IP2P at "
-                    "guidance 7.5 | IP2P at LIME's guidance | IP2P+LIME). The scene is chosen by rule, never by hand: held-out scene --scene N, by "
+                    "guidance 7.5 | IP2P at LIME's guidance | IP2P+LIME) as panel.png, each picture on its own "
+                    "(input.png, ip2p.png, ip2p_low_guidance.png, ip2p_lime.png) and demo.json; prints each "
+                    "file's path. The scene is chosen by rule, never by hand: held-out scene --scene N, by "
                     "default the first one (0), with its own instruction and the scene number as sampler "
                     "seed, exactly as 'lime-edit bench synthetic' runs it.")
     p.add_argument("-o", "--out", default="lime-demo", help="output folder (default: ./lime-demo)")
@@ -175,8 +186,7 @@ def register(subparsers) -> None:
                    help="sampler seed (0..2**64-1; default: the scene number, as bench synthetic)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: LimeConfig's)")
     p.add_argument("--model", default=None, help="model folder (default: the bundled demo model)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show the messages and model-loading bars of diffusers/transformers")
     p.set_defaults(func=_demo)
@@ -189,6 +199,8 @@ def register(subparsers) -> None:
         description="Compare plain IP2P and LIME variants (and Prompt-to-Prompt with and without LIME on the "
                     "text-to-image model: methods p2p, p2p_local_blend, p2p_lime) on N synthetic "
                     "scenes, the held-out test scenes unless --split validation (identical inputs and seeds); writes results.json, results.md and examples.png. "
+                    "Every method edits every scene: it first says how many edits that is (all methods by default; "
+                    "--methods ip2p,lime is a quick comparison). "
                     "Resumable: rerun the same command (more --methods or a larger --n add rows; other settings are refused).")
     s.add_argument("--n", type=int, default=200, help="number of scenes of --split (default 200)")
     s.add_argument("--split", choices=("test", "validation"), default="test",
@@ -213,8 +225,7 @@ def register(subparsers) -> None:
                         "is refused if the model, text-to-image model, steps, device, batch, split or a method's "
                         "settings differ)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the demo model is tiny; 0 = torch's default)")
+    s.add_argument("--threads", type=int, default=0, metavar="N", help=THREADS_HELP)
     s.add_argument("-v", "--verbose", action="store_true",
                    help="show the messages and model-loading bars of diffusers/transformers")
     s.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="NAME=VALUE",

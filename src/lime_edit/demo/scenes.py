@@ -47,6 +47,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SUPERSAMPLE = 4
+#: scene side in pixels (the demo models' training and native size) and objects per scene
+SCENE_SIZE = 64
+N_OBJECTS = (2, 4)
 P_OTHER_RECOLOUR = 0.30
 P_GLOBAL_TINT = 0.25
 TRAIN_SEED_OFFSET = 10_000_000
@@ -172,7 +175,7 @@ def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int = 1
     return tuple(int(np.clip(v + rng.integers(-amount, amount + 1), 0, 255)) for v in rgb)  # type: ignore
 
 
-def make_scene(seed: int, split: str = "test", size: int = 64,
+def make_scene(seed: int, split: str = "test", size: int = SCENE_SIZE,
                rng: np.random.Generator | None = None) -> Scene:
     """A random scene (2-4 objects); deterministic in ``(seed, split, size)``."""
     rng = rng or _rng(seed, split)
@@ -188,7 +191,7 @@ def make_scene(seed: int, split: str = "test", size: int = 64,
                   "angle": float(rng.uniform(0, 2 * math.pi)),
                   "period": int(rng.integers(6, 13)), "contrast": float(rng.uniform(0.15, 0.35)),
                   "noise_seed": int(rng.integers(1 << 31))}
-    n = int(rng.integers(2, 5))
+    n = int(rng.integers(N_OBJECTS[0], N_OBJECTS[1] + 1))
     objs: list[Obj] = []
     shapes = list(SHAPES)
     for i in range(n):
@@ -374,18 +377,25 @@ def _references(scene: Scene, i: int) -> list[tuple[list[str], list[bool]]]:
     return refs
 
 
+def split_seeds(split: str, n: int) -> list[int]:
+    """The seeds of the first ``n`` scenes of a benchmark split (:func:`split_edits`), without
+    making the scenes."""
+    if split == "test":
+        return list(range(n))
+    if split == "validation":
+        return [VALIDATION_SEED0 + i for i in range(n)]
+    raise ValueError(f"split: expected one of {', '.join(BENCH_SPLITS)}, got {split!r}")
+
+
 def split_edits(split: str, n: int) -> list[EditSample]:
     """The first ``n`` scenes of a benchmark split: ``"test"``, the held-out scenes (seeds
     ``0 .. n-1``), or ``"validation"``, train-split seeds from :data:`VALIDATION_SEED0` with
     clean targets. Each sample's ``seed`` is also its sampler seed."""
-    if split == "test":
-        return [make_edit(s, "test") for s in range(n)]
-    if split == "validation":
-        return [make_edit(VALIDATION_SEED0 + i, "train", noisy=False) for i in range(n)]
-    raise ValueError(f"split: expected one of {', '.join(BENCH_SPLITS)}, got {split!r}")
+    return [make_edit(s, "test") if split == "test" else make_edit(s, "train", noisy=False)
+            for s in split_seeds(split, n)]
 
 
-def make_edit(seed: int, split: str = "test", size: int = 64, noisy: bool | None = None) -> EditSample:
+def make_edit(seed: int, split: str = "test", size: int = SCENE_SIZE, noisy: bool | None = None) -> EditSample:
     """One edit sample; deterministic in ``(seed, split, size, noisy)``."""
     rng = _rng(seed, split)
     noisy = (split == "train") if noisy is None else noisy
@@ -440,6 +450,20 @@ def make_edit(seed: int, split: str = "test", size: int = 64, noisy: bool | None
         caption=cap, caption_owners=owners, object_masks=cov > 0, off_target=off)
 
 
+def can_edit() -> str:
+    """What an editor trained on these scenes can edit, in one sentence, from this module's
+    shapes, colours, sizes, positions and templates (the demo editor's ``lime_edit.json``
+    ``can_edit``, which lime-edit adds to the warnings of an input outside it)."""
+    def listed(words) -> str:
+        return f"{', '.join(words[:-1])} or {words[-1]}"
+
+    example = TEMPLATES[0].format(ref=f"{COLOUR_NAMES[0]} {SHAPES[0]}", c=COLOUR_NAMES[2])
+    return (f"recolouring one of {N_OBJECTS[0]}-{N_OBJECTS[1]} flat shapes ({listed(SHAPES)}) in a "
+            f"{SCENE_SIZE}x{SCENE_SIZE} synthetic scene on a neutral background to {listed(COLOUR_NAMES)}, the "
+            f"shape named by its colour, shape, size ({listed(SIZES)}) or position ({listed(POSITIONS)}), "
+            f"as in \"{example}\"; photographs and other edits are outside what it learned")
+
+
 def nearest_colour(rgb) -> str:
     """Name of the palette colour nearest (Euclidean RGB) to ``rgb``."""
     v = np.asarray(rgb, np.float32)
@@ -450,4 +474,4 @@ def nearest_colour(rgb) -> str:
 
 __all__ = ["COLOURS", "SHAPES", "TEMPLATES", "VOCAB", "P_OTHER_RECOLOUR", "P_GLOBAL_TINT",
            "Obj", "Scene", "EditSample", "make_scene", "make_edit", "render", "coverage", "caption",
-           "caption_pair", "nearest_colour", "BACKGROUND", "VALIDATION_SEED0", "BENCH_SPLITS", "split_edits"]
+           "caption_pair", "nearest_colour", "can_edit", "BACKGROUND", "VALIDATION_SEED0", "BENCH_SPLITS", "split_edits"]

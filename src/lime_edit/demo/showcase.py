@@ -106,12 +106,10 @@ def run_demo(args) -> int:
         notes += " | " + "; ".join(lime.warnings)
     panel = make_panel(e.image, roi_tile, seg_tile, plain.image, low.image, lime.image, instruction, notes,
                        guidance)
-    path = out / "panel.png"
-    save_png(panel, path)
-    save_png(e.image, out / "input.png")
-    save_png(plain.image, out / "ip2p.png")
-    save_png(low.image, out / "ip2p_low_guidance.png")
-    save_png(lime.image, out / "ip2p_lime.png")
+    written = {"panel.png": panel, "input.png": e.image, "ip2p.png": plain.image,
+               "ip2p_low_guidance.png": low.image, "ip2p_lime.png": lime.image}
+    for name, picture in written.items():
+        save_png(picture, out / name)
     info = {"scene": scene_seed, "instruction": instruction, "seed": seed, "model": model,
             "lime_applied": lime.lime_applied, "warnings": lime.warnings,
             "tokens": lime.localization.tokens if lime.localization is not None else [],
@@ -121,5 +119,10 @@ def run_demo(args) -> int:
     from ..io import atomic_write_json
 
     atomic_write_json(out / "demo.json", info)
-    print(path)
+    from ..cli import _err
+
+    for w in dict.fromkeys(plain.warnings + low.warnings + lime.warnings):   # e.g. a word the model does not know
+        _err(f"warning: {w}")
+    for name in (*written, "demo.json"):      # every file written, the panel first
+        print(out / name)
     return 0

@@ -833,6 +833,7 @@ def recommend_settings(pipe_dir: str | os.PathLike, n: int = 60, ks: tuple[int, 
     if best[0] != default_levels:
         cfg["feature_levels"] = list(best[0])
     data = {"lime_config": cfg,
+            "can_edit": S.can_edit(),
             "note": "recommended by lime_edit.demo.train.recommend_settings: of the feature levels and K-means "
                     f"K whose mean RoI IoU on {n} validation scenes (train split, seeds "
                     f"{VALIDATION_SEED0}...{VALIDATION_SEED0 + n - 1}; not the held-out test split) is within one "

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -292,6 +293,12 @@ class Session:
         return self.localization is not None and self.selected != self.applied
 
 
+#: The caption under the RoI, segment and attention pictures: what their rings are.
+TOP_K_LEGEND = ("Cyan rings (on the region and attention pictures): the top-k pixels where the related "
+                "tokens' attention is highest; the segments they fall in make up the region of interest. "
+                "How many there are is in the status below; the Top-k setting changes it.")
+
+
 def _readable_errors(fn: Callable) -> Callable:
     """Turn any exception into a ``gr.Error`` with a one-line message (the page
     shows it as a toast); unexpected ones are logged with their traceback on
@@ -309,6 +316,25 @@ def _readable_errors(fn: Callable) -> Callable:
             log.exception("web demo: %s failed", fn.__name__)
             raise gr.Error(_one_line(f"{type(e).__name__}: {e}") + " (details in the server log)",
                            print_exception=False) from None
+
+    return wrapper
+
+
+def _error_in_status(fn: Callable, n_outputs: int, status_at: int, status: Callable[[str, Any], str]) -> Callable:
+    """For the page's own events: a ``gr.Error`` of ``fn`` (see :func:`_readable_errors`) becomes ONE
+    message, in the status under the pictures (``status(message, session)`` at output
+    ``status_at``), and every other output stays as it was (``gr.skip()``). Raised, Gradio would put
+    an "Error" badge on each output instead; the API endpoints still raise (a client gets the error)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as e:
+            session = args[-1] if args and isinstance(args[-1], Session) else None
+            out: list[Any] = [gr.skip()] * n_outputs
+            out[status_at] = status(str(e.message), session)
+            return tuple(out)
 
     return wrapper
 
@@ -609,6 +635,14 @@ class LimeWebApp:
             return None
         return render.view(image, s.view_size) if max(image.size) < max(s.view_size) else image
 
+    def error_status(self, message: str, s: Session | None) -> str:
+        """The status after a failed request: its one-line message; the pictures, if any, are
+        still those of the session's last edit."""
+        text = "⚠ " + re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", message)   # shown as typed, not as Markdown
+        if s is not None and s.result is not None:
+            text += "\n\nThe pictures are still those of the last edit that ran:\n\n" + self.info(s)
+        return text
+
     def info(self, s: Session) -> str:
         res, loc = s.result, s.localization
         lines = []
@@ -621,7 +655,7 @@ class LimeWebApp:
         if loc is not None:
             toks = ", ".join(f"`{viz.token_label(t)}`" for t in loc.tokens) or "none"
             lines.append(f"Related tokens: {toks}. {loc.num_segments} segments; "
-                         f"region: {_labels(s.selected)}.")
+                         f"region: {_labels(s.selected)}; {loc.top_k} top-k points (cyan rings).")
         if s.pending:
             lines.append("Region changed: press **Apply refined region** to re-run the edit "
                          "pass with it (the segmentation is reused).")
@@ -876,6 +910,7 @@ class LimeWebApp:
                                             elem_id="lime-segments", **out_img)
                         attn_view = gr.Image(label="Attention of the related tokens",
                                              elem_id="lime-attention", **out_img)
+                    gr.Markdown(TOP_K_LEGEND, elem_id="lime-legend")
                     with gr.Row():
                         apply_btn = gr.Button("Apply refined region", elem_id="lime-apply")
                         reset_btn = gr.Button("Reset region", elem_id="lime-reset")
@@ -905,17 +940,25 @@ class LimeWebApp:
                 return _apply_hint(_readable_errors(fn))
 
             run_outputs.append(apply_btn)
-            run_btn.click(wire(run_fn), run_inputs, run_outputs, api_name=run_api, **heavy)
-            for text in texts:
-                text.submit(wire(run_fn), run_inputs, run_outputs, api_visibility="private", **heavy)
-            apply_btn.click(wire(apply_fn), apply_inputs,
-                            [roi_view, seg_view, lime_view, info, files, state, apply_btn],
-                            api_name="apply", **heavy)
+            apply_outputs = [roi_view, seg_view, lime_view, info, files, state, apply_btn]
             sel_outputs = [roi_view, seg_view, info, state, apply_btn]
+
+            def page(fn: Callable, outputs: list) -> Callable:   # the page's events: errors in the status
+                return _error_in_status(wire(fn), len(outputs), outputs.index(info), self.error_status)
+            # the API endpoints (/edit or /edit_captions, /apply): the same callbacks, raising their errors;
+            # registered first, so the page's private events below do not take their names
+            api_run, api_apply = gr.Button(visible=False), gr.Button(visible=False)
+            api_run.click(wire(run_fn), run_inputs, run_outputs, api_name=run_api, **heavy)
+            api_apply.click(wire(apply_fn), apply_inputs, apply_outputs, api_name="apply", **heavy)
+            run_btn.click(page(run_fn, run_outputs), run_inputs, run_outputs, api_visibility="private", **heavy)
+            for text in texts:
+                text.submit(page(run_fn, run_outputs), run_inputs, run_outputs, api_visibility="private", **heavy)
+            apply_btn.click(page(apply_fn, apply_outputs), apply_inputs, apply_outputs, api_visibility="private",
+                            **heavy)
             for view in (roi_view, seg_view):
-                view.select(wire(self._on_select), [state], sel_outputs, api_visibility="private",
+                view.select(page(self._on_select, sel_outputs), [state], sel_outputs, api_visibility="private",
                             concurrency_limit=None, show_progress="hidden")
-            reset_btn.click(wire(self.reset), [state], sel_outputs, api_visibility="private",
+            reset_btn.click(page(self.reset, sel_outputs), [state], sel_outputs, api_visibility="private",
                             concurrency_limit=None)
         demo.queue(max_size=self.max_queue, default_concurrency_limit=self.pool.size)
         return demo
