@@ -22,11 +22,12 @@ keys.  LIME's two stages carry over as:
 
   On a U-Net's cross-attention every key is text, so both rules are the same.
 
-Nothing dense is built and every query row is computed once: an item without a region
-is the stock computation, and for the others the rows outside the RoI are the stock
-maths on those rows (equal to float precision), the RoI rows computed per item over the kept keys (``literal``) or with one attention call
-whose value carries a text indicator column, so its output also holds each row's
-text share (``text_mass``; the text block itself is small and computed explicitly).
+Nothing dense is built: the layer's stock attention runs as it is (so every row outside
+the RoI, and every item without a region, is the stock computation bit for bit), and the
+RoI rows are then recomputed per item and replaced, over the kept keys (``literal``) or
+with one attention call whose value carries a text indicator column, so its output also
+holds each row's text share (``text_mass``; the text block itself is small and computed
+explicitly).
 The functions here take ``(B, N, heads, d)`` tensors (diffusers' dispatch layout).
 """
 
@@ -159,13 +160,9 @@ class _JointLime:
             return q_i, k_i[:, keys], v_i[:, keys], int(text_valid[i].sum()), text_valid[i]
 
         rows = st.roi_rows(1, query.device) if regularize else None                       # (B, Nt)
-        if rows is None or capture:
-            out = stock(query, key, value, slice(None))
-        else:   # each query row once: items without a region as stock, the others split below
-            out = torch.empty_like(query)
-            plain = (~rows.any(1)).nonzero()[:, 0]
-            if plain.numel():
-                out[plain] = stock(query[plain], key[plain], value[plain], plain)
+        # the stock computation for every row, in one call; the RoI rows are then replaced
+        # (recomputing those few rows costs less than gathering and scattering all the others)
+        out = stock(query, key, value, slice(None))
         if capture:
             maps = []
             for i in range(st.batch):
@@ -187,11 +184,6 @@ class _JointLime:
                 q_i, k_i, v_i, t_i, valid = item(i)
                 tokens = st.tokens[i] if valid is None else st.tokens[i].to(valid.device)[valid]
                 inside = n_text + idx
-                if not capture:                                # the rows outside the region: stock maths
-                    outside = torch.ones(n_total, dtype=torch.bool, device=query.device)
-                    outside[inside] = False
-                    out[i, outside] = F.scaled_dot_product_attention(
-                        q_i[None, :, outside], k_i[None], v_i[None], scale=scale)[0].transpose(0, 1)
                 got = regularized_rows(q_i[:, inside], k_i, v_i, t_i, tokens,
                                        rule=st.rule, mode=st.mode, scale=scale)            # (H, Nr, d)
                 out[i, inside] = got.transpose(0, 1).to(out.dtype)
