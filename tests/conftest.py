@@ -11,6 +11,20 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def cli_edits(folder, image, tmp_path, instruction: str) -> list[str]:
+    """``lime-edit edit`` on ``image`` (saved as in.png) with the model folder ``folder``,
+    2 steps on the CPU; asserts it exits 0 and returns the PNG names it wrote."""
+    from lime_edit.cli import main
+
+    src = tmp_path / "in.png"
+    image.save(src)
+    out = tmp_path / "out"
+    code = main(["edit", str(src), "--instruction", instruction, "--model", str(folder), "-o", str(out),
+                 "--steps", "2", "--device", "cpu"])
+    assert code == 0
+    return sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+
+
 def load_benchmark_script(name: str):
     """A script of ``benchmarks/`` (not a package) imported as a module, for its pure helpers."""
     import importlib.util

@@ -203,15 +203,9 @@ def test_folder_is_recognised_and_cli_edits(kpipe, scene, tmp_path):
     kpipe.save_pretrained(str(folder))
     lp = LimePipeline.from_pretrained(str(folder), device="cpu")
     assert lp.backbone.name == "kontext" and type(lp.pipe).__name__ == "FluxKontextPipeline"
-    from lime_edit.cli import main
+    from conftest import cli_edits
 
-    src = tmp_path / "in.png"
-    scene.save(src)
-    out = tmp_path / "out"
-    code = main(["edit", str(src), "--instruction", PROMPT, "--model", str(folder), "-o", str(out),
-                 "--steps", "2", "--device", "cpu"])
-    assert code == 0
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+    assert cli_edits(folder, scene, tmp_path, PROMPT)
 
 
 def test_preserve_outside_keeps_the_input_pixels_outside_the_region(klp, scene):

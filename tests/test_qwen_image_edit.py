@@ -246,7 +246,6 @@ def test_folder_is_recognised_and_cli_edits(qpipe, scene, tmp_path, monkeypatch)
 
     from diffusers import QwenImageEditPipeline
 
-    from lime_edit.cli import main
     from lime_edit.loading import _family_of_index, read_model_index
 
     folder = tmp_path / "tiny-qwen-edit"
@@ -262,13 +261,9 @@ def test_folder_is_recognised_and_cli_edits(qpipe, scene, tmp_path, monkeypatch)
         lambda cls, *a, **kw: stock_load(cls, *a, processor=qpipe.processor, **kw)))
     lp = LimePipeline.from_pretrained(str(folder), device="cpu")
     assert lp.backbone.name == "qwen-image-edit" and type(lp.pipe).__name__ == "QwenImageEditPipeline"
-    src = tmp_path / "in.png"
-    scene.save(src)
-    out = tmp_path / "out"
-    code = main(["edit", str(src), "--instruction", PROMPT, "--model", str(folder), "-o", str(out),
-                 "--steps", "2", "--device", "cpu"])
-    assert code == 0
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+    from conftest import cli_edits
+
+    assert cli_edits(folder, scene, tmp_path, PROMPT)
 
 
 # ------------------------------------------------------------------ Plus (2509 / 2511)

@@ -255,10 +255,7 @@ class LimePipeline:
         except (ValueError, TypeError) as err:
             raise LimeEditError(str(err)) from None
         self.backbone.check_levels(cfg)
-        if cfg.preserve == "latent" and not self.backbone.latent_blend:
-            raise LimeEditError(f"preserve='latent': not available on {self.backbone.name} (only the flow-matching "
-                                "transformers: kontext, qwen-image-edit, flux2); preserve='outside' keeps the "
-                                "outside on any family")
+        self.backbone.check_preserve(cfg.preserve)
         select_layers(list(self.backbone.denoiser.attn_processors), cfg.layers)   # a pattern matching no layer
         return cfg
 

@@ -251,6 +251,21 @@ def _classify(words: list[tuple[str, list[int]]], ids: list[int], toks: list[str
                           truncated=truncated, content=content, verbs=verbs, words=content_words)
 
 
+def _marked_words(pieces: list[str], texts: list[str], positions, mark: str) -> list[tuple[str, list[int]]]:
+    """Group ``positions`` into words for a tokenizer that marks a word's first piece with
+    ``mark`` (SentencePiece's ``▁``, byte-level BPE's ``Ġ``); ``texts`` are the pieces'
+    texts without it.  A piece that is punctuation only is a word of its own, as CLIP's
+    pre-tokenizer splits it ("red," -> "red", ",")."""
+    words: list[tuple[str, list[int]]] = []
+    for pos in positions:
+        piece = texts[pos]
+        if pieces[pos].startswith(mark) or not words or is_punctuation(piece) or is_punctuation(words[-1][0]):
+            words.append((piece, [pos]))
+        else:
+            words[-1] = (words[-1][0] + piece, words[-1][1] + [pos])
+    return words
+
+
 def select_tokens_by_words(tokenizer, prompt: str, max_length: int, *, drop_verbs: bool = True,
                            penalize_padding: bool = True, penalize_end_token: bool = False,
                            penalize_punctuation: bool = False) -> TokenSelection:
@@ -268,15 +283,7 @@ def select_tokens_by_words(tokenizer, prompt: str, max_length: int, *, drop_verb
     end = n
     pieces = tokenizer.convert_ids_to_tokens(ids)
     toks = [t.replace("\u2581", "") for t in pieces]
-    words: list[tuple[str, list[int]]] = []
-    for pos in range(end):
-        piece = toks[pos]
-        new = (pieces[pos].startswith("\u2581") or not words or is_punctuation(piece)
-               or is_punctuation(words[-1][0]))
-        if new:
-            words.append((piece, [pos]))
-        else:
-            words[-1] = (words[-1][0] + piece, words[-1][1] + [pos])
+    words = _marked_words(pieces, toks, range(end), "\u2581")
     return _classify(words, ids, toks, end, max_length, truncated, drop_verbs=drop_verbs,
                      penalize_padding=penalize_padding, penalize_end_token=penalize_end_token,
                      penalize_punctuation=penalize_punctuation)
@@ -294,15 +301,7 @@ def select_tokens_in_span(tokenizer, ids: list[int], start: int, end: int, *, dr
     is a word of its own, as for CLIP.  ``tokens`` are the decoded pieces."""
     pieces = tokenizer.convert_ids_to_tokens(list(ids))
     toks = [tokenizer.convert_tokens_to_string([p]) for p in pieces]
-    words: list[tuple[str, list[int]]] = []
-    for pos in range(start, end):
-        piece = toks[pos].strip()
-        new = (pieces[pos].startswith("\u0120") or not words or is_punctuation(piece)
-               or is_punctuation(words[-1][0]))
-        if new:
-            words.append((piece, [pos]))
-        else:
-            words[-1] = (words[-1][0] + piece, words[-1][1] + [pos])
+    words = _marked_words(pieces, [t.strip() for t in toks], range(start, end), "\u0120")
     return _classify(words, list(ids), [t.strip() for t in toks], end, len(ids), False,
                      drop_verbs=drop_verbs, penalize_padding=penalize_padding,
                      penalize_end_token=penalize_end_token, penalize_punctuation=penalize_punctuation)

@@ -362,13 +362,18 @@ class Backbone:
             return {"latents": latents_fn(i, kwargs["latents"])}
         return {"callback_on_step_end": blending, "callback_on_step_end_tensor_inputs": ["latents"]}
 
+    def check_preserve(self, preserve: str) -> None:
+        """A ``preserve`` setting this family cannot honour is a one-line error."""
+        if preserve == "latent" and not self.latent_blend:
+            raise LimeEditError(f"preserve='latent': not available on {self.name} (only the flow-matching "
+                                "transformers: kontext, qwen-image-edit, flux2); preserve='outside' keeps the "
+                                "outside on any family")
+
     @contextlib.contextmanager
     def latent_blender(self, state, size: tuple[int, int]):
         """Context yielding ``blend(i, latents)`` for ``preserve="latent"`` (see
         :attr:`latent_blend`)."""
-        if not self.latent_blend:
-            raise LimeEditError(f"preserve='latent': not available on {self.name} (only the flow-matching "
-                                "transformers); preserve='outside' keeps the outside on any family")
+        self.check_preserve("latent")
         from .flowblend import flow_match_blend
 
         with flow_match_blend(self.pipe, state) as blend:

@@ -77,6 +77,7 @@ class QwenImageEditBackbone(TransformerBackbone):
 
     def __init__(self, pipe, **options: Any):
         super().__init__(pipe, **options)
+        self._ids: dict[tuple[str, tuple[int, int]], list[int]] = {}
         self.plus = type(pipe).__name__ == "QwenImageEditPlusPipeline"
         if self.plus:
             self.max_batch = 1
@@ -119,18 +120,28 @@ class QwenImageEditBackbone(TransformerBackbone):
             w, h = self.context_size(size)
         return self.pipe.image_processor.resize(image, int(h), int(w))
 
-    def stream_ids(self, instruction: str, image, size) -> list[int]:
-        """The text stream's token ids for one item, as the pipeline encodes them (its
-        processor on its template and image, the fixed prefix dropped)."""
-        enc = self.pipe.processor(text=[self._text(instruction)], images=[self._prompt_image(image, size)],
-                                  padding=True, return_tensors="pt")
-        ids = enc["input_ids"][0][enc["attention_mask"][0].bool()].tolist()
-        return ids[int(self.pipe.prompt_template_encode_start_idx):]
+    def stream_ids(self, instruction: str, size) -> list[int]:
+        """The text stream's token ids for one item run at ``size``, as the pipeline encodes
+        them (its processor on its template and image, the fixed prefix dropped).  They
+        depend on the image only through its size (the number of vision tokens), so they
+        are computed on a blank image of that size, once per instruction and size: every
+        pass of an edit asks again."""
+        key = (self._text(instruction), tuple(size))
+        if key not in self._ids:
+            from PIL import Image
+
+            blank = self._prompt_image(Image.new("RGB", tuple(size)), size)
+            enc = self.pipe.processor(text=[key[0]], images=[blank], padding=True, return_tensors="pt")
+            ids = enc["input_ids"][0][enc["attention_mask"][0].bool()].tolist()
+            if len(self._ids) >= 64:
+                self._ids.pop(next(iter(self._ids)))
+            self._ids[key] = ids[int(self.pipe.prompt_template_encode_start_idx):]
+        return list(self._ids[key])
 
     def select_tokens(self, instruction: str, cfg: LimeConfig, *, image, size) -> TokenSelection:
-        """Token roles of one item's text stream (its length depends on the image: the
-        vision tokens), from the token ids the pipeline will encode."""
-        ids = self.stream_ids(instruction, image, size)
+        """Token roles of one item's text stream (its length depends on the image's size:
+        the vision tokens), from the token ids the pipeline will encode."""
+        ids = self.stream_ids(instruction, size)
         tok = self.pipe.tokenizer
         v_end, im_end = tok.convert_tokens_to_ids("<|vision_end|>"), tok.convert_tokens_to_ids("<|im_end|>")
         try:

@@ -50,7 +50,7 @@ not is refused with a one-line error, counted as failed, and the run goes on. A
 
 from __future__ import annotations
 
-import json
+import functools
 
 import math
 import os
@@ -416,23 +416,27 @@ def _effective_dtype(dtype: str | None, device: Any, cuda_auto: str = "float16")
 def _family_cuda_dtype(args) -> str:
     """The CUDA dtype of the family ``--backbone`` names, or a model folder's / cached Hub
     id's ``model_index.json`` class tells; float16 when neither says (single files: the
-    U-Net families)."""
-    from ..backbones import PIPELINE_FAMILIES, get_family
+    U-Net families).  Looked up once per model (a run asks for it several times)."""
+    return _cuda_dtype_of(str(args.model), getattr(args, "backbone", None))
 
-    name = getattr(args, "backbone", None)
+
+@functools.lru_cache(maxsize=8)
+def _cuda_dtype_of(model: str, backbone: str | None) -> str:
+    from ..backbones import PIPELINE_FAMILIES, get_family
+    from ..loading import read_model_index, resolve_model
+
+    name = backbone
     if not name:
         try:
-            from ..loading import resolve_model
-
-            path = Path(resolve_model(args.model)).expanduser()
+            path = Path(resolve_model(model)).expanduser()
             if path.is_dir():
-                index = json.loads((path / "model_index.json").read_text())
+                index = read_model_index(path)
             elif path.is_file():
                 index = {}
             else:
                 from diffusers import DiffusionPipeline
 
-                index = DiffusionPipeline.load_config(str(args.model), local_files_only=True)
+                index = DiffusionPipeline.load_config(model, local_files_only=True)
             name = PIPELINE_FAMILIES.get(str(index.get("_class_name", "")))
         except Exception:  # noqa: BLE001 - unknown here; loading reports a bad model in one line
             name = None
